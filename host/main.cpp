@@ -1,0 +1,17 @@
+#include "cli.hpp"
+#include "fatal.hpp"
+
+#include <cstdio>
+#include <exception>
+
+int main(int argc, char** argv) {
+  try {
+    return kiln::cli_main(argc, argv);
+  } catch (const kiln::Fatal& e) {
+    std::fprintf(stderr, "%s%s\n", e.located() ? "" : "kiln: error: ", e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kiln: internal error: %s\n", e.what());
+    return kiln::k_exit_usage;
+  }
+}

@@ -1,0 +1,395 @@
+#include "cli.hpp"
+
+#include "engine.hpp"
+#include "fatal.hpp"
+#include "version.hpp"
+
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <iostream>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
+
+namespace po = boost::program_options;
+
+namespace kiln {
+
+namespace {
+
+const char* k_overview = R"(kiln - bakes AI-generated game art into your build
+
+Usage: kiln <command> [options]
+
+Commands:
+  build     make every asset of the manifest exist, regenerating only what changed
+  plan      show what `build` would do for each asset, and what it would cost
+  outputs   print the absolute path of every output file (for build systems)
+  plugins   list the plugins kiln can load
+
+Run `kiln <command> --help` for a command's options and an example.
+
+Options:
+  -h, --help      this text
+  --version       print kiln's version
+
+Exit codes: 0 all assets present and valid; 1 some assets failed; 2 usage, manifest or
+plugin error; 3 stopped by the budget.
+)";
+
+struct Command {
+  const char* name;
+  const char* summary;
+  const char* example;
+};
+
+struct CommonArgs {
+  std::string manifest = "assets.toml";
+  std::vector<std::string> only;
+  std::string backend;
+  bool help = false;
+  bool quiet = false;
+  bool verbose = false;
+};
+
+po::options_description common_options(CommonArgs& a, bool with_selection) {
+  po::options_description d("Options");
+  d.add_options()("help,h", po::bool_switch(&a.help),
+                  "this text")("manifest,m", po::value(&a.manifest)->value_name("FILE"),
+                               "the manifest (default: ./assets.toml)");
+  if (with_selection)
+    d.add_options()("only", po::value(&a.only)->value_name("NAME")->composing(),
+                    "only this asset; repeatable; globs allowed ('icons/*')")(
+        "backend", po::value(&a.backend)->value_name("NAME"),
+        "use this backend for every asset, e.g. `placeholder` in CI")(
+        "quiet,q", po::bool_switch(&a.quiet), "print errors only")(
+        "verbose,v", po::bool_switch(&a.verbose), "print every asset and plugin messages");
+  return d;
+}
+
+// Parses a command's arguments; prints help and returns false when --help was asked for.
+bool parse(const Command& cmd, const po::options_description& desc, int argc, char** argv,
+           const bool& help) {
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Fatal(std::string("kiln ") + cmd.name + ": " + e.what() + "\nTry 'kiln " + cmd.name +
+                " --help'.");
+  }
+  if (help) {
+    std::cout << "kiln " << cmd.name << " - " << cmd.summary << "\n\n"
+              << desc << "\nExample:\n"
+              << cmd.example;
+    return false;
+  }
+  return true;
+}
+
+// Manifest, plugins and state: everything a build or plan works with.
+struct Session {
+  Log log;
+  Manifest manifest;
+  PluginRegistry registry{log};
+  PluginSet plugins;
+  std::unique_ptr<StateFile> state;
+  std::unique_ptr<Cache> cache;
+
+  Workspace workspace() { return Workspace{manifest, plugins, log, *state, *cache}; }
+};
+
+kiln_log_level verbosity(const CommonArgs& a) {
+  return a.quiet ? KILN_LOG_ERROR : a.verbose ? KILN_LOG_DEBUG : KILN_LOG_INFO;
+}
+
+void load_plugins(PluginRegistry& registry, Manifest* manifest) {
+  if (manifest) {
+    for (size_t i = 0; i < manifest->plugin_paths.size(); ++i) {
+      std::error_code ec;
+      if (!fs::is_directory(manifest->plugin_paths[i], ec))
+        manifest->diagnostics.error(manifest->plugin_path_locs[i],
+                                    "plugin folder '" + manifest->plugin_paths[i].string() +
+                                        "' does not exist");
+    }
+    manifest->diagnostics.throw_if_errors();
+  }
+  for (auto& dir : PluginRegistry::search_dirs(manifest))
+    registry.load_directory(dir);
+}
+
+std::unique_ptr<Session> open_session(const CommonArgs& a) {
+  auto s = std::make_unique<Session>();
+  s->log.set_level(verbosity(a));
+  s->manifest = load_manifest(a.manifest, a.manifest);
+  load_plugins(s->registry, &s->manifest);
+  if (!a.backend.empty()) {
+    if (!s->registry.find(a.backend, KILN_KIND_BACKEND)) {
+      std::string msg = "--backend '" + a.backend + "': unknown backend";
+      auto ids = s->registry.ids(KILN_KIND_BACKEND);
+      if (auto hint = did_you_mean(a.backend, ids))
+        msg += " (did you mean '" + *hint + "'?)";
+      else
+        msg += " (available: " + join(ids, ", ") + ")";
+      throw Fatal(msg);
+    }
+    for (auto& asset : s->manifest.assets) {
+      asset.backend = a.backend;
+      asset.origins["backend"] = FieldOrigin{{}, "--backend"};
+    }
+  }
+  s->plugins = instantiate_manifest_plugins(s->registry, s->manifest);
+  s->state = std::make_unique<StateFile>(s->manifest.output_dir);
+  if (auto warning = s->state->load())
+    s->log.warning(*warning);
+  s->cache = std::make_unique<Cache>(Cache::default_dir());
+  return s;
+}
+
+int cmd_build(int argc, char** argv) {
+  static const Command cmd{
+      "build", "make every asset exist, game-ready, regenerating only what changed",
+      "  kiln build                          # every asset of ./assets.toml\n"
+      "  kiln build -m game/assets.toml -j 8 --report kiln-report.json\n"
+      "  kiln build --only 'icons/*' --force # regenerate the icons, even if up to date\n"
+      "  kiln build --backend placeholder    # offline, free images (CI)\n"};
+  CommonArgs a;
+  unsigned jobs = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+  std::string report;
+  bool force = false;
+  po::options_description d = common_options(a, true);
+  d.add_options()("jobs,j", po::value(&jobs)->value_name("N"),
+                  "assets generated at once (default: CPU count, at most 8)")(
+      "report", po::value(&report)->value_name("FILE"), "write a JSON report of the run")(
+      "force", po::bool_switch(&force), "regenerate even up-to-date and cached assets (costs)");
+  if (!parse(cmd, d, argc, argv, a.help))
+    return k_exit_ok;
+  if (jobs == 0)
+    throw Fatal("kiln build: --jobs must be at least 1");
+
+  auto s = open_session(a);
+  Workspace ws = s->workspace();
+  Plan plan = make_plan(ws, PlanOptions{force, a.only});
+  BuildSummary summary = build(ws, plan, BuildOptions{jobs, verbosity(a)});
+  if (!report.empty())
+    write_file_atomic(report, report_json(summary));
+
+  if (!a.quiet) {
+    char line[256];
+    if (summary.generated + summary.cached + summary.failed == 0)
+      std::snprintf(line, sizeof line, "kiln: no work to do (%zu assets up to date)",
+                    summary.assets.size());
+    else
+      std::snprintf(line, sizeof line,
+                    "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed; "
+                    "spent %s (predicted %s) in %.2f s",
+                    summary.assets.size(), summary.generated, summary.cached, summary.up_to_date,
+                    summary.failed, format_usd(summary.cost_usd).c_str(),
+                    format_usd(summary.predicted_cost_usd).c_str(), summary.duration_s);
+    std::printf("%s\n", line);
+  }
+  return summary.failed > 0 ? k_exit_assets_failed : k_exit_ok;
+}
+
+int cmd_plan(int argc, char** argv) {
+  static const Command cmd{
+      "plan", "show what `build` would do per asset and why, with the predicted cost",
+      "  kiln plan                  # a table: action, asset, reason, predicted cost\n"
+      "  kiln plan --json | jq '.assets[] | select(.action == \"generate\") | .name'\n"};
+  CommonArgs a;
+  bool json = false;
+  po::options_description d = common_options(a, true);
+  d.add_options()("json", po::bool_switch(&json),
+                  "machine-readable: every asset with its final prompts and fingerprint");
+  if (!parse(cmd, d, argc, argv, a.help))
+    return k_exit_ok;
+
+  auto s = open_session(a);
+  Workspace ws = s->workspace();
+  Plan plan = make_plan(ws, PlanOptions{false, a.only});
+  int counts[3] = {0, 0, 0};
+  int unplannable = 0;
+  for (auto& p : plan.assets) {
+    if (p.prepare_error)
+      ++unplannable;
+    else
+      ++counts[int(p.action)];
+  }
+
+  if (json) {
+    rapidjson::StringBuffer buf;
+    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+    w.SetIndent(' ', 2);
+    auto str = [&](const std::string& v) {
+      w.String(v.c_str(), rapidjson::SizeType(v.size()));
+    };
+    w.StartObject();
+    w.Key("summary");
+    w.StartObject();
+    w.Key("total");
+    w.Uint64(plan.assets.size());
+    w.Key("generate");
+    w.Int(counts[int(Action::Generate)]);
+    w.Key("cached");
+    w.Int(counts[int(Action::Cached)]);
+    w.Key("up_to_date");
+    w.Int(counts[int(Action::UpToDate)]);
+    w.Key("failed");
+    w.Int(unplannable);
+    w.Key("predicted_cost_usd");
+    w.Double(plan.predicted_cost_usd);
+    w.EndObject();
+    w.Key("assets");
+    w.StartArray();
+    for (auto& p : plan.assets) {
+      w.StartObject();
+      w.Key("name");
+      str(p.spec->name);
+      w.Key("action");
+      str(p.prepare_error ? "failed" : std::string(action_name(p.action)));
+      w.Key("reason");
+      str(p.prepare_error ? p.prepare_error->message : p.reason);
+      w.Key("output");
+      str(p.output.string());
+      w.Key("fingerprint");
+      str(p.fingerprint);
+      w.Key("backend");
+      str(p.spec->backend);
+      w.Key("model");
+      str(p.spec->model);
+      w.Key("width");
+      w.Uint(p.spec->width);
+      w.Key("height");
+      w.Uint(p.spec->height);
+      w.Key("format");
+      str(p.spec->format);
+      w.Key("prompt");
+      str(p.request.prompt);
+      w.Key("negative_prompt");
+      str(p.request.negative_prompt);
+      w.Key("predicted_cost_usd");
+      w.Double(p.predicted_cost_usd);
+      w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+    std::printf("%s\n", buf.GetString());
+  } else {
+    size_t width = 5;
+    for (auto& p : plan.assets)
+      width = std::max(width, p.spec->name.size());
+    for (auto& p : plan.assets) {
+      const char* action = p.prepare_error                ? "failed"
+                           : p.action == Action::Generate ? "generate"
+                           : p.action == Action::Cached   ? "cached"
+                                                          : "up to date";
+      std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
+      std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec->name.c_str(),
+                  (p.prepare_error ? p.prepare_error->message : p.reason).c_str(), cost.c_str());
+    }
+    std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
+                counts[int(Action::Generate)], counts[int(Action::Cached)],
+                counts[int(Action::UpToDate)],
+                unplannable ? (", " + std::to_string(unplannable) + " failed").c_str() : "",
+                format_usd(plan.predicted_cost_usd).c_str());
+  }
+  return unplannable ? k_exit_assets_failed : k_exit_ok;
+}
+
+int cmd_outputs(int argc, char** argv) {
+  static const Command cmd{"outputs", "print one absolute output path per line",
+                           "  kiln outputs -m assets.toml   # e.g. for CMake BYPRODUCTS\n"};
+  CommonArgs a;
+  po::options_description d = common_options(a, false);
+  if (!parse(cmd, d, argc, argv, a.help))
+    return k_exit_ok;
+  // The manifest alone decides the paths: no plugins are loaded, so this stays fast enough to
+  // run at every configure.
+  Manifest m = load_manifest(a.manifest, a.manifest);
+  std::string out;
+  for (auto& asset : m.assets)
+    out += (m.output_dir / asset.relative_output()).string() + "\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return k_exit_ok;
+}
+
+int cmd_plugins(int argc, char** argv) {
+  static const Command cmd{"plugins", "list every plugin kiln finds: kind, id, version, ABI, file",
+                           "  kiln plugins                  # built-ins and KILN_PLUGIN_PATH\n"
+                           "  kiln plugins -m assets.toml   # plus the manifest's [plugins] paths\n"
+                           "  kiln plugins -v               # with each plugin's options\n"};
+  CommonArgs a;
+  a.manifest.clear();
+  bool verbose = false;
+  po::options_description d("Options");
+  d.add_options()("help,h", po::bool_switch(&a.help), "this text")(
+      "manifest,m", po::value(&a.manifest)->value_name("FILE"),
+      "also search this manifest's [plugins] paths")("verbose,v", po::bool_switch(&verbose),
+                                                     "show each plugin's options");
+  if (!parse(cmd, d, argc, argv, a.help))
+    return k_exit_ok;
+  Log log;
+  PluginRegistry registry(log);
+  std::optional<Manifest> manifest;
+  if (!a.manifest.empty())
+    manifest = load_manifest(a.manifest, a.manifest);
+  load_plugins(registry, manifest ? &*manifest : nullptr);
+  auto plugins = registry.all();
+  if (plugins.empty()) {
+    std::printf("no plugins found (searched %s)\n", PluginRegistry::builtin_dir().string().c_str());
+    return k_exit_ok;
+  }
+  std::printf("%-15s %-20s %-9s %-4s %s\n", "KIND", "ID", "VERSION", "ABI", "FILE");
+  for (auto* p : plugins) {
+    std::printf("%-15s %-20s %-9s %-4u %s\n", std::string(kind_name(p->kind)).c_str(),
+                p->id.c_str(), p->version.c_str(), p->info->abi_version, p->path.c_str());
+    if (verbose) {
+      if (!p->description.empty())
+        std::printf("    %s\n", p->description.c_str());
+      for (size_t i = 0; i < p->info->option_count; ++i) {
+        const kiln_option_spec& o = p->info->options[i];
+        std::printf("    option %s (default %s): %s\n", o.name,
+                    o.default_value ? o.default_value : "required",
+                    o.description ? o.description : "");
+      }
+    }
+  }
+  return k_exit_ok;
+}
+
+} // namespace
+
+int cli_main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(k_overview, stderr);
+    return k_exit_usage;
+  }
+  std::string command = argv[1];
+  if (command == "-h" || command == "--help" || command == "help") {
+    std::fputs(k_overview, stdout);
+    return k_exit_ok;
+  }
+  if (command == "--version" || command == "version") {
+    std::printf("kiln %s (plugin ABI %u)\n", k_kiln_version, KILN_PLUGIN_ABI_VERSION);
+    return k_exit_ok;
+  }
+  // Each command parses the arguments after its name.
+  int sub_argc = argc - 1;
+  char** sub_argv = argv + 1;
+  if (command == "build")
+    return cmd_build(sub_argc, sub_argv);
+  if (command == "plan")
+    return cmd_plan(sub_argc, sub_argv);
+  if (command == "outputs")
+    return cmd_outputs(sub_argc, sub_argv);
+  if (command == "plugins")
+    return cmd_plugins(sub_argc, sub_argv);
+  std::string msg = "unknown command '" + command + "'";
+  if (auto hint = did_you_mean(command, {"build", "plan", "outputs", "plugins"}))
+    msg += " (did you mean '" + *hint + "'?)";
+  throw Fatal(msg + "\nRun 'kiln --help' for the commands.");
+}
+
+} // namespace kiln

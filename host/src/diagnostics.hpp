@@ -1,0 +1,38 @@
+// Errors about a user's file, in the form build tools use: `file:line:col: message`, then the
+// offending line and a caret under the column.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln {
+
+struct SourceLoc {
+  uint32_t line = 0; // 1-based; 0 = unknown
+  uint32_t column = 0;
+};
+
+class Diagnostics {
+public:
+  Diagnostics() = default;
+  Diagnostics(std::string display_path, std::string_view source);
+
+  void error(SourceLoc loc, const std::string& message);
+  bool has_errors() const { return !m_errors.empty(); }
+  size_t error_count() const { return m_errors.size(); }
+  // All errors, each with its source line and caret; throws Fatal(k_exit_usage) when any.
+  void throw_if_errors() const;
+  std::string text() const;
+  const std::string& display_path() const { return m_display_path; }
+  // `file:line:col: message` plus the source line and caret.
+  std::string format(SourceLoc loc, const std::string& message) const;
+
+private:
+  std::string m_display_path;
+  std::vector<std::string> m_lines;
+  std::vector<std::string> m_errors;
+};
+
+} // namespace kiln

@@ -1,0 +1,525 @@
+#include "engine.hpp"
+
+#include "fatal.hpp"
+#include "image.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fnmatch.h>
+#include <mutex>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+#include <thread>
+
+namespace kiln {
+
+std::string_view action_name(Action action) {
+  switch (action) {
+  case Action::UpToDate:
+    return "up_to_date";
+  case Action::Cached:
+    return "cached";
+  case Action::Generate:
+    return "generate";
+  }
+  return "generate";
+}
+
+namespace {
+
+kiln_str ks(const std::string& s) {
+  return {s.data(), s.size()};
+}
+
+// The plugin-facing view of an asset; points into the AssetSpec.
+kiln_asset asset_view(const AssetSpec& s) {
+  kiln_asset a{};
+  a.struct_size = sizeof a;
+  a.name = ks(s.name);
+  a.type = ks(s.type);
+  a.prompt = ks(s.prompt);
+  a.negative = ks(s.negative);
+  a.style = ks(s.style);
+  a.backend = ks(s.backend);
+  a.model = ks(s.model);
+  a.format = ks(s.format);
+  a.width = s.width;
+  a.height = s.height;
+  a.has_seed = s.seed.has_value();
+  a.seed = s.seed.value_or(0);
+  a.params_json = ks(s.params_json);
+  return a;
+}
+
+kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
+                          const std::string& fingerprint, const std::string& work_dir) {
+  kiln_request q{};
+  q.struct_size = sizeof q;
+  q.asset = asset;
+  q.prompt = ks(r.prompt);
+  q.negative_prompt = ks(r.negative_prompt);
+  q.model = ks(r.model);
+  q.width = r.width;
+  q.height = r.height;
+  q.format = ks(r.format);
+  q.has_seed = r.seed.has_value();
+  q.seed = r.seed.value_or(0);
+  q.params_json = ks(r.params_json);
+  q.fingerprint = ks(fingerprint);
+  q.work_dir = ks(work_dir);
+  q.resume_job_id = {"", 0};
+  return q;
+}
+
+bool selected(const std::string& name, const std::vector<std::string>& only) {
+  if (only.empty())
+    return true;
+  for (auto& pattern : only)
+    if (pattern == name || fnmatch(pattern.c_str(), name.c_str(), 0) == 0)
+      return true;
+  return false;
+}
+
+kiln_result make_result(const std::string& plugin_id, Log& log) {
+  kiln_result r;
+  r.plugin_id = plugin_id;
+  r.log = &log;
+  return r;
+}
+
+// Runs the asset's enhancers in order. Deterministic by the SDK's contract.
+std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationRequest& req) {
+  kiln_asset view = asset_view(spec);
+  for (auto& id : spec.enhancers) {
+    const PluginInstance& inst = *ws.plugins.enhancers.at(id);
+    kiln_result r = make_result(id, ws.log);
+    kiln_status st = inst.plugin().enhancer()->enhance(inst.handle(), &view, ks(req.prompt),
+                                                       ks(req.negative_prompt), &r);
+    if (st != KILN_OK || r.failed()) {
+      Fault f = r.failure();
+      f.message = "enhancer '" + id + "' failed: " + f.message;
+      return f;
+    }
+    if (r.prompt)
+      req.prompt = *r.prompt;
+    if (r.negative_prompt)
+      req.negative_prompt = *r.negative_prompt;
+    req.enhancers.push_back(inst.plugin().id_version());
+  }
+  return std::nullopt;
+}
+
+} // namespace
+
+Plan make_plan(Workspace& ws, const PlanOptions& options) {
+  for (auto& pattern : options.only) {
+    bool any = false;
+    std::vector<std::string> names;
+    for (auto& a : ws.manifest.assets) {
+      names.push_back(a.name);
+      any = any || selected(a.name, {pattern});
+    }
+    if (!any) {
+      std::string msg =
+          "--only '" + pattern + "' matches no asset of " + ws.manifest.diagnostics.display_path();
+      if (auto hint = did_you_mean(pattern, names))
+        msg += " (did you mean '" + *hint + "'?)";
+      throw Fatal(msg);
+    }
+  }
+
+  Plan plan;
+  for (auto& spec : ws.manifest.assets) {
+    if (!selected(spec.name, options.only))
+      continue;
+    PlannedAsset p;
+    p.spec = &spec;
+    p.output = ws.manifest.output_dir / spec.relative_output();
+    const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
+    GenerationRequest& req = p.request;
+    req.prompt = spec.prompt;
+    req.backend = backend.plugin().id;
+    req.backend_version = backend.plugin().version;
+    req.model = spec.model;
+    req.width = spec.width;
+    req.height = spec.height;
+    req.format = spec.format;
+    req.seed = spec.seed;
+    req.params_json = spec.params_json;
+    p.prepare_error = enhance(ws, spec, req);
+    p.fields = fingerprint_fields(req);
+    p.fingerprint = fingerprint_of(p.fields);
+
+    const OutputRecord* rec = ws.state.find(spec.name);
+    auto stamp = stat_file(p.output);
+    bool current = rec && rec->fingerprint == p.fingerprint;
+    if (p.prepare_error) {
+      p.reason = "cannot prepare the request";
+    } else if (options.force) {
+      p.reason = "forced";
+    } else if (current && stamp && stamp->size == rec->size && stamp->mtime_ns == rec->mtime_ns &&
+               rec->output == spec.relative_output()) {
+      p.action = Action::UpToDate;
+      p.reason = "up to date";
+    } else if (current) {
+      p.reason = stamp ? "output modified" : "output missing";
+    } else if (rec) {
+      auto changes = describe_changes(rec->fields, p.fields);
+      p.reason = changes.empty() ? "fingerprint changed" : join(changes, ", ");
+    } else {
+      p.reason = stamp ? "untracked output" : "new";
+    }
+
+    if (p.action == Action::Generate && !options.force && !p.prepare_error &&
+        ws.cache.contains(p.fingerprint, spec.format)) {
+      p.action = Action::Cached;
+      p.reason += "; in cache";
+    }
+    if (p.action == Action::Generate && !p.prepare_error) {
+      if (auto estimate = backend.plugin().backend()->estimate_cost_usd) {
+        kiln_asset view = asset_view(spec);
+        kiln_request q = request_view(req, &view, p.fingerprint, "");
+        double usd = estimate(backend.handle(), &q);
+        p.predicted_cost_usd = usd > 0 ? usd : 0;
+      }
+    }
+    plan.predicted_cost_usd += p.predicted_cost_usd;
+    plan.assets.push_back(std::move(p));
+  }
+  return plan;
+}
+
+namespace {
+
+class Progress {
+public:
+  Progress(size_t total, kiln_log_level verbosity) : m_total(total), m_verbosity(verbosity) {}
+
+  void line(bool is_error, const std::string& text, Log& log) {
+    std::lock_guard lock(m_mutex);
+    ++m_done;
+    if (is_error) {
+      log.error(text);
+      return;
+    }
+    if (m_verbosity > KILN_LOG_INFO)
+      return;
+    std::printf("[%zu/%zu] %s\n", m_done, m_total, log.redact(text).c_str());
+    std::fflush(stdout);
+  }
+
+private:
+  std::mutex m_mutex;
+  size_t m_done = 0;
+  size_t m_total;
+  kiln_log_level m_verbosity;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Writes `bytes` to the output unless the file already holds exactly them (its mtime must not
+// move: the build integration relies on it), then records it in the state.
+void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p,
+                    std::string_view bytes) {
+  auto stamp = stat_file(p.output);
+  bool same = false;
+  if (stamp && stamp->size == bytes.size()) {
+    auto existing = read_file(p.output);
+    same = existing && *existing == bytes;
+  }
+  if (!same) {
+    write_file_atomic(p.output, bytes);
+    stamp = stat_file(p.output);
+  }
+  if (!stamp)
+    throw std::runtime_error("output '" + p.output.string() + "' vanished after writing");
+  OutputRecord rec{p.spec->relative_output(), p.fingerprint, stamp->size, stamp->mtime_ns,
+                   p.fields};
+  std::lock_guard lock(state_mutex);
+  ws.state.put(p.spec->name, std::move(rec));
+}
+
+struct Generated {
+  std::string bytes;
+  double cost_usd = 0;
+};
+
+// One attempt: backend → decode/convert → encode → validators. Retries and the strategy chain
+// come later (issue 5); a failure is returned with its category.
+Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutcome& out) {
+  const AssetSpec& spec = *p.spec;
+  const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
+  fs::path work = StateFile::kiln_dir(ws.manifest.output_dir) / "work" / p.fingerprint;
+  std::error_code ec;
+  fs::create_directories(work, ec);
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code e;
+      fs::remove_all(dir, e);
+    }
+  } cleanup{work};
+
+  kiln_asset view = asset_view(spec);
+  std::string work_str = work.string();
+  kiln_request q = request_view(p.request, &view, p.fingerprint, work_str);
+  kiln_result r = make_result(backend.plugin().id, ws.log);
+  ++out.attempts;
+  kiln_status st = backend.plugin().backend()->generate(backend.handle(), &q, &r);
+  Generated g;
+  g.cost_usd = r.cost_usd.value_or(0);
+  out.cost_usd += g.cost_usd;
+  if (st != KILN_OK || r.failed()) {
+    Fault f = r.failure();
+    if (f.category == KILN_ERROR_NONE)
+      f = {KILN_ERROR_PERMANENT, "backend failed without saying why", -1};
+    f.message = ws.log.redact(f.message);
+    return f;
+  }
+
+  Image image;
+  if (r.image) {
+    image = std::move(*r.image);
+  } else if (!r.image_file.empty()) {
+    auto bytes = read_file(r.image_file);
+    if (!bytes)
+      return Fault{KILN_ERROR_RETRYABLE,
+                   "backend's image file '" + r.image_file + "' cannot be read", -1};
+    auto decoded = decode_image(*bytes);
+    if (!decoded)
+      return Fault{KILN_ERROR_RETRYABLE,
+                   "backend returned an unreadable image: " + decoded.error().message, -1};
+    image = std::move(*decoded);
+  } else {
+    return Fault{KILN_ERROR_PERMANENT, "backend reported success but gave no image", -1};
+  }
+  g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
+
+  // Validators judge exactly the bytes that will be written, fully decoded again.
+  auto decoded = decode_image(g.bytes);
+  std::string work_file = (work / ("candidate." + spec.format)).string();
+  kiln_image img_view{};
+  kiln_image_file file{};
+  file.struct_size = sizeof file;
+  file.path = ks(work_file);
+  file.bytes = reinterpret_cast<const uint8_t*>(g.bytes.data());
+  file.size = g.bytes.size();
+  std::string detected(detect_format(g.bytes));
+  file.detected_format = ks(detected);
+  std::string decode_error;
+  if (decoded) {
+    img_view = {decoded->width, decoded->height, size_t(decoded->width) * 4, decoded->rgba.data()};
+    file.image = &img_view;
+  } else {
+    decode_error = decoded.error().message;
+  }
+  file.decode_error = ks(decode_error);
+  if (!spec.validators.empty()) {
+    write_file_atomic(work_file, g.bytes);
+  }
+  for (auto& id : spec.validators) {
+    const PluginInstance& v = *ws.plugins.validators.at(id);
+    kiln_result vr = make_result(id, ws.log);
+    kiln_status vs = v.plugin().validator()->validate(v.handle(), &view, &file, &vr);
+    if (vs != KILN_OK || vr.failed())
+      return Fault{KILN_ERROR_VALIDATION,
+                   "validator '" + id + "' rejected the image: " +
+                       (vr.message.empty() ? std::string("no reason given") : vr.message),
+                   -1};
+  }
+  return g;
+}
+
+} // namespace
+
+BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
+  auto start = std::chrono::steady_clock::now();
+  BuildSummary summary;
+  summary.predicted_cost_usd = plan.predicted_cost_usd;
+  summary.assets.resize(plan.assets.size());
+  std::mutex state_mutex;
+  Progress progress(plan.assets.size(), options.verbosity);
+
+  std::vector<size_t> to_generate;
+  for (size_t i = 0; i < plan.assets.size(); ++i) {
+    PlannedAsset& p = plan.assets[i];
+    AssetOutcome& o = summary.assets[i];
+    o.name = p.spec->name;
+    o.reason = p.reason;
+    o.output = p.output;
+    o.fingerprint = p.fingerprint;
+    o.backend = p.spec->backend;
+    o.model = p.spec->model;
+    o.predicted_cost_usd = p.predicted_cost_usd;
+    o.final_prompt = p.request.prompt;
+    o.final_negative_prompt = p.request.negative_prompt;
+    if (p.prepare_error) {
+      o.status = "failed";
+      o.error = p.prepare_error;
+      progress.line(true, o.name + ": " + p.prepare_error->message, ws.log);
+    } else if (p.action == Action::UpToDate) {
+      o.status = "up_to_date";
+      if (options.verbosity <= KILN_LOG_DEBUG)
+        progress.line(false, "up to date " + o.name, ws.log);
+    } else if (p.action == Action::Cached) {
+      auto bytes = ws.cache.get(p.fingerprint, p.spec->format);
+      if (!bytes || structural_problem(*bytes)) {
+        ws.log.warning("cache entry for " + o.name + " is unreadable or damaged; generating");
+        p.action = Action::Generate;
+        p.reason += " (cache entry damaged)";
+        o.reason = p.reason;
+        to_generate.push_back(i);
+        continue;
+      }
+      try {
+        install_output(ws, state_mutex, p, *bytes);
+        o.status = "cached";
+        progress.line(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
+      } catch (const std::exception& e) {
+        o.status = "failed";
+        o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
+        progress.line(true, o.name + ": " + e.what(), ws.log);
+      }
+    } else {
+      to_generate.push_back(i);
+    }
+  }
+
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t k = next++; k < to_generate.size(); k = next++) {
+      PlannedAsset& p = plan.assets[to_generate[k]];
+      AssetOutcome& o = summary.assets[to_generate[k]];
+      auto t0 = std::chrono::steady_clock::now();
+      try {
+        auto g = generate_once(ws, p, o);
+        if (!g) {
+          o.status = "failed";
+          o.error = g.error();
+          progress.line(true, o.name + ": " + g.error().message, ws.log);
+          continue;
+        }
+        // The cache first: once it holds the image, a crash loses nothing that was paid for.
+        ws.cache.put(p.fingerprint, p.spec->format, g->bytes);
+        install_output(ws, state_mutex, p, g->bytes);
+        o.status = "generated";
+        char timing[64];
+        std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
+        progress.line(false,
+                      "generated " + o.name + " (" + p.reason + "; " + o.backend +
+                          (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " +
+                          timing + ")",
+                      ws.log);
+      } catch (const std::exception& e) {
+        o.status = "failed";
+        o.error = Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1};
+        progress.line(true, o.name + ": " + o.error->message, ws.log);
+      }
+    }
+  };
+  unsigned threads = std::max(1u, std::min<unsigned>(options.jobs, unsigned(to_generate.size())));
+  if (!to_generate.empty()) {
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads; ++t)
+      pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool)
+      t.join();
+  }
+
+  for (auto& o : summary.assets) {
+    summary.cost_usd += o.cost_usd;
+    if (o.status == "generated")
+      ++summary.generated;
+    else if (o.status == "cached")
+      ++summary.cached;
+    else if (o.status == "up_to_date")
+      ++summary.up_to_date;
+    else
+      ++summary.failed;
+  }
+  if (ws.state.dirty())
+    ws.state.save();
+  summary.duration_s = seconds_since(start);
+  return summary;
+}
+
+std::string report_json(const BuildSummary& s) {
+  rapidjson::StringBuffer buf;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+  w.SetIndent(' ', 2);
+  auto str = [&](const std::string& v) {
+    w.String(v.c_str(), rapidjson::SizeType(v.size()));
+  };
+  w.StartObject();
+  w.Key("summary");
+  w.StartObject();
+  w.Key("total");
+  w.Uint64(s.assets.size());
+  w.Key("generated");
+  w.Int(s.generated);
+  w.Key("cached");
+  w.Int(s.cached);
+  w.Key("up_to_date");
+  w.Int(s.up_to_date);
+  w.Key("failed");
+  w.Int(s.failed);
+  w.Key("cost_usd");
+  w.Double(s.cost_usd);
+  w.Key("predicted_cost_usd");
+  w.Double(s.predicted_cost_usd);
+  w.Key("duration_s");
+  w.Double(s.duration_s);
+  w.EndObject();
+  w.Key("assets");
+  w.StartArray();
+  for (auto& a : s.assets) {
+    w.StartObject();
+    w.Key("name");
+    str(a.name);
+    w.Key("status");
+    str(a.status);
+    w.Key("reason");
+    str(a.reason);
+    w.Key("output");
+    str(a.output.string());
+    w.Key("fingerprint");
+    str(a.fingerprint);
+    w.Key("backend");
+    str(a.backend);
+    w.Key("model");
+    str(a.model);
+    w.Key("attempts");
+    w.Int(a.attempts);
+    w.Key("cost_usd");
+    w.Double(a.cost_usd);
+    w.Key("predicted_cost_usd");
+    w.Double(a.predicted_cost_usd);
+    w.Key("prompt");
+    str(a.final_prompt);
+    w.Key("negative_prompt");
+    str(a.final_negative_prompt);
+    w.Key("error");
+    if (a.error)
+      str(a.error->message);
+    else
+      w.Null();
+    w.Key("error_category");
+    if (a.error) {
+      static const char* names[] = {"none",           "retryable",      "permanent",
+                                    "needs_a_person", "content_policy", "validation"};
+      w.String(names[std::min<unsigned>(a.error->category, 5)]);
+    } else {
+      w.Null();
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize()) + "\n";
+}
+
+} // namespace kiln

@@ -1,0 +1,90 @@
+// Planning and building: what each asset needs (up to date, cached, generate) and making it so.
+#pragma once
+
+#include "fingerprint.hpp"
+#include "log.hpp"
+#include "manifest.hpp"
+#include "plugins.hpp"
+#include "state.hpp"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+enum class Action { UpToDate, Cached, Generate };
+std::string_view action_name(Action action); // "up_to_date", "cached", "generate"
+
+struct PlannedAsset {
+  const AssetSpec* spec = nullptr;
+  GenerationRequest request;
+  FingerprintFields fields;
+  std::string fingerprint;
+  fs::path output; // absolute
+  Action action = Action::Generate;
+  std::string reason;
+  double predicted_cost_usd = 0;
+  std::optional<Fault> prepare_error; // an enhancer failed: the asset cannot be planned
+};
+
+struct Plan {
+  std::vector<PlannedAsset> assets;
+  double predicted_cost_usd = 0;
+};
+
+struct PlanOptions {
+  bool force = false;
+  std::vector<std::string> only; // names or globs; empty = all
+};
+
+// Everything a run works with, created once in the CLI.
+struct Workspace {
+  Manifest& manifest;
+  PluginSet& plugins;
+  Log& log;
+  StateFile& state;
+  Cache& cache;
+};
+
+// Applies enhancers, fingerprints and decides per asset. Makes no backend calls. Throws Fatal
+// (exit 2) when an --only pattern matches no asset.
+Plan make_plan(Workspace& ws, const PlanOptions& options);
+
+struct AssetOutcome {
+  std::string name;
+  std::string status; // generated | cached | up_to_date | failed
+  std::string reason;
+  fs::path output;
+  std::string fingerprint;
+  std::string backend;
+  std::string model;
+  int attempts = 0;
+  double cost_usd = 0;
+  double predicted_cost_usd = 0;
+  std::string final_prompt;
+  std::string final_negative_prompt;
+  std::optional<Fault> error;
+};
+
+struct BuildSummary {
+  std::vector<AssetOutcome> assets;
+  int generated = 0, cached = 0, up_to_date = 0, failed = 0;
+  double cost_usd = 0;
+  double predicted_cost_usd = 0;
+  double duration_s = 0;
+};
+
+struct BuildOptions {
+  unsigned jobs = 4;
+  kiln_log_level verbosity = KILN_LOG_INFO; // DEBUG = -v, ERROR = -q
+};
+
+// Makes every planned asset exist: writes outputs atomically and only when their bytes change,
+// fills the cache, records the state.
+BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options);
+
+// The JSON report (`--report`): a pinned format, extended never renamed.
+std::string report_json(const BuildSummary& summary);
+
+} // namespace kiln

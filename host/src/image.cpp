@@ -1,0 +1,94 @@
+#include "image.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stb_image.h>
+#include <stb_image_resize.h>
+#include <stb_image_write.h>
+#include <stdexcept>
+#include <webp/decode.h>
+#include <webp/encode.h>
+
+namespace kiln {
+
+Result<Image> decode_image(std::string_view bytes) {
+  std::string_view format = detect_format(bytes);
+  if (format.empty())
+    return Fault{KILN_ERROR_PERMANENT, "not a PNG, JPEG or WebP file", -1};
+  Image out;
+  if (format == "webp") {
+    int w = 0, h = 0;
+    uint8_t* px =
+        WebPDecodeRGBA(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &w, &h);
+    if (!px)
+      return Fault{KILN_ERROR_PERMANENT, "WebP data is corrupt or truncated", -1};
+    out = Image(uint32_t(w), uint32_t(h));
+    std::memcpy(out.rgba.data(), px, out.rgba.size());
+    WebPFree(px);
+    return out;
+  }
+  int w = 0, h = 0, channels = 0;
+  stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                                      int(bytes.size()), &w, &h, &channels, 4);
+  if (!px)
+    return Fault{KILN_ERROR_PERMANENT,
+                 std::string(format == "png" ? "PNG" : "JPEG") + " data is corrupt (" +
+                     stbi_failure_reason() + ")",
+                 -1};
+  out = Image(uint32_t(w), uint32_t(h));
+  std::memcpy(out.rgba.data(), px, out.rgba.size());
+  stbi_image_free(px);
+  return out;
+}
+
+Image fit_image(const Image& in, uint32_t width, uint32_t height) {
+  if (in.width == width && in.height == height)
+    return in;
+  double scale = std::max(double(width) / in.width, double(height) / in.height);
+  uint32_t crop_w = std::clamp<uint32_t>(uint32_t(std::lround(width / scale)), 1, in.width);
+  uint32_t crop_h = std::clamp<uint32_t>(uint32_t(std::lround(height / scale)), 1, in.height);
+  uint32_t x0 = (in.width - crop_w) / 2, y0 = (in.height - crop_h) / 2;
+  Image out(width, height);
+  stbir_resize_uint8_srgb(in.at(x0, y0), int(crop_w), int(crop_h), int(in.width * 4),
+                          out.rgba.data(), int(width), int(height), 0, 4, 3, 0);
+  return out;
+}
+
+namespace {
+
+void append(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), size_t(size));
+}
+
+} // namespace
+
+std::string encode_image(const Image& image, std::string_view format) {
+  std::string out;
+  int w = int(image.width), h = int(image.height);
+  if (format == "png") {
+    if (!stbi_write_png_to_func(append, &out, w, h, 4, image.rgba.data(), w * 4))
+      throw std::runtime_error("PNG encoding failed");
+  } else if (format == "jpg") {
+    std::vector<uint8_t> rgb(size_t(w) * h * 3);
+    for (size_t i = 0, n = size_t(w) * h; i < n; ++i) {
+      unsigned a = image.rgba[i * 4 + 3];
+      for (int c = 0; c < 3; ++c)
+        rgb[i * 3 + c] = uint8_t((image.rgba[i * 4 + c] * a + 255 * (255 - a) + 127) / 255);
+    }
+    if (!stbi_write_jpg_to_func(append, &out, w, h, 3, rgb.data(), 90))
+      throw std::runtime_error("JPEG encoding failed");
+  } else if (format == "webp") {
+    uint8_t* data = nullptr;
+    size_t size = WebPEncodeRGBA(image.rgba.data(), w, h, w * 4, 90.0f, &data);
+    if (size == 0)
+      throw std::runtime_error("WebP encoding failed");
+    out.assign(reinterpret_cast<const char*>(data), size);
+    WebPFree(data);
+  } else {
+    throw std::runtime_error("unknown image format '" + std::string(format) + "'");
+  }
+  return out;
+}
+
+} // namespace kiln

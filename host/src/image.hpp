@@ -1,0 +1,25 @@
+// Decoding, converting and encoding images: the host's one image pipeline, shared by every
+// backend so that outputs are exactly the declared size and format whatever a model returns.
+#pragma once
+
+#include "result.hpp"
+
+#include <kiln/image_format.hpp>
+#include <kiln/kiln.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace kiln {
+
+// Fully decodes PNG, JPEG or WebP into RGBA.
+Result<Image> decode_image(std::string_view bytes);
+
+// Scales to cover `width`x`height` and crops the overflow evenly: exact pixels, no stretching.
+Image fit_image(const Image& image, uint32_t width, uint32_t height);
+
+// Encodes as "png", "jpg" or "webp". JPEG has no alpha: transparent pixels are flattened onto
+// white. Deterministic: the same pixels give the same bytes.
+std::string encode_image(const Image& image, std::string_view format);
+
+} // namespace kiln

@@ -1,0 +1,42 @@
+// The host's one place for human-readable output: levels, a lock so lines from worker threads
+// never interleave, and redaction of every secret registered (API tokens) before anything prints.
+#pragma once
+
+#include <cstdio>
+#include <kiln/plugin.h>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln {
+
+class Log {
+public:
+  explicit Log(kiln_log_level level = KILN_LOG_INFO, std::FILE* out = stderr)
+      : m_level(level), m_out(out) {}
+
+  void set_level(kiln_log_level level) { m_level = level; }
+  kiln_log_level level() const { return m_level; }
+  bool enabled(kiln_log_level level) const { return level >= m_level; }
+
+  // Registers a secret: it is replaced by "[REDACTED]" in everything this log prints and in
+  // every string passed through redact().
+  void add_secret(std::string secret);
+  std::string redact(std::string_view text) const;
+
+  // One line: "kiln: message" or "kiln: [plugin] message", with "warning:"/"error:" prefixes.
+  void write(kiln_log_level level, std::string_view message, std::string_view plugin_id = {});
+  void error(std::string_view message) { write(KILN_LOG_ERROR, message); }
+  void warning(std::string_view message) { write(KILN_LOG_WARNING, message); }
+  void info(std::string_view message) { write(KILN_LOG_INFO, message); }
+  void debug(std::string_view message) { write(KILN_LOG_DEBUG, message); }
+
+private:
+  kiln_log_level m_level;
+  std::FILE* m_out;
+  mutable std::mutex m_mutex;
+  std::vector<std::string> m_secrets;
+};
+
+} // namespace kiln

@@ -1,0 +1,86 @@
+// assets.toml: parsing, checking and resolving every asset against [defaults] and its [types.X].
+// The schema is a contract (see README "Manifest reference"): extend it, never rename keys.
+#pragma once
+
+#include "diagnostics.hpp"
+#include "util.hpp"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+// One option value from a plugin's table, e.g. `[validators.not-blank] min_stddev = 3.0`.
+struct SettingValue {
+  enum class Type { String, Int, Float, Bool, StringList, Other };
+  Type type = Type::Other;
+  std::string string_value;
+  int64_t int_value = 0;
+  double float_value = 0;
+  bool bool_value = false;
+  std::vector<std::string> list_value;
+  std::string toml_type; // for messages: "string", "integer", "table"...
+  SourceLoc key_loc;
+  SourceLoc value_loc;
+};
+
+// The options of one plugin: `[<kind>.<id>]`.
+struct PluginSettings {
+  std::string id;
+  SourceLoc loc;
+  std::map<std::string, SettingValue> values;
+};
+
+// Where a resolved field came from, for errors raised after resolution.
+struct FieldOrigin {
+  SourceLoc loc;
+  std::string where; // "asset", "[types.icon]", "[defaults]", "built-in default"
+};
+
+struct AssetSpec {
+  std::string name;
+  std::string type;
+  std::string prompt;
+  std::string negative;
+  std::string style;
+  std::string backend;
+  std::string model;
+  std::string format; // png | webp | jpg
+  uint32_t width = 0;
+  uint32_t height = 0;
+  std::optional<uint64_t> seed;
+  std::string params_json; // canonical JSON object, keys sorted
+  std::vector<std::string> enhancers;
+  std::vector<std::string> validators;
+  SourceLoc loc;
+  std::map<std::string, FieldOrigin> origins; // by field name
+
+  // name + "." + format: the file below the output directory.
+  std::string relative_output() const { return name + "." + format; }
+};
+
+struct Manifest {
+  fs::path path;       // absolute
+  fs::path dir;        // absolute folder of the manifest
+  fs::path output_dir; // absolute
+  std::optional<double> budget_usd;
+  std::vector<fs::path> plugin_paths; // absolute, in declaration order
+  std::vector<SourceLoc> plugin_path_locs;
+  std::map<std::string, PluginSettings> backend_settings;
+  std::map<std::string, PluginSettings> enhancer_settings;
+  std::map<std::string, PluginSettings> validator_settings;
+  std::vector<AssetSpec> assets;
+  Diagnostics diagnostics; // for errors found later (unknown plugins, bad options)
+};
+
+// Parses and resolves `path` (shown in messages as `display_path`). Throws Fatal (exit 2) with
+// every error found, each as `file:line:col: message` with the line and a caret.
+Manifest load_manifest(const fs::path& path, const std::string& display_path);
+
+// Same, from text (tests).
+Manifest parse_manifest(std::string_view text, const fs::path& path,
+                        const std::string& display_path);
+
+} // namespace kiln

@@ -1,0 +1,553 @@
+#include "plugins.hpp"
+
+#include "fatal.hpp"
+#include "version.hpp"
+
+#define BOOST_DLL_USE_STD_FS
+#include <algorithm>
+#include <boost/dll/shared_library.hpp>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+
+namespace kiln {
+
+std::string_view kind_name(uint32_t kind) {
+  switch (kind) {
+  case KILN_KIND_BACKEND:
+    return "backend";
+  case KILN_KIND_ENHANCER:
+    return "enhancer";
+  case KILN_KIND_RETRY_STRATEGY:
+    return "retry-strategy";
+  case KILN_KIND_VALIDATOR:
+    return "validator";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// --- the services table handed to every plugin --------------------------------------------
+
+std::string_view sv(kiln_str s) {
+  return {s.data ? s.data : "", s.data ? s.size : 0};
+}
+
+void host_log(kiln_result* r, uint32_t level, kiln_str message) {
+  // Outside a call there is no result to name the plugin; the message still goes out.
+  if (r && r->log)
+    r->log->write(kiln_log_level(std::min<uint32_t>(level, KILN_LOG_ERROR)), sv(message),
+                  r->plugin_id);
+}
+void host_fail(kiln_result* r, uint32_t category, kiln_str message) {
+  if (category == KILN_ERROR_NONE || category > KILN_ERROR_VALIDATION)
+    category = KILN_ERROR_PERMANENT;
+  r->category = kiln_error_category(category);
+  r->message = std::string(sv(message));
+  if (r->message.empty())
+    r->message = "failed without a message";
+}
+void host_set_retry_after_ms(kiln_result* r, int64_t ms) {
+  r->retry_after_ms = ms;
+}
+void host_set_remote_id(kiln_result* r, kiln_str id) {
+  r->remote_id = std::string(sv(id));
+}
+void host_set_cost_usd(kiln_result* r, double usd) {
+  r->cost_usd = usd;
+}
+void host_set_image(kiln_result* r, const kiln_image* image) {
+  if (!image || !image->pixels || image->width == 0 || image->height == 0) {
+    host_fail(r, KILN_ERROR_PERMANENT, kiln_cstr("plugin handed the host an empty image"));
+    return;
+  }
+  Image copy(image->width, image->height);
+  for (uint32_t y = 0; y < image->height; ++y)
+    std::memcpy(copy.at(0, y), image->pixels + y * image->stride, size_t(image->width) * 4);
+  r->image = std::move(copy);
+}
+void host_set_image_file(kiln_result* r, kiln_str path) {
+  r->image_file = std::string(sv(path));
+}
+void host_set_prompt(kiln_result* r, kiln_str p) {
+  r->prompt = std::string(sv(p));
+}
+void host_set_negative_prompt(kiln_result* r, kiln_str p) {
+  r->negative_prompt = std::string(sv(p));
+}
+
+const kiln_host_api k_host_api = {
+    sizeof(kiln_host_api),
+    KILN_PLUGIN_ABI_VERSION,
+    {k_kiln_version, std::strlen(k_kiln_version)},
+    host_log,
+    host_fail,
+    host_set_retry_after_ms,
+    host_set_remote_id,
+    host_set_cost_usd,
+    host_set_image,
+    host_set_image_file,
+    host_set_prompt,
+    host_set_negative_prompt,
+};
+
+// Smallest info struct this host can read: up to and including `functions`.
+constexpr size_t k_min_info_size = offsetof(kiln_plugin_info, functions) + sizeof(void*);
+
+bool valid_id(const char* id) {
+  if (!id || !*id || std::strlen(id) > 64)
+    return false;
+  for (const char* p = id; *p; ++p)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-'))
+      return false;
+  return id[0] != '-';
+}
+
+std::string quoted(const fs::path& p) {
+  return "'" + p.string() + "'";
+}
+
+} // namespace
+
+struct PluginRegistry::Library {
+  boost::dll::shared_library library;
+};
+
+PluginRegistry::PluginRegistry(Log& log) : m_log(log) {}
+
+// Libraries are never unloaded (RTLD_NODELETE): a plugin may have started threads or registered
+// atexit handlers, and an unload that pulls code from under them crashes at exit.
+PluginRegistry::~PluginRegistry() = default;
+
+PluginInstance::~PluginInstance() {
+  if (m_instance)
+    m_plugin->info->destroy(m_instance);
+}
+
+const kiln_host_api* PluginRegistry::host_api() const {
+  return &k_host_api;
+}
+
+fs::path PluginRegistry::builtin_dir() {
+  return (executable_dir() / ".." / "lib" / "kiln" / "plugins").lexically_normal();
+}
+
+std::vector<fs::path> PluginRegistry::search_dirs(const Manifest* manifest) {
+  std::vector<fs::path> dirs{builtin_dir()};
+  if (manifest)
+    dirs.insert(dirs.end(), manifest->plugin_paths.begin(), manifest->plugin_paths.end());
+  if (const char* env = std::getenv("KILN_PLUGIN_PATH")) {
+    std::string_view rest(env);
+    while (!rest.empty()) {
+      size_t colon = rest.find(':');
+      std::string_view part = rest.substr(0, colon);
+      if (!part.empty())
+        dirs.push_back(fs::absolute(fs::path(part)).lexically_normal());
+      rest = colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1);
+    }
+  }
+  // One folder listed twice (say, KILN_PLUGIN_PATH naming the built-ins) is searched once.
+  std::vector<fs::path> unique;
+  for (auto& d : dirs) {
+    std::error_code ec;
+    fs::path key = fs::weakly_canonical(d, ec);
+    if (ec)
+      key = d;
+    if (std::find(unique.begin(), unique.end(), key) == unique.end())
+      unique.push_back(key);
+  }
+  return unique;
+}
+
+void PluginRegistry::load_directory(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    m_log.debug("plugin folder '" + dir.string() + "' does not exist; skipped");
+    return;
+  }
+  std::vector<fs::path> files;
+  for (auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind("kiln-", 0) == 0 && entry.path().extension() == ".so" &&
+        entry.is_regular_file(ec))
+      files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  for (auto& f : files)
+    load_file(f);
+}
+
+const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
+  fs::path path = fs::absolute(path_in).lexically_normal();
+  auto fail = [&](const std::string& why) -> void {
+    throw Fatal("plugin " + quoted(path) + " " + why);
+  };
+
+  std::error_code exists_ec;
+  if (!fs::exists(path, exists_ec))
+    fail("does not exist");
+
+  auto lib = std::make_unique<Library>();
+  std::error_code ec;
+  lib->library.load(path, ec,
+                    boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local |
+                        static_cast<boost::dll::load_mode::type>(RTLD_NODELETE));
+  if (ec) {
+    const char* why = dlerror();
+    fail(std::string("cannot be loaded: ") + (why ? why : ec.message().c_str()));
+  }
+  if (!lib->library.has(KILN_PLUGIN_ENTRY_SYMBOL))
+    fail("does not export '" KILN_PLUGIN_ENTRY_SYMBOL "': it is not a Kiln plugin");
+
+  auto entry = lib->library.get<const kiln_plugin_info*()>(KILN_PLUGIN_ENTRY_SYMBOL);
+  const kiln_plugin_info* info = entry();
+  if (!info)
+    fail("returned no plugin info from '" KILN_PLUGIN_ENTRY_SYMBOL "'");
+  if (info->abi_version != KILN_PLUGIN_ABI_VERSION)
+    fail("was built for Kiln plugin ABI " + std::to_string(info->abi_version) +
+         ", this kiln supports " + std::to_string(KILN_PLUGIN_ABI_VERSION));
+  if (info->struct_size < k_min_info_size)
+    fail("has a plugin info of " + std::to_string(info->struct_size) +
+         " bytes, expected at least " + std::to_string(k_min_info_size));
+  if (info->kind < KILN_KIND_BACKEND || info->kind > KILN_KIND_VALIDATOR)
+    fail("declares unknown plugin kind " + std::to_string(info->kind));
+  if (!valid_id(info->id))
+    fail(std::string("has an invalid id '") + (info->id ? info->id : "") +
+         "': use lowercase letters, digits and '-'");
+  if (!info->version || !*info->version)
+    fail(std::string("'") + info->id + "' has no version");
+  if (!info->create)
+    fail("is missing required callback 'create'");
+  if (!info->destroy)
+    fail("is missing required callback 'destroy'");
+  if (!info->functions)
+    fail("is missing its " + std::string(kind_name(info->kind)) + " function table");
+
+  // Each kind's table: at least as large as ABI 1's, and its required callbacks present.
+  uint32_t table_size = *static_cast<const uint32_t*>(info->functions);
+  auto need = [&](size_t min_size, const void* callback, const char* name) {
+    if (table_size < min_size)
+      fail("has a " + std::string(kind_name(info->kind)) + " function table of " +
+           std::to_string(table_size) + " bytes, expected at least " + std::to_string(min_size));
+    if (!callback)
+      fail(std::string("is missing required callback '") + name + "'");
+  };
+  switch (info->kind) {
+  case KILN_KIND_BACKEND: {
+    auto f = static_cast<const kiln_backend_functions*>(info->functions);
+    need(sizeof(kiln_backend_functions), table_size >= sizeof *f ? (void*)f->generate : nullptr,
+         "generate");
+    break;
+  }
+  case KILN_KIND_ENHANCER: {
+    auto f = static_cast<const kiln_enhancer_functions*>(info->functions);
+    need(sizeof *f, table_size >= sizeof *f ? (void*)f->enhance : nullptr, "enhance");
+    break;
+  }
+  case KILN_KIND_RETRY_STRATEGY: {
+    auto f = static_cast<const kiln_retry_strategy_functions*>(info->functions);
+    need(sizeof *f, table_size >= sizeof *f ? (void*)f->propose : nullptr, "propose");
+    break;
+  }
+  case KILN_KIND_VALIDATOR: {
+    auto f = static_cast<const kiln_validator_functions*>(info->functions);
+    need(sizeof *f, table_size >= sizeof *f ? (void*)f->validate : nullptr, "validate");
+    break;
+  }
+  }
+  for (size_t i = 0; i < info->option_count; ++i) {
+    const kiln_option_spec& o = info->options[i];
+    if (!o.name || !*o.name)
+      fail("declares option " + std::to_string(i + 1) + " without a name");
+    if (o.type < KILN_OPTION_STRING || o.type > KILN_OPTION_STRING_LIST)
+      fail("declares option '" + std::string(o.name) + "' with unknown type " +
+           std::to_string(o.type));
+  }
+
+  if (auto it = m_by_id.find(info->id); it != m_by_id.end())
+    fail(std::string("provides id '") + info->id + "', already taken by " +
+         quoted(it->second->path));
+
+  auto plugin = std::make_unique<Plugin>();
+  plugin->path = path;
+  plugin->info = info;
+  plugin->id = info->id;
+  plugin->version = info->version;
+  plugin->description = info->description ? info->description : "";
+  plugin->kind = kiln_plugin_kind(info->kind);
+  m_libraries.push_back(std::move(lib));
+  m_by_id.emplace(plugin->id, plugin.get());
+  m_plugins.push_back(std::move(plugin));
+  return *m_plugins.back();
+}
+
+const Plugin* PluginRegistry::find(std::string_view id) const {
+  auto it = m_by_id.find(id);
+  return it == m_by_id.end() ? nullptr : it->second;
+}
+
+const Plugin* PluginRegistry::find(std::string_view id, kiln_plugin_kind kind) const {
+  const Plugin* p = find(id);
+  return p && p->kind == kind ? p : nullptr;
+}
+
+std::vector<const Plugin*> PluginRegistry::all() const {
+  std::vector<const Plugin*> out;
+  for (auto& p : m_plugins)
+    out.push_back(p.get());
+  std::sort(out.begin(), out.end(), [](const Plugin* a, const Plugin* b) {
+    return std::tie(a->kind, a->id) < std::tie(b->kind, b->id);
+  });
+  return out;
+}
+
+std::vector<std::string> PluginRegistry::ids(kiln_plugin_kind kind) const {
+  std::vector<std::string> out;
+  for (auto& p : m_plugins)
+    if (p->kind == kind)
+      out.push_back(p->id);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+namespace {
+
+std::string_view option_type_name(uint32_t t) {
+  switch (t) {
+  case KILN_OPTION_STRING:
+    return "a string";
+  case KILN_OPTION_INT:
+    return "an integer";
+  case KILN_OPTION_FLOAT:
+    return "a number";
+  case KILN_OPTION_BOOL:
+    return "a boolean";
+  default:
+    return "an array of strings";
+  }
+}
+
+// Storage for resolved option values; kiln_option_value points into it.
+struct ResolvedOptions {
+  std::vector<std::string> strings;
+  std::vector<std::vector<kiln_str>> lists;
+  std::vector<std::vector<std::string>> list_storage;
+  std::vector<kiln_option_value> values;
+};
+
+// Parses a schema default given in text form. Returns false when the plugin's default is bad.
+bool parse_default(const kiln_option_spec& spec, SettingValue& out) {
+  std::string text = spec.default_value;
+  char* end = nullptr;
+  switch (spec.type) {
+  case KILN_OPTION_STRING:
+    out.type = SettingValue::Type::String;
+    out.string_value = text;
+    return true;
+  case KILN_OPTION_INT:
+    out.type = SettingValue::Type::Int;
+    out.int_value = std::strtoll(text.c_str(), &end, 10);
+    return !text.empty() && *end == 0;
+  case KILN_OPTION_FLOAT:
+    out.type = SettingValue::Type::Float;
+    out.float_value = std::strtod(text.c_str(), &end);
+    return !text.empty() && *end == 0;
+  case KILN_OPTION_BOOL:
+    out.type = SettingValue::Type::Bool;
+    out.bool_value = text == "true";
+    return text == "true" || text == "false";
+  default: {
+    out.type = SettingValue::Type::StringList;
+    size_t start = 0;
+    while (start < text.size()) {
+      size_t comma = text.find(',', start);
+      if (comma == std::string::npos)
+        comma = text.size();
+      if (comma > start)
+        out.list_value.push_back(text.substr(start, comma - start));
+      start = comma + 1;
+    }
+    return true;
+  }
+  }
+}
+
+} // namespace
+
+std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin,
+                                                            const PluginSettings* settings,
+                                                            Diagnostics& diag) {
+  const kiln_plugin_info* info = plugin.info;
+  std::string label = std::string(kind_name(plugin.kind)) + " '" + plugin.id + "'";
+  size_t errors_before = diag.error_count();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < info->option_count; ++i)
+    names.emplace_back(info->options[i].name);
+
+  if (settings) {
+    for (auto& [key, value] : settings->values)
+      if (std::find(names.begin(), names.end(), key) == names.end()) {
+        std::string msg = "unknown option '" + key + "' for " + label;
+        if (auto hint = did_you_mean(key, names))
+          msg += " (did you mean '" + *hint + "'?)";
+        else if (names.empty())
+          msg += " (it takes no options)";
+        else
+          msg += " (it takes: " + join(names, ", ") + ")";
+        diag.error(value.key_loc, msg);
+      }
+  }
+
+  ResolvedOptions r;
+  r.values.reserve(info->option_count);
+  r.strings.reserve(info->option_count * 2);
+  r.list_storage.reserve(info->option_count);
+  r.lists.reserve(info->option_count);
+  for (size_t i = 0; i < info->option_count; ++i) {
+    const kiln_option_spec& spec = info->options[i];
+    SettingValue v;
+    const SettingValue* given = nullptr;
+    if (settings)
+      if (auto it = settings->values.find(spec.name); it != settings->values.end())
+        given = &it->second;
+    if (given) {
+      v = *given;
+      bool fits =
+          (spec.type == KILN_OPTION_STRING && v.type == SettingValue::Type::String) ||
+          (spec.type == KILN_OPTION_INT && v.type == SettingValue::Type::Int) ||
+          (spec.type == KILN_OPTION_FLOAT &&
+           (v.type == SettingValue::Type::Float || v.type == SettingValue::Type::Int)) ||
+          (spec.type == KILN_OPTION_BOOL && v.type == SettingValue::Type::Bool) ||
+          (spec.type == KILN_OPTION_STRING_LIST && v.type == SettingValue::Type::StringList);
+      if (!fits) {
+        diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
+                                    " must be " + std::string(option_type_name(spec.type)) +
+                                    ", not " + v.toml_type);
+        continue;
+      }
+      if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
+        v.float_value = double(v.int_value);
+    } else if (!spec.default_value) {
+      diag.error(settings ? settings->loc : SourceLoc{},
+                 label + " needs option '" + spec.name + "'" +
+                     (settings ? std::string()
+                               : ": add it under [" + std::string(kind_name(plugin.kind)) + "s." +
+                                     plugin.id + "]"));
+      continue;
+    } else if (!parse_default(spec, v)) {
+      throw Fatal("plugin '" + plugin.path.string() + "' declares a bad default '" +
+                  spec.default_value + "' for option '" + spec.name + "'");
+    }
+    kiln_option_value ov{};
+    r.strings.push_back(spec.name);
+    ov.name = {r.strings.back().data(), r.strings.back().size()};
+    ov.type = spec.type;
+    r.strings.push_back(v.string_value);
+    ov.string_value = {r.strings.back().data(), r.strings.back().size()};
+    ov.int_value = v.int_value;
+    ov.float_value = v.float_value;
+    ov.bool_value = v.bool_value ? 1 : 0;
+    r.list_storage.push_back(v.list_value);
+    r.lists.emplace_back();
+    for (auto& s : r.list_storage.back())
+      r.lists.back().push_back({s.data(), s.size()});
+    ov.list_values = r.lists.back().data();
+    ov.list_size = r.lists.back().size();
+    r.values.push_back(ov);
+  }
+  if (diag.error_count() != errors_before)
+    return nullptr;
+
+  kiln_options options{r.values.data(), r.values.size()};
+  kiln_result result;
+  result.plugin_id = plugin.id;
+  result.log = &m_log;
+  void* handle = nullptr;
+  kiln_status status = info->create(&k_host_api, &options, &handle, &result);
+  if (status != KILN_OK || result.failed() || !handle) {
+    diag.error(settings ? settings->loc : SourceLoc{},
+               label + " could not start: " +
+                   (result.message.empty() ? std::string("create() failed without a message")
+                                           : m_log.redact(result.message)));
+    if (handle)
+      info->destroy(handle);
+    return nullptr;
+  }
+  return std::make_unique<PluginInstance>(&plugin, handle);
+}
+
+PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manifest) {
+  Diagnostics& diag = manifest.diagnostics;
+  PluginSet set;
+
+  struct KindUse {
+    kiln_plugin_kind kind;
+    const char* table;
+    std::map<std::string, PluginSettings>* settings;
+    std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>>* instances;
+  };
+  KindUse uses[] = {
+      {KILN_KIND_BACKEND, "backends", &manifest.backend_settings, &set.backends},
+      {KILN_KIND_ENHANCER, "enhancers", &manifest.enhancer_settings, &set.enhancers},
+      {KILN_KIND_VALIDATOR, "validators", &manifest.validator_settings, &set.validators},
+  };
+
+  auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
+    std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
+    if (const Plugin* other = registry.find(id))
+      return msg + " ('" + id + "' is a " + std::string(kind_name(other->kind)) + ")";
+    std::vector<std::string> ids = registry.ids(kind);
+    if (auto hint = did_you_mean(id, ids))
+      return msg + " (did you mean '" + *hint + "'?)";
+    return msg + (ids.empty()
+                      ? std::string(" (no " + std::string(kind_name(kind)) + " plugins were found)")
+                      : " (available: " + join(ids, ", ") + ")");
+  };
+
+  // Plugins named by assets, in first-use order, with where they were named.
+  for (auto& use : uses) {
+    std::map<std::string, SourceLoc> wanted;
+    for (auto& asset : manifest.assets) {
+      std::vector<std::string> ids;
+      std::string field;
+      if (use.kind == KILN_KIND_BACKEND) {
+        ids = {asset.backend};
+        field = "backend";
+      } else if (use.kind == KILN_KIND_ENHANCER) {
+        ids = asset.enhancers;
+        field = "enhancers";
+      } else {
+        ids = asset.validators;
+        field = "validators";
+      }
+      for (auto& id : ids)
+        wanted.emplace(id, asset.origins[field].loc);
+    }
+    for (auto& [id, loc] : wanted) {
+      const Plugin* p = registry.find(id, use.kind);
+      if (!p) {
+        diag.error(loc, unknown(use.kind, id));
+        continue;
+      }
+      auto it = use.settings->find(id);
+      auto inst = registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag);
+      if (inst)
+        use.instances->emplace(id, std::move(inst));
+    }
+    // A settings table for a plugin nobody uses is still checked: a typo there is a mistake.
+    for (auto& [id, settings] : *use.settings) {
+      if (wanted.count(id))
+        continue;
+      const Plugin* p = registry.find(id, use.kind);
+      if (!p)
+        diag.error(settings.loc, unknown(use.kind, id) + " in [" + use.table + "." + id + "]");
+      else
+        registry.instantiate(*p, &settings, diag);
+    }
+  }
+  diag.throw_if_errors();
+  return set;
+}
+
+} // namespace kiln

@@ -1,0 +1,125 @@
+// Finding, loading and checking plugins, and creating their instances from manifest options.
+// Every refusal names the file and says exactly what is wrong; tests/plugins/ holds a broken
+// plugin for each message.
+#pragma once
+
+#include "diagnostics.hpp"
+#include "log.hpp"
+#include "manifest.hpp"
+#include "result.hpp"
+#include "util.hpp"
+
+#include <kiln/kiln.hpp>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct kiln_result {
+  std::string plugin_id;
+  kiln::Log* log = nullptr;
+  kiln_error_category category = KILN_ERROR_NONE;
+  std::string message;
+  int64_t retry_after_ms = -1;
+  std::string remote_id;
+  std::optional<double> cost_usd;
+  std::optional<kiln::Image> image;
+  std::string image_file;
+  std::optional<std::string> prompt;
+  std::optional<std::string> negative_prompt;
+
+  bool failed() const { return category != KILN_ERROR_NONE; }
+  kiln::Fault failure() const { return {category, message, retry_after_ms}; }
+};
+
+namespace kiln {
+
+std::string_view kind_name(uint32_t kind); // "backend", "enhancer", "retry-strategy", "validator"
+
+struct Plugin {
+  fs::path path;
+  const kiln_plugin_info* info = nullptr;
+  std::string id;
+  std::string version;
+  std::string description;
+  kiln_plugin_kind kind = KILN_KIND_BACKEND;
+
+  const kiln_backend_functions* backend() const {
+    return static_cast<const kiln_backend_functions*>(info->functions);
+  }
+  const kiln_enhancer_functions* enhancer() const {
+    return static_cast<const kiln_enhancer_functions*>(info->functions);
+  }
+  const kiln_validator_functions* validator() const {
+    return static_cast<const kiln_validator_functions*>(info->functions);
+  }
+  std::string id_version() const { return id + "@" + version; }
+};
+
+// A created plugin instance; destroyed with its owner.
+class PluginInstance {
+public:
+  PluginInstance(const Plugin* plugin, void* instance) : m_plugin(plugin), m_instance(instance) {}
+  ~PluginInstance();
+  PluginInstance(const PluginInstance&) = delete;
+  PluginInstance& operator=(const PluginInstance&) = delete;
+
+  const Plugin& plugin() const { return *m_plugin; }
+  void* handle() const { return m_instance; }
+
+private:
+  const Plugin* m_plugin;
+  void* m_instance;
+};
+
+class PluginRegistry {
+public:
+  explicit PluginRegistry(Log& log);
+  ~PluginRegistry();
+
+  // Where built-in plugins live: <exe dir>/../lib/kiln/plugins, in the build tree as installed.
+  static fs::path builtin_dir();
+  // The folders to search for a manifest (may be null): built-ins, [plugins] paths,
+  // KILN_PLUGIN_PATH, in that order.
+  static std::vector<fs::path> search_dirs(const Manifest* manifest);
+
+  // Loads every kiln-*.so of `dir`, in name order. Throws Fatal naming the file on a bad one.
+  void load_directory(const fs::path& dir);
+  // Loads and checks one library. Throws Fatal with the exact reason.
+  const Plugin& load_file(const fs::path& path);
+
+  const Plugin* find(std::string_view id) const;
+  const Plugin* find(std::string_view id, kiln_plugin_kind kind) const;
+  std::vector<const Plugin*> all() const;
+  std::vector<std::string> ids(kiln_plugin_kind kind) const;
+
+  // Checks `settings` against the plugin's option schema (errors into `diag`, at the manifest
+  // lines) and creates an instance. Returns null when the options or create() failed.
+  std::unique_ptr<PluginInstance> instantiate(const Plugin& plugin, const PluginSettings* settings,
+                                              Diagnostics& diag);
+
+  const kiln_host_api* host_api() const;
+  Log& log() { return m_log; }
+
+private:
+  struct Library;
+  Log& m_log;
+  std::vector<std::unique_ptr<Library>> m_libraries;
+  std::vector<std::unique_ptr<Plugin>> m_plugins;
+  std::map<std::string, const Plugin*, std::less<>> m_by_id;
+};
+
+// Every plugin a manifest names, created once per run.
+struct PluginSet {
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> backends;
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> enhancers;
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> validators;
+};
+
+// Checks that every plugin the manifest names exists with the right kind and that every
+// `[backends.X]`, `[enhancers.X]`, `[validators.X]` table fits its plugin's schema, then creates
+// the instances. Throws Fatal (exit 2) listing every problem at its manifest line.
+PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manifest);
+
+} // namespace kiln

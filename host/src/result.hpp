@@ -1,0 +1,36 @@
+// An expected-style result for operations that can fail at run time (decode, cache I/O, HTTP),
+// carrying the error category the retry layer acts on.
+#pragma once
+
+#include <cstdint>
+#include <kiln/plugin.h>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace kiln {
+
+struct Fault {
+  kiln_error_category category = KILN_ERROR_PERMANENT;
+  std::string message;
+  int64_t retry_after_ms = -1;
+};
+
+template <class T> class Result {
+public:
+  Result(T value) : m_v(std::move(value)) {}
+  Result(Fault failure) : m_v(std::move(failure)) {}
+
+  bool ok() const { return m_v.index() == 0; }
+  explicit operator bool() const { return ok(); }
+  T& value() { return std::get<0>(m_v); }
+  const T& value() const { return std::get<0>(m_v); }
+  T& operator*() { return value(); }
+  T* operator->() { return &value(); }
+  const Fault& error() const { return std::get<1>(m_v); }
+
+private:
+  std::variant<T, Fault> m_v;
+};
+
+} // namespace kiln

@@ -1,0 +1,171 @@
+#include "util.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <openssl/evp.h>
+#include <random>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace kiln {
+
+std::optional<std::string> read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return std::nullopt;
+  std::string data;
+  in.seekg(0, std::ios::end);
+  auto size = in.tellg();
+  if (size > 0) {
+    data.resize(size_t(size));
+    in.seekg(0);
+    in.read(data.data(), size);
+  }
+  if (!in && !in.eof())
+    return std::nullopt;
+  return data;
+}
+
+namespace {
+
+[[noreturn]] void io_error(const std::string& what, const fs::path& path) {
+  throw std::runtime_error("cannot " + what + " '" + path.string() + "': " + std::strerror(errno));
+}
+
+void fsync_dir(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::string temp_suffix() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[32];
+  std::snprintf(buf, sizeof buf, ".%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+} // namespace
+
+void write_file_atomic(const fs::path& path, std::string_view data) {
+  fs::path dir = path.parent_path();
+  if (!dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec)
+      throw std::runtime_error("cannot create folder '" + dir.string() + "': " + ec.message());
+  }
+  // The ".kiln-tmp" marker lets a later run recognise and remove leftovers of a killed one.
+  fs::path tmp = path;
+  tmp += ".kiln-tmp" + temp_suffix();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    io_error("create", tmp);
+  const char* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      int saved = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      errno = saved;
+      io_error("write", tmp);
+    }
+    p += n;
+    left -= size_t(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int saved = errno;
+    ::unlink(tmp.c_str());
+    errno = saved;
+    io_error("write", tmp);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int saved = errno;
+    ::unlink(tmp.c_str());
+    errno = saved;
+    io_error("rename into", path);
+  }
+  fsync_dir(dir.empty() ? fs::path(".") : dir);
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("SHA-256 failed");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  out.reserve(length * 2);
+  for (unsigned i = 0; i < length; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
+static size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::optional<std::string> did_you_mean(std::string_view word,
+                                        const std::vector<std::string>& candidates) {
+  std::optional<std::string> best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(word, c);
+    if (d < best_distance) {
+      best_distance = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+std::string join(const std::vector<std::string>& parts, std::string_view separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i)
+      out += separator;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string format_usd(double usd) {
+  char buf[64];
+  if (usd != 0 && usd < 0.01)
+    std::snprintf(buf, sizeof buf, "$%.4f", usd);
+  else
+    std::snprintf(buf, sizeof buf, "$%.2f", usd);
+  return buf;
+}
+
+fs::path executable_dir() {
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::current_path() : self.parent_path();
+}
+
+} // namespace kiln

@@ -1,0 +1,36 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+
+// Reads a whole file; std::nullopt when it cannot be opened.
+std::optional<std::string> read_file(const fs::path& path);
+
+// Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename, fsync the
+// folder. Creates missing parent folders. Throws std::runtime_error naming the path on failure.
+void write_file_atomic(const fs::path& path, std::string_view data);
+
+// Lowercase hex SHA-256 of `data`.
+std::string sha256_hex(std::string_view data);
+
+// The candidate closest to `word` by edit distance, if close enough to be a likely typo.
+std::optional<std::string> did_you_mean(std::string_view word,
+                                        const std::vector<std::string>& candidates);
+
+std::string join(const std::vector<std::string>& parts, std::string_view separator);
+
+// Formats dollars for people: "$0.003", "$1.25".
+std::string format_usd(double usd);
+
+// The folder of the running executable.
+fs::path executable_dir();
+
+} // namespace kiln
