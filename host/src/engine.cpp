@@ -192,11 +192,12 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
 
 namespace {
 
+// Ninja-style lines: [done/total] counts the assets that need work, not the up-to-date ones.
 class Progress {
 public:
   Progress(size_t total, kiln_log_level verbosity) : m_total(total), m_verbosity(verbosity) {}
 
-  void line(bool is_error, const std::string& text, Log& log) {
+  void done(bool is_error, const std::string& text, Log& log) {
     std::lock_guard lock(m_mutex);
     ++m_done;
     if (is_error) {
@@ -206,6 +207,13 @@ public:
     if (m_verbosity > KILN_LOG_INFO)
       return;
     std::printf("[%zu/%zu] %s\n", m_done, m_total, log.redact(text).c_str());
+    std::fflush(stdout);
+  }
+
+  // Not counted: up-to-date assets under -v.
+  void note(const std::string& text) {
+    std::lock_guard lock(m_mutex);
+    std::printf("%s\n", text.c_str());
     std::fflush(stdout);
   }
 
@@ -341,7 +349,10 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
   summary.predicted_cost_usd = plan.predicted_cost_usd;
   summary.assets.resize(plan.assets.size());
   std::mutex state_mutex;
-  Progress progress(plan.assets.size(), options.verbosity);
+  size_t work = 0;
+  for (auto& p : plan.assets)
+    work += p.action != Action::UpToDate || p.prepare_error;
+  Progress progress(work, options.verbosity);
 
   std::vector<size_t> to_generate;
   for (size_t i = 0; i < plan.assets.size(); ++i) {
@@ -359,11 +370,11 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     if (p.prepare_error) {
       o.status = "failed";
       o.error = p.prepare_error;
-      progress.line(true, o.name + ": " + p.prepare_error->message, ws.log);
+      progress.done(true, o.name + ": " + p.prepare_error->message, ws.log);
     } else if (p.action == Action::UpToDate) {
       o.status = "up_to_date";
       if (options.verbosity <= KILN_LOG_DEBUG)
-        progress.line(false, "up to date " + o.name, ws.log);
+        progress.note("up to date " + o.name);
     } else if (p.action == Action::Cached) {
       auto bytes = ws.cache.get(p.fingerprint, p.spec->format);
       if (!bytes || structural_problem(*bytes)) {
@@ -377,11 +388,11 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       try {
         install_output(ws, state_mutex, p, *bytes);
         o.status = "cached";
-        progress.line(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
+        progress.done(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
       } catch (const std::exception& e) {
         o.status = "failed";
         o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
-        progress.line(true, o.name + ": " + e.what(), ws.log);
+        progress.done(true, o.name + ": " + e.what(), ws.log);
       }
     } else {
       to_generate.push_back(i);
@@ -399,7 +410,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         if (!g) {
           o.status = "failed";
           o.error = g.error();
-          progress.line(true, o.name + ": " + g.error().message, ws.log);
+          progress.done(true, o.name + ": " + g.error().message, ws.log);
           continue;
         }
         // The cache first: once it holds the image, a crash loses nothing that was paid for.
@@ -408,7 +419,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         o.status = "generated";
         char timing[64];
         std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
-        progress.line(false,
+        progress.done(false,
                       "generated " + o.name + " (" + p.reason + "; " + o.backend +
                           (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " +
                           timing + ")",
@@ -416,7 +427,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       } catch (const std::exception& e) {
         o.status = "failed";
         o.error = Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1};
-        progress.line(true, o.name + ": " + o.error->message, ws.log);
+        progress.done(true, o.name + ": " + o.error->message, ws.log);
       }
     }
   };

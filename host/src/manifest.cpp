@@ -477,14 +477,17 @@ private:
       if (m_defaults.table)
         layers.push_back(m_defaults);
 
-      resolve(spec, layers, label);
+      // With its type unknown, the asset's missing fields are noise: report the type only.
+      bool type_known = spec.type.empty() || m_types.count(spec.type);
+      resolve(spec, layers, label, type_known);
       // Only a fully checked asset is kept: later stages may trust every field.
       if (m_d.error_count() == errors_before)
         m_m.assets.push_back(std::move(spec));
     }
   }
 
-  void resolve(AssetSpec& spec, const std::vector<Layer>& layers, const std::string& label) {
+  void resolve(AssetSpec& spec, const std::vector<Layer>& layers, const std::string& label,
+               bool report_missing) {
     auto str = [&](const char* key, std::string fallback) {
       if (auto n = lookup(layers, key, spec))
         if (auto s = n->as_string())
@@ -503,7 +506,7 @@ private:
       uint32_t v = 0;
       if (n && n->as_integer())
         v = uint32_t(std::clamp<int64_t>(n->as_integer()->get(), 0, k_max_side_px));
-      if (!n)
+      if (!n && report_missing)
         m_d.error(spec.loc, label + " has no " + key + ": set it on the asset, in [types." +
                                 (spec.type.empty() ? std::string("<type>") : spec.type) +
                                 "] or in [defaults]");

@@ -496,7 +496,8 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
   auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
     std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
     if (const Plugin* other = registry.find(id))
-      return msg + " ('" + id + "' is a " + std::string(kind_name(other->kind)) + ")";
+      return msg + " ('" + id + "' is " + (other->kind == KILN_KIND_ENHANCER ? "an " : "a ") +
+             std::string(kind_name(other->kind)) + ")";
     std::vector<std::string> ids = registry.ids(kind);
     if (auto hint = did_you_mean(id, ids))
       return msg + " (did you mean '" + *hint + "'?)";

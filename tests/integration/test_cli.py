@@ -1,0 +1,374 @@
+"""The kiln command line end to end, as a user runs it: real manifests in a temp folder, the
+built kiln binary and its built-in plugins, real image files checked byte by byte.
+
+Run by ctest with KILN_EXE set; standard library only."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import unittest
+import zlib
+
+KILN = os.environ.get("KILN_EXE", "kiln")
+
+MANIFEST = """\
+[project]
+output_dir = "out"
+
+[defaults]
+backend = "placeholder"
+model = "black-forest-labs/flux-schnell"
+
+[types.icon]
+width = 64
+height = 64
+format = "png"
+style = "flat icon"
+negative = "text"
+enhancers = ["style"]
+validators = ["resolution", "format", "not-blank", "not-corrupt"]
+
+[types.texture]
+width = 96
+height = 80
+format = "webp"
+validators = ["resolution", "format", "not-blank", "not-corrupt"]
+
+[types.cover]
+width = 160
+height = 90
+format = "jpg"
+
+[[asset]]
+name = "icons/sword"
+type = "icon"
+prompt = "a steel sword"
+
+[[asset]]
+name = "icons/shield"
+type = "icon"
+prompt = "a wooden shield"
+
+[[asset]]
+name = "textures/grass"
+type = "texture"
+prompt = "meadow grass"
+
+[[asset]]
+name = "cover"
+type = "cover"
+prompt = "a castle at dusk"
+"""
+
+EXPECTED = {
+    "icons/sword.png": ("png", 64, 64),
+    "icons/shield.png": ("png", 64, 64),
+    "textures/grass.webp": ("webp", 96, 80),
+    "cover.jpg": ("jpg", 160, 90),
+}
+
+
+def png_size(data):
+    """Width and height of a PNG after checking every chunk's CRC and inflating its pixels."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, size = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        crc = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0]
+        assert zlib.crc32(kind + body) == crc, "bad CRC in %r" % kind
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    w, h = size
+    assert len(zlib.decompress(idat)) == h * (1 + 4 * w), "pixel data is incomplete"
+    return size
+
+
+def jpg_size(data):
+    assert data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9", "not a whole JPEG"
+    pos = 2
+    while pos < len(data):
+        marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if 0xC0 <= marker <= 0xC3:
+            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return w, h
+        pos += 2 + length
+    raise AssertionError("no frame header")
+
+
+def webp_size(data):
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP", "not a WebP"
+    assert struct.unpack("<I", data[4:8])[0] + 8 == len(data), "WebP is truncated"
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L":
+        b = data[21:25]
+        w = 1 + (((b[1] & 0x3F) << 8) | b[0])
+        h = 1 + (((b[3] & 0xF) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
+        return w, h
+    if chunk == b"VP8X":
+        w = 1 + int.from_bytes(data[24:27], "little")
+        h = 1 + int.from_bytes(data[27:30], "little")
+        return w, h
+    raise AssertionError("unknown WebP chunk %r" % chunk)
+
+
+def image_size(path, fmt):
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"png": png_size, "jpg": jpg_size, "webp": webp_size}[fmt](data)
+
+
+class Project:
+    def __init__(self, root, text=MANIFEST):
+        self.root = root
+        self.manifest = os.path.join(root, "assets.toml")
+        self.out = os.path.join(root, "out")
+        self.env = dict(os.environ, KILN_CACHE_DIR=os.path.join(root, "cache"))
+        self.env.pop("KILN_PLUGIN_PATH", None)
+        self.write(text)
+
+    def write(self, text):
+        with open(self.manifest, "w") as f:
+            f.write(text)
+
+    def read(self):
+        with open(self.manifest) as f:
+            return f.read()
+
+    def kiln(self, *args, env=None):
+        return subprocess.run([KILN, *args], cwd=self.root, env=env or self.env,
+                              capture_output=True, text=True, timeout=120)
+
+    def build(self, *args):
+        report = os.path.join(self.root, "report.json")
+        r = self.kiln("build", "--report", report, *args)
+        with open(report) as f:
+            return r, json.load(f)
+
+    def mtimes(self):
+        return {rel: os.stat(os.path.join(self.out, rel)).st_mtime_ns for rel in EXPECTED}
+
+
+def by_name(report):
+    return {a["name"]: a for a in report["assets"]}
+
+
+class CliTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="kiln-cli-")
+        self.p = Project(self.tmp)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def assert_outputs_valid(self):
+        for rel, (fmt, w, h) in EXPECTED.items():
+            self.assertEqual(image_size(os.path.join(self.p.out, rel), fmt), (w, h), rel)
+
+    def test_build_rebuild_edit_revert(self):
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        s = report["summary"]
+        self.assertEqual((s["total"], s["generated"], s["failed"]), (4, 4, 0))
+        self.assert_outputs_valid()
+        for a in report["assets"]:
+            self.assertEqual(a["status"], "generated")
+            self.assertEqual(len(a["fingerprint"]), 64)
+            self.assertEqual(a["attempts"], 1)
+            self.assertEqual(a["backend"], "placeholder")
+            self.assertIsNone(a["error"])
+            self.assertTrue(os.path.isabs(a["output"]))
+        self.assertEqual(by_name(report)["icons/sword"]["prompt"], "a steel sword, flat icon")
+        before = self.p.mtimes()
+
+        # Second run: nothing to do, nothing touched.
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["generated"], 0)
+        self.assertEqual(report["summary"]["up_to_date"], 4)
+        self.assertTrue(all(a["status"] == "up_to_date" for a in report["assets"]))
+        self.assertIn("no work to do", r.stdout)
+        self.assertEqual(self.p.mtimes(), before)
+
+        # Edit one prompt: exactly that asset is generated, the others stay untouched.
+        original = self.p.read()
+        self.p.write(original.replace("a wooden shield", "an iron shield"))
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["generated"], 1)
+        shield = by_name(report)["icons/shield"]
+        self.assertEqual((shield["status"], shield["reason"]), ("generated", "prompt changed"))
+        after = self.p.mtimes()
+        self.assertNotEqual(after.pop("icons/shield.png"), before["icons/shield.png"])
+        self.assertEqual(after, {k: v for k, v in before.items() if k != "icons/shield.png"})
+
+        # Revert: the old image comes back from the cache, no backend call.
+        self.p.write(original)
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        s = report["summary"]
+        self.assertEqual((s["generated"], s["cached"], s["up_to_date"]), (0, 1, 3))
+        shield = by_name(report)["icons/shield"]
+        self.assertEqual(shield["status"], "cached")
+        self.assertEqual(shield["attempts"], 0)
+        self.assert_outputs_valid()
+
+    def test_comment_and_formatting_edits_change_nothing(self):
+        self.p.build()
+        before = self.p.mtimes()
+        edited = "# art for the game\n" + self.p.read().replace(
+            'prompt = "a steel sword"', "prompt   =   'a steel sword'   # the hero's")
+        self.p.write(edited)
+        r, report = self.p.build()
+        self.assertEqual(report["summary"]["up_to_date"], 4, r.stdout)
+        self.assertEqual(self.p.mtimes(), before)
+
+    def test_deleted_or_overwritten_outputs_come_back_from_the_cache(self):
+        self.p.build()
+        os.remove(os.path.join(self.p.out, "cover.jpg"))
+        with open(os.path.join(self.p.out, "icons/sword.png"), "wb") as f:
+            f.write(b"scribbled over")
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        assets = by_name(report)
+        self.assertEqual(assets["cover"]["status"], "cached")
+        self.assertEqual(assets["cover"]["reason"], "output missing; in cache")
+        self.assertEqual(assets["icons/sword"]["status"], "cached")
+        self.assertEqual(assets["icons/sword"]["reason"], "output modified; in cache")
+        self.assertEqual(report["summary"]["generated"], 0)
+        self.assert_outputs_valid()
+
+    def test_plan_predicts_without_writing(self):
+        r = self.p.kiln("plan", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        plan = json.loads(r.stdout)
+        self.assertEqual(plan["summary"]["generate"], 4)
+        self.assertEqual({a["reason"] for a in plan["assets"]}, {"new"})
+        self.assertFalse(os.path.exists(self.p.out))
+        self.p.build()
+        self.p.write(self.p.read().replace("height = 80", "height = 81"))
+        plan = json.loads(self.p.kiln("plan", "--json").stdout)
+        grass = [a for a in plan["assets"] if a["name"] == "textures/grass"][0]
+        self.assertEqual((grass["action"], grass["reason"]), ("generate", "size changed"))
+        human = self.p.kiln("plan").stdout
+        self.assertIn("1 to generate, 0 cached, 3 up to date; predicted cost $0.00", human)
+
+    def test_only_and_force(self):
+        r, report = self.p.build("--only", "icons/*")
+        self.assertEqual(report["summary"]["total"], 2)
+        self.assertFalse(os.path.exists(os.path.join(self.p.out, "cover.jpg")))
+        r, report = self.p.build("--only", "cover", "--force")
+        self.assertEqual(by_name(report)["cover"]["reason"], "forced")
+        r = self.p.kiln("build", "--only", "icons/swrd")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--only 'icons/swrd' matches no asset of assets.toml (did you mean "
+                      "'icons/sword'?)", r.stderr)
+
+    def test_outputs_lists_absolute_paths_in_manifest_order(self):
+        r = self.p.kiln("outputs", "-m", self.p.manifest)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines(),
+                         [os.path.join(self.p.out, rel) for rel in EXPECTED])
+
+    def test_malformed_manifests_exit_2_with_location_and_write_nothing(self):
+        self.p.build()
+        before = self.p.mtimes()
+        good = self.p.read()
+        cases = {
+            "wrong type": (good.replace("width = 64", 'width = "64"'),
+                           'assets.toml:9:9: width must be an integer, not a string'),
+            "unknown key": (good.replace('prompt = "a steel sword"', 'promt = "a steel sword"'),
+                            "assets.toml:31:1: unknown key 'promt' in [[asset]] "
+                            "(did you mean 'prompt'?)"),
+            "dot-dot": (good.replace('name = "cover"', 'name = "../cover"'),
+                        "assets.toml:44:8: asset name '../cover' escapes output_dir"),
+            "duplicate": (good.replace('name = "icons/shield"', 'name = "icons/sword"'),
+                          "assets.toml:34:8: duplicate asset name 'icons/sword' "
+                          "(first declared at assets.toml:29)"),
+            "unknown plugin": (good.replace('enhancers = ["style"]', 'enhancers = ["styel"]'),
+                               "assets.toml:14:13: unknown enhancer 'styel' "
+                               "(did you mean 'style'?)"),
+        }
+        for what, (text, message) in cases.items():
+            with self.subTest(what):
+                self.p.write(text)
+                for command in ("build", "plan"):
+                    r = self.p.kiln(command)
+                    self.assertEqual(r.returncode, 2, r.stderr)
+                    self.assertIn(message, r.stderr)
+                    self.assertIn("    ^", r.stderr)
+                self.assertEqual(self.p.mtimes(), before)
+        # A broken manifest on a fresh project creates no output folder at all.
+        fresh = Project(tempfile.mkdtemp(dir=self.tmp), good.replace("width = 64", "width = -1"))
+        self.assertEqual(fresh.kiln("build").returncode, 2)
+        self.assertFalse(os.path.exists(fresh.out))
+
+    def test_plugins_lists_builtins_and_refuses_another_abi(self):
+        r = self.p.kiln("plugins")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for kind, plugin_id in [("backend", "placeholder"), ("enhancer", "style"),
+                                ("validator", "resolution"), ("validator", "format"),
+                                ("validator", "not-blank"), ("validator", "not-corrupt")]:
+            self.assertRegex(r.stdout, r"(?m)^%s +%s +1\.0\.0 +1 +/\S+\.so$" % (kind, plugin_id))
+        wrong = os.environ["KILN_WRONG_ABI_DIR"]
+        env = dict(self.p.env, KILN_PLUGIN_PATH=wrong)
+        for command in (["plugins"], ["build"]):
+            r = self.p.kiln(*command, env=env)
+            self.assertEqual(r.returncode, 2)
+            path = os.path.join(wrong, "kiln-fixture-wrong-abi.so")
+            self.assertIn("kiln: error: plugin '%s' was built for Kiln plugin ABI 2, this kiln "
+                          "supports 1" % path, r.stderr)
+
+    def test_a_plugin_folder_from_the_manifest_is_searched(self):
+        solid = os.environ["KILN_SOLID_DIR"]
+        text = MANIFEST.replace('output_dir = "out"',
+                                'output_dir = "out"\n\n[plugins]\npaths = ["%s"]\n\n'
+                                '[backends.solid]\nlabel = "x"\ncost_usd = 0.25' % solid)
+        self.p.write(text)
+        r = self.p.kiln("plugins", "-m", "assets.toml")
+        self.assertIn("solid", r.stdout)
+        r = self.p.kiln("plan", "--backend", "solid")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("predicted cost $1.00", r.stdout)
+        # The solid backend draws one flat colour: not-blank must reject its icons.
+        r, report = self.p.build("--backend", "solid")
+        self.assertEqual(r.returncode, 1)
+        sword = by_name(report)["icons/sword"]
+        self.assertEqual(sword["status"], "failed")
+        self.assertEqual(sword["error_category"], "validation")
+        self.assertIn("validator 'not-blank' rejected the image: image is blank", sword["error"])
+        self.assertIn("icons/sword: validator 'not-blank' rejected the image", r.stderr)
+        self.assertEqual(by_name(report)["cover"]["status"], "generated")
+        self.p.write(text.replace('paths = ["%s"]' % solid, 'paths = ["no/such/dir"]'))
+        r = self.p.kiln("build")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("plugin folder '%s' does not exist"
+                      % os.path.join(self.tmp, "no/such/dir"), r.stderr)
+
+    def test_help_and_usage_errors(self):
+        for command in ("build", "plan", "outputs", "plugins"):
+            r = self.p.kiln(command, "--help")
+            self.assertEqual(r.returncode, 0)
+            self.assertIn("Example:", r.stdout)
+        r = self.p.kiln("biuld")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("unknown command 'biuld' (did you mean 'build'?)", r.stderr)
+        r = self.p.kiln("build", "--jobz", "3")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("Try 'kiln build --help'", r.stderr)
+        self.assertRegex(self.p.kiln("--version").stdout, r"^kiln \d+\.\d+\.\d+ \(plugin ABI 1\)")
+
+
+if __name__ == "__main__":
+    unittest.main()

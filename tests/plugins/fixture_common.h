@@ -1,0 +1,22 @@
+/* Shared pieces of the broken test plugins: a validator that accepts everything, which each
+ * fixture then breaks in exactly one way (selected by FIXTURE_* macros). */
+#include <kiln/plugin.h>
+
+static kiln_status fx_create(const kiln_host_api* host, const kiln_options* options,
+                             void** instance, kiln_result* result) {
+  (void)options;
+  (void)result;
+  *instance = (void*)host;
+  return KILN_OK;
+}
+static void fx_destroy(void* instance) {
+  (void)instance;
+}
+static kiln_status fx_validate(void* instance, const kiln_asset* asset, const kiln_image_file* file,
+                               kiln_result* result) {
+  (void)instance;
+  (void)asset;
+  (void)file;
+  (void)result;
+  return KILN_OK;
+}

@@ -1,0 +1,225 @@
+// The loader's refusals are golden-tested against purpose-built broken plugins
+// (tests/plugins/): each names the file and says exactly what is wrong.
+#include "plugins.hpp"
+#include "test_support.hpp"
+
+#include <fstream>
+
+namespace kiln {
+namespace {
+
+using test::fatal_message;
+using test::TempDir;
+
+fs::path fixture(const char* dir, const char* name) {
+  return fs::path(dir) / name;
+}
+
+std::string load_error(const fs::path& path) {
+  Log log;
+  PluginRegistry registry(log);
+  return fatal_message([&] { registry.load_file(path); });
+}
+
+TEST(PluginLoader, LoadsEveryBuiltIn) {
+  Log log;
+  PluginRegistry registry(log);
+  registry.load_directory(KILN_PLUGIN_BUILD_DIR);
+  EXPECT_EQ(registry.ids(KILN_KIND_BACKEND), std::vector<std::string>{"placeholder"});
+  EXPECT_EQ(registry.ids(KILN_KIND_ENHANCER), std::vector<std::string>{"style"});
+  EXPECT_EQ(registry.ids(KILN_KIND_VALIDATOR),
+            (std::vector<std::string>{"format", "not-blank", "not-corrupt", "resolution"}));
+  const Plugin* p = registry.find("placeholder");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->version, "1.0.0");
+  EXPECT_EQ(p->path.filename(), "kiln-backend-placeholder.so");
+}
+
+TEST(PluginLoader, RefusesAFileThatIsNotALibrary) {
+  TempDir dir;
+  fs::path path = dir / "kiln-garbage.so";
+  std::ofstream(path) << std::string(200, '#') << " not an ELF file";
+  std::string msg = load_error(path);
+  EXPECT_EQ(msg.rfind("plugin '" + path.string() + "' cannot be loaded: ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("invalid ELF header"), std::string::npos) << msg;
+}
+
+TEST(PluginLoader, RefusesAMissingFile) {
+  EXPECT_EQ(load_error("/nonexistent/kiln-x.so"), "plugin '/nonexistent/kiln-x.so' does not exist");
+}
+
+TEST(PluginLoader, RefusesALibraryWithoutTheEntrySymbol) {
+  fs::path path = fixture(FIXTURE_DIR_no_entry, "kiln-fixture-no-entry.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() +
+                                  "' does not export 'kiln_plugin_entry': it is not a Kiln "
+                                  "plugin");
+}
+
+TEST(PluginLoader, RefusesAnotherAbiAndSaysWhichItSupports) {
+  fs::path path = fixture(FIXTURE_DIR_wrong_abi, "kiln-fixture-wrong-abi.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() + "' was built for Kiln plugin ABI " +
+                                  std::to_string(KILN_PLUGIN_ABI_VERSION + 1) +
+                                  ", this kiln supports " +
+                                  std::to_string(KILN_PLUGIN_ABI_VERSION));
+}
+
+TEST(PluginLoader, RefusesATooSmallInfoStruct) {
+  fs::path path = fixture(FIXTURE_DIR_small_info, "kiln-fixture-small-info.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() +
+                                  "' has a plugin info of 8 bytes, expected at least " +
+                                  std::to_string(sizeof(kiln_plugin_info)));
+}
+
+TEST(PluginLoader, RefusesAnUnknownKind) {
+  fs::path path = fixture(FIXTURE_DIR_bad_kind, "kiln-fixture-bad-kind.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() + "' declares unknown plugin kind 9");
+}
+
+TEST(PluginLoader, RefusesAMissingRequiredCallback) {
+  fs::path path = fixture(FIXTURE_DIR_null_callback, "kiln-fixture-null-callback.so");
+  EXPECT_EQ(load_error(path),
+            "plugin '" + path.string() + "' is missing required callback 'validate'");
+}
+
+TEST(PluginLoader, RefusesAnInvalidId) {
+  fs::path path = fixture(FIXTURE_DIR_bad_id, "kiln-fixture-bad-id.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() +
+                                  "' has an invalid id 'Bad_Id': use lowercase letters, digits "
+                                  "and '-'");
+}
+
+TEST(PluginLoader, RefusesAnOptionOfUnknownType) {
+  fs::path path = fixture(FIXTURE_DIR_bad_option, "kiln-fixture-bad-option.so");
+  EXPECT_EQ(load_error(path),
+            "plugin '" + path.string() + "' declares option 'level' with unknown type 42");
+}
+
+TEST(PluginLoader, RefusesAnIdAlreadyTaken) {
+  Log log;
+  PluginRegistry registry(log);
+  registry.load_directory(KILN_PLUGIN_BUILD_DIR);
+  fs::path path = fixture(FIXTURE_DIR_duplicate_id, "kiln-fixture-duplicate-id.so");
+  fs::path builtin = fs::path(KILN_PLUGIN_BUILD_DIR) / "kiln-validator-not-blank.so";
+  EXPECT_EQ(fatal_message([&] { registry.load_file(path); }),
+            "plugin '" + path.string() + "' provides id 'not-blank', already taken by '" +
+                builtin.lexically_normal().string() + "'");
+}
+
+// A registry with the built-ins and the given fixture folders, and a manifest using them.
+struct Fixture {
+  Log log{KILN_LOG_ERROR};
+  PluginRegistry registry{log};
+  Manifest manifest;
+
+  Fixture(const std::string& text, std::vector<const char*> dirs = {}) {
+    registry.load_directory(KILN_PLUGIN_BUILD_DIR);
+    for (auto d : dirs)
+      registry.load_directory(d);
+    manifest = parse_manifest(text, "/tmp/game/assets.toml", "assets.toml");
+  }
+  std::string error() {
+    return fatal_message([&] { instantiate_manifest_plugins(registry, manifest); });
+  }
+};
+
+const char* k_asset = R"(
+[[asset]]
+name = "a"
+type = "t"
+prompt = "p"
+)";
+
+TEST(PluginOptions, UnknownOptionSuggestsTheClosest) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\n"
+                        "validators = [\"not-blank\"]\n"
+                        "[validators.not-blank]\nmin_stdev = 2.0\n") +
+            k_asset);
+  EXPECT_EQ(f.error(), "assets.toml:6:1: unknown option 'min_stdev' for validator 'not-blank' "
+                       "(did you mean 'min_stddev'?)\n"
+                       "    min_stdev = 2.0\n"
+                       "    ^");
+}
+
+TEST(PluginOptions, WrongOptionTypeIsNamed) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\n"
+                        "[backends.placeholder]\ncaption = \"yes\"\n") +
+            k_asset);
+  EXPECT_EQ(f.error(), "assets.toml:5:11: option 'caption' of backend 'placeholder' must be a "
+                       "boolean, not a string\n"
+                       "    caption = \"yes\"\n"
+                       "              ^");
+}
+
+TEST(PluginOptions, UnknownPluginsAreNamedWithHints) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\nbackend = \"placeholdr\"\n"
+                        "validators = [\"not-blnk\", \"style\"]\n") +
+            k_asset);
+  std::string msg = f.error();
+  EXPECT_NE(msg.find("assets.toml:4:11: unknown backend 'placeholdr' (did you mean "
+                     "'placeholder'?)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("assets.toml:5:14: unknown validator 'not-blnk' (did you mean "
+                     "'not-blank'?)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("unknown validator 'style' ('style' is an enhancer)"), std::string::npos)
+      << msg;
+}
+
+TEST(PluginOptions, RequiredOptionMustBeGiven) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\nbackend = \"solid\"\n") + k_asset,
+            {FIXTURE_DIR_good_backend});
+  EXPECT_EQ(f.error(), "assets.toml: backend 'solid' needs option 'label': add it under "
+                       "[backends.solid]");
+}
+
+TEST(PluginOptions, SettingsForAnUnknownPluginAreAnError) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\n[backends.replicat]\nx = 1\n") +
+            k_asset);
+  EXPECT_EQ(f.error(), "assets.toml:4:11: unknown backend 'replicat' (available: placeholder) "
+                       "in [backends.replicat]\n"
+                       "    [backends.replicat]\n"
+                       "              ^");
+}
+
+TEST(PluginAdapter, ExceptionInCreateBecomesAnError) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\nvalidators = [\"throws\"]\n"
+                        "[validators.throws]\nthrow_in_create = true\n") +
+                k_asset,
+            {FIXTURE_DIR_throws});
+  EXPECT_EQ(f.error(), "assets.toml:5:13: validator 'throws' could not start: refusing to "
+                       "start\n"
+                       "    [validators.throws]\n"
+                       "                ^");
+}
+
+TEST(PluginAdapter, ExceptionsInCallsBecomeCategorisedFailures) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\nvalidators = [\"throws\"]\n") + k_asset,
+            {FIXTURE_DIR_throws});
+  PluginSet set = instantiate_manifest_plugins(f.registry, f.manifest);
+  const PluginInstance& inst = *set.validators.at("throws");
+  auto call = [&](const char* name) {
+    kiln_asset asset{};
+    asset.struct_size = sizeof asset;
+    asset.name = kiln_cstr(name);
+    kiln_image_file file{};
+    file.struct_size = sizeof file;
+    kiln_result r;
+    kiln_status st = inst.plugin().validator()->validate(inst.handle(), &asset, &file, &r);
+    EXPECT_EQ(st, KILN_FAILED);
+    return r;
+  };
+  kiln_result r = call("std");
+  EXPECT_EQ(r.category, KILN_ERROR_PERMANENT);
+  EXPECT_EQ(r.message, "validate exploded");
+  r = call("int");
+  EXPECT_EQ(r.message, "unknown exception in plugin");
+  r = call("typed");
+  EXPECT_EQ(r.category, KILN_ERROR_RETRYABLE);
+  EXPECT_EQ(r.message, "typed failure");
+  EXPECT_EQ(r.retry_after_ms, 1500);
+}
+
+} // namespace
+} // namespace kiln
