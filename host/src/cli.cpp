@@ -172,6 +172,12 @@ int cmd_build(int argc, char** argv) {
   auto s = open_session(a);
   Workspace ws = s->workspace();
   Plan plan = make_plan(ws, PlanOptions{force, a.only});
+  if (a.only.empty()) {
+    std::vector<std::string> names;
+    for (auto& asset : s->manifest.assets)
+      names.push_back(asset.name);
+    s->state->retain(names);
+  }
   BuildSummary summary = build(ws, plan, BuildOptions{jobs, verbosity(a)});
   if (!report.empty())
     write_file_atomic(report, report_json(summary));

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fnmatch.h>
+#include <fstream>
+#include <map>
 #include <mutex>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
@@ -130,6 +132,7 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
   }
 
   Plan plan;
+  std::map<std::string, size_t> generating; // fingerprint -> the asset that generates it
   for (auto& spec : ws.manifest.assets) {
     if (!selected(spec.name, options.only))
       continue;
@@ -175,6 +178,14 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
         ws.cache.contains(p.fingerprint, spec.format)) {
       p.action = Action::Cached;
       p.reason += "; in cache";
+    }
+    if (p.action == Action::Generate && !p.prepare_error) {
+      auto [leader, first] = generating.emplace(p.fingerprint, plan.assets.size());
+      if (!first) {
+        p.action = Action::Cached;
+        p.same_as = leader->second;
+        p.reason += "; same image as " + plan.assets[leader->second].spec->name;
+      }
     }
     if (p.action == Action::Generate && !p.prepare_error) {
       if (auto estimate = backend.plugin().backend()->estimate_cost_usd) {
@@ -326,7 +337,9 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
   }
   file.decode_error = ks(decode_error);
   if (!spec.validators.empty()) {
-    write_file_atomic(work_file, g.bytes);
+    // A scratch copy so validators can open the file by path; the bytes they judge are in memory.
+    std::ofstream(work_file, std::ios::binary)
+        .write(g.bytes.data(), std::streamsize(g.bytes.size()));
   }
   for (auto& id : spec.validators) {
     const PluginInstance& v = *ws.plugins.validators.at(id);
@@ -354,7 +367,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     work += p.action != Action::UpToDate || p.prepare_error;
   Progress progress(work, options.verbosity);
 
-  std::vector<size_t> to_generate;
+  std::vector<size_t> to_generate, followers;
   for (size_t i = 0; i < plan.assets.size(); ++i) {
     PlannedAsset& p = plan.assets[i];
     AssetOutcome& o = summary.assets[i];
@@ -375,6 +388,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       o.status = "up_to_date";
       if (options.verbosity <= KILN_LOG_DEBUG)
         progress.note("up to date " + o.name);
+    } else if (p.action == Action::Cached && p.same_as) {
+      followers.push_back(i); // after its leader has generated the image
     } else if (p.action == Action::Cached) {
       auto bytes = ws.cache.get(p.fingerprint, p.spec->format);
       if (!bytes || structural_problem(*bytes)) {
@@ -439,6 +454,31 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     worker();
     for (auto& t : pool)
       t.join();
+  }
+
+  for (size_t i : followers) {
+    const PlannedAsset& p = plan.assets[i];
+    AssetOutcome& o = summary.assets[i];
+    const AssetOutcome& leader = summary.assets[*p.same_as];
+    try {
+      if (leader.status != "generated") {
+        o.error = leader.error.value_or(Fault{});
+        o.error->message =
+            "makes the same image as " + leader.name + ", which failed: " + o.error->message;
+      } else if (auto bytes = ws.cache.get(p.fingerprint, p.spec->format)) {
+        install_output(ws, state_mutex, p, *bytes);
+        o.status = "cached";
+        progress.done(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
+        continue;
+      } else {
+        o.error = Fault{KILN_ERROR_PERMANENT,
+                        "the cache entry " + leader.name + " just wrote cannot be read", -1};
+      }
+    } catch (const std::exception& e) {
+      o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
+    }
+    o.status = "failed";
+    progress.done(true, o.name + ": " + o.error->message, ws.log);
   }
 
   for (auto& o : summary.assets) {

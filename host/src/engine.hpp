@@ -26,6 +26,9 @@ struct PlannedAsset {
   std::string reason;
   double predicted_cost_usd = 0;
   std::optional<Fault> prepare_error; // an enhancer failed: the asset cannot be planned
+  // Another asset of this run makes the same image (same fingerprint): this one takes its bytes
+  // instead of paying again. Index into Plan::assets.
+  std::optional<size_t> same_as;
 };
 
 struct Plan {

@@ -4,6 +4,7 @@
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <set>
 #include <sys/stat.h>
 
 namespace kiln {
@@ -98,6 +99,18 @@ const OutputRecord* StateFile::find(const std::string& name) const {
 void StateFile::put(const std::string& name, OutputRecord record) {
   m_records[name] = std::move(record);
   m_dirty = true;
+}
+
+void StateFile::retain(const std::vector<std::string>& names) {
+  std::set<std::string_view> keep(names.begin(), names.end());
+  for (auto it = m_records.begin(); it != m_records.end();) {
+    if (keep.count(it->first)) {
+      ++it;
+    } else {
+      it = m_records.erase(it);
+      m_dirty = true;
+    }
+  }
 }
 
 std::optional<FileStamp> stat_file(const fs::path& path) {

@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace kiln {
 
@@ -32,6 +33,8 @@ public:
 
   const OutputRecord* find(const std::string& name) const;
   void put(const std::string& name, OutputRecord record);
+  // Forgets assets no longer declared (their files stay: Kiln never deletes outputs).
+  void retain(const std::vector<std::string>& names);
 
   const fs::path& path() const { return m_path; }
   static fs::path kiln_dir(const fs::path& output_dir) { return output_dir / ".kiln"; }

@@ -356,6 +356,39 @@ class CliTest(unittest.TestCase):
         self.assertIn("plugin folder '%s' does not exist"
                       % os.path.join(self.tmp, "no/such/dir"), r.stderr)
 
+    def test_identical_requests_are_paid_once(self):
+        solid = os.environ["KILN_SOLID_DIR"]
+        twin = '\n[[asset]]\nname = "cover_copy"\ntype = "cover"\nprompt = "a castle at dusk"\n'
+        self.p.write(MANIFEST.replace('output_dir = "out"',
+                                      'output_dir = "out"\n[plugins]\npaths = ["%s"]\n'
+                                      '[backends.solid]\nlabel = "x"\ncost_usd = 0.25' % solid)
+                     + twin)
+        plan = json.loads(self.p.kiln("plan", "--json", "--only", "cover*",
+                                      "--backend", "solid").stdout)
+        self.assertEqual(plan["summary"]["predicted_cost_usd"], 0.25)
+        r, report = self.p.build("--only", "cover*", "--backend", "solid")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        assets = by_name(report)
+        self.assertEqual(assets["cover"]["fingerprint"], assets["cover_copy"]["fingerprint"])
+        self.assertEqual((assets["cover"]["status"], assets["cover"]["attempts"]), ("generated", 1))
+        self.assertEqual((assets["cover_copy"]["status"], assets["cover_copy"]["attempts"]),
+                         ("cached", 0))
+        self.assertEqual(assets["cover_copy"]["reason"], "new; same image as cover")
+        self.assertEqual(report["summary"]["cost_usd"], 0.25)
+        with open(os.path.join(self.p.out, "cover.jpg"), "rb") as a, \
+                open(os.path.join(self.p.out, "cover_copy.jpg"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
+    def test_removed_assets_leave_their_files_and_the_state(self):
+        self.p.build()
+        self.p.write(self.p.read().replace('name = "cover"', 'name = "cover2"'))
+        r, report = self.p.build()
+        self.assertEqual(by_name(report)["cover2"]["status"], "cached")  # same request
+        self.assertTrue(os.path.exists(os.path.join(self.p.out, "cover.jpg")))
+        with open(os.path.join(self.p.out, ".kiln", "state.json")) as f:
+            self.assertEqual(sorted(json.load(f)["assets"]),
+                             ["cover2", "icons/shield", "icons/sword", "textures/grass"])
+
     def test_help_and_usage_errors(self):
         for command in ("build", "plan", "outputs", "plugins"):
             r = self.p.kiln(command, "--help")

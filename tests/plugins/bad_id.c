@@ -1,17 +1,5 @@
 /* An id that cannot be written in a manifest. */
 #include "fixture_common.h"
-static const kiln_validator_functions functions = {sizeof functions, fx_validate};
-static const kiln_plugin_info info = {KILN_PLUGIN_ABI_VERSION,
-                                      sizeof info,
-                                      KILN_KIND_VALIDATOR,
-                                      "Bad_Id",
-                                      "1.0.0",
-                                      "",
-                                      NULL,
-                                      0,
-                                      fx_create,
-                                      fx_destroy,
-                                      &functions};
-KILN_EXPORT const kiln_plugin_info* kiln_plugin_entry(void) {
-  return &info;
-}
+
+FIXTURE_PLUGIN(KILN_PLUGIN_ABI_VERSION, sizeof(kiln_plugin_info), KILN_KIND_VALIDATOR, "Bad_Id",
+               fx_validate, NULL, 0)

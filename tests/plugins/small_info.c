@@ -1,17 +1,4 @@
 /* An info struct that claims to be smaller than ABI 1's. */
 #include "fixture_common.h"
-static const kiln_validator_functions functions = {sizeof functions, fx_validate};
-static const kiln_plugin_info info = {KILN_PLUGIN_ABI_VERSION,
-                                      8,
-                                      KILN_KIND_VALIDATOR,
-                                      "small-info",
-                                      "1.0.0",
-                                      "",
-                                      NULL,
-                                      0,
-                                      fx_create,
-                                      fx_destroy,
-                                      &functions};
-KILN_EXPORT const kiln_plugin_info* kiln_plugin_entry(void) {
-  return &info;
-}
+
+FIXTURE_PLUGIN(KILN_PLUGIN_ABI_VERSION, 8, KILN_KIND_VALIDATOR, "small-info", fx_validate, NULL, 0)
