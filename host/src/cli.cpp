@@ -137,7 +137,7 @@ std::unique_ptr<Session> open_session(const CommonArgs& a) {
     }
     for (auto& asset : s->manifest.assets) {
       asset.backend = a.backend;
-      asset.origins["backend"] = FieldOrigin{{}, "--backend"};
+      asset.field_locs["backend"] = SourceLoc{}; // set on the command line
     }
   }
   s->plugins = instantiate_manifest_plugins(s->registry, s->manifest);

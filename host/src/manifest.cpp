@@ -402,7 +402,7 @@ private:
                            AssetSpec& spec) {
     for (const Layer& l : layers) {
       if (auto n = l.table->get(key)) {
-        spec.origins[std::string(key)] = FieldOrigin{loc_of(*n), l.where};
+        spec.field_locs[std::string(key)] = loc_of(*n);
         return n;
       }
     }
@@ -439,7 +439,7 @@ private:
       else if (name) {
         check_name(*t.get("name"), *name);
         spec.name = *name;
-        spec.origins["name"] = FieldOrigin{loc_of(*t.get("name")), "asset"};
+        spec.field_locs["name"] = loc_of(*t.get("name"));
         auto [it, inserted] = seen.emplace(*name, loc_of(*t.get("name")));
         if (!inserted)
           m_d.error(loc_of(*t.get("name")), "duplicate asset name " + in_quotes(*name) +
@@ -465,7 +465,7 @@ private:
                                           : " (declared types: " + join(type_names, ", ") + ")"));
       } else if (type) {
         spec.type = *type;
-        spec.origins["type"] = FieldOrigin{loc_of(*t.get("type")), "asset"};
+        spec.field_locs["type"] = loc_of(*t.get("type"));
         auto it = m_types.find(*type);
         if (it == m_types.end())
           m_d.error(loc_of(*t.get("type")),
@@ -492,7 +492,7 @@ private:
       if (auto n = lookup(layers, key, spec))
         if (auto s = n->as_string())
           return s->get();
-      spec.origins.emplace(key, FieldOrigin{spec.loc, "built-in default"});
+      spec.field_locs.emplace(key, spec.loc);
       return fallback;
     };
     spec.backend = str("backend", "placeholder");
@@ -524,7 +524,7 @@ private:
               list.push_back(s->get());
       } else if (std::string_view(key) == "validators") {
         list = {"resolution", "format", "not-corrupt"};
-        spec.origins.emplace(key, FieldOrigin{spec.loc, "built-in default"});
+        spec.field_locs.emplace(key, spec.loc);
       }
       (std::string_view(key) == "enhancers" ? spec.enhancers : spec.validators) = list;
     }

@@ -33,12 +33,6 @@ struct PluginSettings {
   std::map<std::string, SettingValue> values;
 };
 
-// Where a resolved field came from, for errors raised after resolution.
-struct FieldOrigin {
-  SourceLoc loc;
-  std::string where; // "asset", "[types.icon]", "[defaults]", "built-in default"
-};
-
 struct AssetSpec {
   std::string name;
   std::string type;
@@ -55,7 +49,9 @@ struct AssetSpec {
   std::vector<std::string> enhancers;
   std::vector<std::string> validators;
   SourceLoc loc;
-  std::map<std::string, FieldOrigin> origins; // by field name
+  // Where each resolved field was set (the asset, its type or [defaults]), for errors found
+  // after resolution such as an unknown plugin id.
+  std::map<std::string, SourceLoc> field_locs;
 
   // name + "." + format: the file below the output directory.
   std::string relative_output() const { return name + "." + format; }

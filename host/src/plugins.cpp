@@ -125,10 +125,6 @@ PluginInstance::~PluginInstance() {
     m_plugin->info->destroy(m_instance);
 }
 
-const kiln_host_api* PluginRegistry::host_api() const {
-  return &k_host_api;
-}
-
 fs::path PluginRegistry::builtin_dir() {
   return (executable_dir() / ".." / "lib" / "kiln" / "plugins").lexically_normal();
 }
@@ -523,7 +519,7 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
         field = "validators";
       }
       for (auto& id : ids)
-        wanted.emplace(id, asset.origins[field].loc);
+        wanted.emplace(id, asset.field_locs[field]);
     }
     for (auto& [id, loc] : wanted) {
       const Plugin* p = registry.find(id, use.kind);

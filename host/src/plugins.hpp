@@ -99,7 +99,6 @@ public:
   std::unique_ptr<PluginInstance> instantiate(const Plugin& plugin, const PluginSettings* settings,
                                               Diagnostics& diag);
 
-  const kiln_host_api* host_api() const;
   Log& log() { return m_log; }
 
 private:
