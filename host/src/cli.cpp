@@ -15,7 +15,7 @@
 
 namespace po = boost::program_options;
 
-namespace kiln {
+namespace kiln::host {
 
 namespace {
 
@@ -98,7 +98,7 @@ struct Session {
   std::unique_ptr<StateFile> state;
   std::unique_ptr<Cache> cache;
 
-  Workspace workspace() { return Workspace{manifest, plugins, log, *state, *cache}; }
+  Workspace workspace() { return Workspace{manifest, registry, plugins, log, *state, *cache}; }
 };
 
 kiln_log_level verbosity(const CommonArgs& a) {
@@ -398,4 +398,4 @@ int cli_main(int argc, char** argv) {
   throw Fatal(msg + "\nRun 'kiln --help' for the commands.");
 }
 
-} // namespace kiln
+} // namespace kiln::host

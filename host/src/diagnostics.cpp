@@ -2,7 +2,7 @@
 
 #include "fatal.hpp"
 
-namespace kiln {
+namespace kiln::host {
 
 Diagnostics::Diagnostics(std::string display_path, std::string_view source)
     : m_display_path(std::move(display_path)) {
@@ -60,4 +60,4 @@ void Diagnostics::throw_if_errors() const {
     throw Fatal(text(), k_exit_usage, true);
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 struct SourceLoc {
   uint32_t line = 0; // 1-based; 0 = unknown
@@ -35,4 +35,4 @@ private:
   std::vector<std::string> m_errors;
 };
 
-} // namespace kiln
+} // namespace kiln::host

@@ -14,7 +14,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <thread>
 
-namespace kiln {
+namespace kiln::host {
 
 std::string_view action_name(Action action) {
   switch (action) {
@@ -83,19 +83,12 @@ bool selected(const std::string& name, const std::vector<std::string>& only) {
   return false;
 }
 
-kiln_result make_result(const std::string& plugin_id, Log& log) {
-  kiln_result r;
-  r.plugin_id = plugin_id;
-  r.log = &log;
-  return r;
-}
-
 // Runs the asset's enhancers in order. Deterministic by the SDK's contract.
 std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationRequest& req) {
   kiln_asset view = asset_view(spec);
   for (auto& id : spec.enhancers) {
     const PluginInstance& inst = *ws.plugins.enhancers.at(id);
-    kiln_result r = make_result(id, ws.log);
+    kiln_result r = ws.registry.make_result(id);
     kiln_status st = inst.plugin().enhancer()->enhance(inst.handle(), &view, ks(req.prompt),
                                                        ks(req.negative_prompt), &r);
     if (st != KILN_OK || r.failed()) {
@@ -285,7 +278,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
   kiln_asset view = asset_view(spec);
   std::string work_str = work.string();
   kiln_request q = request_view(p.request, &view, p.fingerprint, work_str);
-  kiln_result r = make_result(backend.plugin().id, ws.log);
+  kiln_result r = ws.registry.make_result(backend.plugin().id);
   ++out.attempts;
   kiln_status st = backend.plugin().backend()->generate(backend.handle(), &q, &r);
   Generated g;
@@ -343,7 +336,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
   }
   for (auto& id : spec.validators) {
     const PluginInstance& v = *ws.plugins.validators.at(id);
-    kiln_result vr = make_result(id, ws.log);
+    kiln_result vr = ws.registry.make_result(id);
     kiln_status vs = v.plugin().validator()->validate(v.handle(), &view, &file, &vr);
     if (vs != KILN_OK || vr.failed())
       return Fault{KILN_ERROR_VALIDATION,
@@ -573,4 +566,4 @@ std::string report_json(const BuildSummary& s) {
   return std::string(buf.GetString(), buf.GetSize()) + "\n";
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 enum class Action { UpToDate, Cached, Generate };
 std::string_view action_name(Action action); // "up_to_date", "cached", "generate"
@@ -44,6 +44,7 @@ struct PlanOptions {
 // Everything a run works with, created once in the CLI.
 struct Workspace {
   Manifest& manifest;
+  PluginRegistry& registry;
   PluginSet& plugins;
   Log& log;
   StateFile& state;
@@ -90,4 +91,4 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options);
 // The JSON report (`--report`): a pinned format, extended never renamed.
 std::string report_json(const BuildSummary& summary);
 
-} // namespace kiln
+} // namespace kiln::host

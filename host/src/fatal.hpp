@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace kiln {
+namespace kiln::host {
 
 // Exit codes are a contract with build scripts: never renumber.
 enum ExitCode : int {
@@ -28,4 +28,4 @@ private:
   bool m_located;
 };
 
-} // namespace kiln
+} // namespace kiln::host

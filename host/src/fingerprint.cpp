@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-namespace kiln {
+namespace kiln::host {
 
 namespace {
 
@@ -67,4 +67,4 @@ std::vector<std::string> describe_changes(const FingerprintFields& before,
   return out;
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 // What is sent to a backend for one asset, after enhancers.
 struct GenerationRequest {
@@ -36,4 +36,4 @@ std::string fingerprint_of(const FingerprintFields& fields);
 std::vector<std::string> describe_changes(const FingerprintFields& before,
                                           const FingerprintFields& after);
 
-} // namespace kiln
+} // namespace kiln::host

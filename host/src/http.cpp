@@ -9,7 +9,7 @@
 #include <memory>
 #include <mutex>
 
-namespace kiln {
+namespace kiln::host {
 
 namespace {
 
@@ -262,4 +262,4 @@ Result<HttpResponse> HttpClient::send(const HttpRequest& req) const {
   return response;
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
@@ -58,4 +58,4 @@ private:
 // Decodes a `data:[<mediatype>][;base64],<data>` URI.
 Result<std::string> decode_data_uri(std::string_view uri);
 
-} // namespace kiln
+} // namespace kiln::host

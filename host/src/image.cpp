@@ -10,7 +10,7 @@
 #include <webp/decode.h>
 #include <webp/encode.h>
 
-namespace kiln {
+namespace kiln::host {
 
 Result<Image> decode_image(std::string_view bytes) {
   std::string_view format = detect_format(bytes);
@@ -91,4 +91,4 @@ std::string encode_image(const Image& image, std::string_view format) {
   return out;
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-namespace kiln {
+namespace kiln::host {
 
 // Fully decodes PNG, JPEG or WebP into RGBA.
 Result<Image> decode_image(std::string_view bytes);
@@ -22,4 +22,4 @@ Image fit_image(const Image& image, uint32_t width, uint32_t height);
 // white. Deterministic: the same pixels give the same bytes.
 std::string encode_image(const Image& image, std::string_view format);
 
-} // namespace kiln
+} // namespace kiln::host

@@ -1,6 +1,6 @@
 #include "log.hpp"
 
-namespace kiln {
+namespace kiln::host {
 
 void Log::add_secret(std::string secret) {
   if (secret.size() < 4) // redacting one or two characters would shred every message
@@ -37,4 +37,4 @@ void Log::write(kiln_log_level level, std::string_view message, std::string_view
   std::fflush(m_out);
 }
 
-} // namespace kiln
+} // namespace kiln::host

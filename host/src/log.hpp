@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 class Log {
 public:
@@ -39,4 +39,4 @@ private:
   std::vector<std::string> m_secrets;
 };
 
-} // namespace kiln
+} // namespace kiln::host

@@ -11,7 +11,7 @@
 #include <sstream>
 #include <toml++/toml.h>
 
-namespace kiln {
+namespace kiln::host {
 
 namespace {
 
@@ -576,4 +576,4 @@ Manifest load_manifest(const fs::path& path, const std::string& display_path) {
   return parse_manifest(*text, path, display_path);
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 // One option value from a plugin's table, e.g. `[validators.not-blank] min_stddev = 3.0`.
 struct SettingValue {
@@ -79,4 +79,4 @@ Manifest load_manifest(const fs::path& path, const std::string& display_path);
 Manifest parse_manifest(std::string_view text, const fs::path& path,
                         const std::string& display_path);
 
-} // namespace kiln
+} // namespace kiln::host

@@ -9,8 +9,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <strings.h>
 
-namespace kiln {
+namespace kiln::host {
 
 std::string_view kind_name(uint32_t kind) {
   switch (kind) {
@@ -77,6 +78,72 @@ void host_set_negative_prompt(kiln_result* r, kiln_str p) {
   r->negative_prompt = std::string(sv(p));
 }
 
+void host_add_secret(kiln_result* r, kiln_str secret) {
+  if (r && r->log)
+    r->log->add_secret(std::string(sv(secret)));
+}
+
+} // namespace
+} // namespace kiln::host
+
+// The opaque response handed to plugins.
+struct kiln_http_response {
+  kiln::host::HttpResponse response;
+  kiln::host::Fault error;
+};
+
+namespace kiln::host {
+namespace {
+
+kiln_http_response* host_http_send(kiln_result* r, const kiln_http_request* q) {
+  auto* out = new kiln_http_response;
+  if (!r || !r->http || !q) {
+    out->error = {KILN_ERROR_PERMANENT, "http_send called without a result or request", -1};
+    return out;
+  }
+  HttpRequest req;
+  req.method = std::string(sv(q->method));
+  req.url = std::string(sv(q->url));
+  for (size_t i = 0; i < q->header_count; ++i)
+    req.headers.emplace_back(sv(q->headers[i].name), sv(q->headers[i].value));
+  req.body = std::string(sv(q->body));
+  req.output_path = std::string(sv(q->output_path));
+  if (q->max_bytes)
+    req.max_bytes = q->max_bytes;
+  if (q->timeout_ms)
+    req.timeout_ms = q->timeout_ms;
+  auto result = r->http->send(req);
+  if (result)
+    out->response = std::move(*result);
+  else
+    out->error = result.error();
+  return out;
+}
+int32_t host_http_status(const kiln_http_response* r) {
+  return int32_t(r->response.status);
+}
+kiln_str host_http_body(const kiln_http_response* r) {
+  return {r->response.body.data(), r->response.body.size()};
+}
+kiln_str host_http_header(const kiln_http_response* r, kiln_str name) {
+  // Kept in the response so the returned slice stays valid until http_free.
+  auto* self = const_cast<kiln_http_response*>(r);
+  std::string key(sv(name));
+  for (auto it = self->response.headers.rbegin(); it != self->response.headers.rend(); ++it)
+    if (strcasecmp(it->first.c_str(), key.c_str()) == 0)
+      return {it->second.data(), it->second.size()};
+  return {"", 0};
+}
+uint32_t host_http_error_category(const kiln_http_response* r) {
+  return r->response.status ? uint32_t(KILN_ERROR_NONE) : uint32_t(r->error.category);
+}
+kiln_str host_http_error(const kiln_http_response* r) {
+  return {r->error.message.data(), r->error.message.size()};
+}
+void host_http_free(kiln_http_response* r) {
+  delete r;
+}
+
 const kiln_host_api k_host_api = {
     sizeof(kiln_host_api),
     KILN_PLUGIN_ABI_VERSION,
@@ -90,6 +157,14 @@ const kiln_host_api k_host_api = {
     host_set_image_file,
     host_set_prompt,
     host_set_negative_prompt,
+    host_add_secret,
+    host_http_send,
+    host_http_status,
+    host_http_body,
+    host_http_header,
+    host_http_error_category,
+    host_http_error,
+    host_http_free,
 };
 
 // Smallest info struct this host can read: up to and including `functions`.
@@ -114,7 +189,15 @@ struct PluginRegistry::Library {
   boost::dll::shared_library library;
 };
 
-PluginRegistry::PluginRegistry(Log& log) : m_log(log) {}
+PluginRegistry::PluginRegistry(Log& log) : m_log(log), m_http(log) {}
+
+kiln_result PluginRegistry::make_result(const std::string& plugin_id) {
+  kiln_result r;
+  r.plugin_id = plugin_id;
+  r.log = &m_log;
+  r.http = &m_http;
+  return r;
+}
 
 // Libraries are never unloaded (RTLD_NODELETE): a plugin may have started threads or registered
 // atexit handlers, and an unload that pulls code from under them crashes at exit.
@@ -456,9 +539,7 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
     return nullptr;
 
   kiln_options options{r.values.data(), r.values.size()};
-  kiln_result result;
-  result.plugin_id = plugin.id;
-  result.log = &m_log;
+  kiln_result result = make_result(plugin.id);
   void* handle = nullptr;
   kiln_status status = info->create(&k_host_api, &options, &handle, &result);
   if (status != KILN_OK || result.failed() || !handle) {
@@ -547,4 +628,4 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
   return set;
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "diagnostics.hpp"
+#include "http.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
 #include "result.hpp"
@@ -18,7 +19,8 @@
 
 struct kiln_result {
   std::string plugin_id;
-  kiln::Log* log = nullptr;
+  kiln::host::Log* log = nullptr;
+  const kiln::host::HttpClient* http = nullptr;
   kiln_error_category category = KILN_ERROR_NONE;
   std::string message;
   int64_t retry_after_ms = -1;
@@ -30,10 +32,10 @@ struct kiln_result {
   std::optional<std::string> negative_prompt;
 
   bool failed() const { return category != KILN_ERROR_NONE; }
-  kiln::Fault failure() const { return {category, message, retry_after_ms}; }
+  kiln::host::Fault failure() const { return {category, message, retry_after_ms}; }
 };
 
-namespace kiln {
+namespace kiln::host {
 
 std::string_view kind_name(uint32_t kind); // "backend", "enhancer", "retry-strategy", "validator"
 
@@ -89,6 +91,11 @@ public:
   // Loads and checks one library. Throws Fatal with the exact reason.
   const Plugin& load_file(const fs::path& path);
 
+  // The HTTP service plugins reach through their results.
+  const HttpClient& http() const { return m_http; }
+  // A result for a call into `plugin_id`, wired to the host's log and HTTP service.
+  kiln_result make_result(const std::string& plugin_id);
+
   const Plugin* find(std::string_view id) const;
   const Plugin* find(std::string_view id, kiln_plugin_kind kind) const;
   std::vector<const Plugin*> all() const;
@@ -104,6 +111,7 @@ public:
 private:
   struct Library;
   Log& m_log;
+  HttpClient m_http;
   std::vector<std::unique_ptr<Library>> m_libraries;
   std::vector<std::unique_ptr<Plugin>> m_plugins;
   std::map<std::string, const Plugin*, std::less<>> m_by_id;
@@ -121,4 +129,4 @@ struct PluginSet {
 // the instances. Throws Fatal (exit 2) listing every problem at its manifest line.
 PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manifest);
 
-} // namespace kiln
+} // namespace kiln::host

@@ -8,7 +8,7 @@
 #include <utility>
 #include <variant>
 
-namespace kiln {
+namespace kiln::host {
 
 struct Fault {
   kiln_error_category category = KILN_ERROR_PERMANENT;
@@ -33,4 +33,4 @@ private:
   std::variant<T, Fault> m_v;
 };
 
-} // namespace kiln
+} // namespace kiln::host

@@ -7,7 +7,7 @@
 #include <set>
 #include <sys/stat.h>
 
-namespace kiln {
+namespace kiln::host {
 
 namespace {
 constexpr int k_state_version = 1;
@@ -147,4 +147,4 @@ void Cache::put(const std::string& fp, const std::string& format, std::string_vi
   write_file_atomic(path_for(fp, format), bytes);
 }
 
-} // namespace kiln
+} // namespace kiln::host

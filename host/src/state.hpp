@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 struct OutputRecord {
   std::string output; // relative to the output folder, e.g. "icons/sword.png"
@@ -69,4 +69,4 @@ private:
   fs::path m_dir;
 };
 
-} // namespace kiln
+} // namespace kiln::host

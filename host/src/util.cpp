@@ -11,7 +11,7 @@
 #include <stdexcept>
 #include <unistd.h>
 
-namespace kiln {
+namespace kiln::host {
 
 std::optional<std::string> read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -168,4 +168,4 @@ fs::path executable_dir() {
   return ec ? fs::current_path() : self.parent_path();
 }
 
-} // namespace kiln
+} // namespace kiln::host

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace kiln {
+namespace kiln::host {
 
 namespace fs = std::filesystem;
 
@@ -33,4 +33,4 @@ std::string format_usd(double usd);
 // The folder of the running executable.
 fs::path executable_dir();
 
-} // namespace kiln
+} // namespace kiln::host

@@ -2,13 +2,26 @@
 networks do (drops, truncation, slowness, redirects). Listens on 127.0.0.1 on a free port and
 prints that port as its first line; runs until killed.
 
-Routes: /echo (the request as JSON), /status/<code>, /bytes/<n>, /truncate/<n> (announces n
+Routes: /echo (the request as JSON), /status/<code>, /bytes/<n>, /png/<w>x<h>, /truncate/<n> (announces n
 bytes, sends half, closes), /drop (closes without answering), /slow/<ms>, /redirect/<n>."""
 
 import json
+import struct
 import sys
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def png(width, height):
+    """A real RGBA PNG with a gradient, made with the standard library."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = b"".join(b"\0" + bytes(c for x in range(width)
+                                   for c in (x * 255 // width, y * 255 // height, 90, 255))
+                    for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,6 +60,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"x" * (n // 2))
             self.wfile.flush()
             self.close_connection = True
+        elif route == "png":
+            w, h = (int(v) for v in arg.split("x"))
+            self.reply(200, png(w, h), [("Content-Type", "image/png")])
         elif route == "drop":
             self.close_connection = True
             self.connection.close()

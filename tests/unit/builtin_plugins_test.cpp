@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-namespace kiln {
+namespace kiln::host {
 namespace {
 
 struct Builtins {
@@ -211,4 +211,4 @@ TEST(Validators, NotCorruptCatchesTruncationsOfEveryFormat) {
 }
 
 } // namespace
-} // namespace kiln
+} // namespace kiln::host

@@ -5,7 +5,7 @@
 
 #include <memory>
 
-namespace kiln::test {
+namespace kiln::host::test {
 
 // A manifest in a temp folder with the built-in plugins, its state and a private cache: what
 // the CLI sets up for one run.
@@ -30,7 +30,7 @@ struct Project {
     state->load();
     cache = std::make_unique<Cache>(dir / "cache");
   }
-  Workspace workspace() { return Workspace{manifest, plugins, log, *state, *cache}; }
+  Workspace workspace() { return Workspace{manifest, *registry, plugins, log, *state, *cache}; }
   Plan plan() {
     Workspace ws = workspace();
     return make_plan(ws, {});
@@ -47,4 +47,4 @@ struct Project {
   }
 };
 
-} // namespace kiln::test
+} // namespace kiln::host::test

@@ -2,7 +2,7 @@
 // image, sensitive to everything that does.
 #include "engine_support.hpp"
 
-namespace kiln {
+namespace kiln::host {
 namespace {
 
 using test::Project;
@@ -136,4 +136,4 @@ TEST(Plan, StyleEnhancerShapesTheFinalPrompts) {
 }
 
 } // namespace
-} // namespace kiln
+} // namespace kiln::host

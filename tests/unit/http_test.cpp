@@ -1,6 +1,8 @@
 // The host's HTTP client against a real server on 127.0.0.1 that drops, truncates, stalls and
 // redirects on request.
 #include "http.hpp"
+#include "image.hpp"
+#include "plugins.hpp"
 #include "server_process.hpp"
 #include "test_support.hpp"
 
@@ -10,7 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-namespace kiln {
+namespace kiln::host {
 namespace {
 
 using test::ServerProcess;
@@ -147,6 +149,63 @@ TEST_F(Http, OnlyHttpAndHttpsAreSpoken) {
   EXPECT_EQ(r.error().category, KILN_ERROR_PERMANENT);
 }
 
+// A plugin reaches the same client through the C ABI (kiln_host_api::http_send).
+class PluginHttp : public Http {
+protected:
+  PluginRegistry registry{log};
+  Diagnostics diag{"assets.toml", ""};
+  TempDir work;
+
+  void SetUp() override { registry.load_directory(FIXTURE_DIR_good_backend); }
+
+  kiln_result generate(const std::string& fetch_url, const std::string& secret = "") {
+    PluginSettings settings;
+    auto text = [](const std::string& v) {
+      SettingValue s;
+      s.type = SettingValue::Type::String;
+      s.string_value = v;
+      return s;
+    };
+    settings.values = {
+        {"label", text("x")}, {"fetch_url", text(fetch_url)}, {"secret", text(secret)}};
+    auto backend = registry.instantiate(*registry.find("solid"), &settings, diag);
+    EXPECT_TRUE(backend) << diag.text();
+    kiln_asset asset{};
+    asset.struct_size = sizeof asset;
+    std::string dir = work.path().string();
+    kiln_request q{};
+    q.struct_size = sizeof q;
+    q.asset = &asset;
+    q.work_dir = {dir.data(), dir.size()};
+    kiln_result r = registry.make_result("solid");
+    backend->plugin().backend()->generate(backend->handle(), &q, &r);
+    return r;
+  }
+};
+
+TEST_F(PluginHttp, ABackendDownloadsThroughTheHost) {
+  kiln_result r = generate(url("/png/40x30"));
+  ASSERT_FALSE(r.failed()) << r.message;
+  ASSERT_EQ(r.image_file, (work / "download").string());
+  auto image = decode_image(*read_file(r.image_file));
+  ASSERT_TRUE(image) << image.error().message;
+  EXPECT_EQ(image->width, 40u);
+  EXPECT_EQ(image->height, 30u);
+}
+
+TEST_F(PluginHttp, TransportFailuresKeepTheirCategory) {
+  kiln_result r = generate(url("/drop"));
+  EXPECT_EQ(r.category, KILN_ERROR_RETRYABLE) << r.message;
+  r = generate(url("/status/404"));
+  EXPECT_EQ(r.category, KILN_ERROR_PERMANENT);
+  EXPECT_EQ(r.message, "unexpected answer 404");
+}
+
+TEST_F(PluginHttp, SecretsAPluginRegistersAreRedacted) {
+  generate(url("/png/4x4"), "tok-123456");
+  EXPECT_EQ(log.redact("Authorization: Bearer tok-123456"), "Authorization: Bearer [REDACTED]");
+}
+
 TEST(DataUri, DecodesBase64AndPercentEncoding) {
   EXPECT_EQ(*decode_data_uri("data:application/octet-stream;base64,aGVsbG8gd29ybGQ="),
             "hello world");
@@ -169,4 +228,4 @@ TEST(DataUri, IsServedByTheClientToMemoryOrFile) {
 }
 
 } // namespace
-} // namespace kiln
+} // namespace kiln::host

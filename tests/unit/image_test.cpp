@@ -1,7 +1,7 @@
 #include "image.hpp"
 #include "test_support.hpp"
 
-namespace kiln {
+namespace kiln::host {
 namespace {
 
 Image gradient(uint32_t w, uint32_t h) {
@@ -60,4 +60,4 @@ TEST(Image, DecodeRejectsWhatIsNotAnImage) {
 }
 
 } // namespace
-} // namespace kiln
+} // namespace kiln::host

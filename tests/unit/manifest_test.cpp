@@ -3,7 +3,7 @@
 #include "manifest.hpp"
 #include "test_support.hpp"
 
-namespace kiln {
+namespace kiln::host {
 namespace {
 
 using test::fatal_message;
@@ -219,4 +219,4 @@ TEST(Manifest, MissingFileIsAClearError) {
 }
 
 } // namespace
-} // namespace kiln
+} // namespace kiln::host

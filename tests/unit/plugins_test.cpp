@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-namespace kiln {
+namespace kiln::host {
 namespace {
 
 using test::fatal_message;
@@ -222,4 +222,4 @@ TEST(PluginAdapter, ExceptionsInCallsBecomeCategorisedFailures) {
 }
 
 } // namespace
-} // namespace kiln
+} // namespace kiln::host

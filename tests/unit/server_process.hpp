@@ -11,7 +11,7 @@
 
 extern char** environ;
 
-namespace kiln::test {
+namespace kiln::host::test {
 
 // A server the test starts itself: a program that prints its port on its first line of output.
 // Killed when the object goes away.
@@ -55,4 +55,4 @@ private:
   int m_port = 0;
 };
 
-} // namespace kiln::test
+} // namespace kiln::host::test

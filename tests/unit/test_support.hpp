@@ -7,7 +7,7 @@
 #include <gtest/gtest.h>
 #include <string>
 
-namespace kiln::test {
+namespace kiln::host::test {
 
 // A fresh folder under the system temp dir, removed at the end of the test.
 class TempDir {
@@ -40,4 +40,4 @@ template <class F> std::string fatal_message(F&& body) {
   return {};
 }
 
-} // namespace kiln::test
+} // namespace kiln::host::test

@@ -107,20 +107,82 @@ private:
   const kiln_options* m_options;
 };
 
-// What a plugin's constructor receives.
-class Context {
+struct HttpResponse {
+  int status = 0; // 0: no response arrived, see error
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers; // the ones asked for
+  kiln_error_category error_category = KILN_ERROR_NONE;
+  std::string error;
+
+  std::string header(std::string_view name) const {
+    for (auto& [n, v] : headers)
+      if (n == name)
+        return v;
+    return {};
+  }
+};
+
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string output_path;
+  uint64_t max_bytes = 0;
+  uint32_t timeout_ms = 0;
+  std::vector<std::string> read_headers; // response headers to copy into HttpResponse
+};
+
+// The host's HTTP service.
+class Http {
 public:
-  Context(const kiln_host_api* host, const kiln_options* options)
-      : m_host(host), m_options(options) {}
-  const kiln_host_api* host() const { return m_host; }
-  const Options& options() const { return m_options; }
-  void log(kiln_log_level level, std::string_view message) const {
-    m_host->log(nullptr, level, str(message));
+  Http(const kiln_host_api* host, kiln_result* result) : m_host(host), m_result(result) {}
+
+  HttpResponse send(const HttpRequest& req) const {
+    std::vector<kiln_http_header> headers;
+    for (auto& [n, v] : req.headers)
+      headers.push_back({str(n), str(v)});
+    kiln_http_request raw{sizeof raw,           str(req.method), str(req.url),
+                          headers.data(),       headers.size(),  str(req.body),
+                          str(req.output_path), req.max_bytes,   req.timeout_ms};
+    kiln_http_response* r = m_host->http_send(m_result, &raw);
+    HttpResponse out;
+    out.status = m_host->http_status(r);
+    out.body = std::string(view(m_host->http_body(r)));
+    for (auto& name : req.read_headers)
+      out.headers.emplace_back(name, std::string(view(m_host->http_header(r, str(name)))));
+    if (out.status == 0) {
+      out.error_category = kiln_error_category(m_host->http_error_category(r));
+      out.error = std::string(view(m_host->http_error(r)));
+    }
+    m_host->http_free(r);
+    return out;
   }
 
 private:
   const kiln_host_api* m_host;
+  kiln_result* m_result;
+};
+
+// What a plugin's constructor receives.
+class Context {
+public:
+  Context(const kiln_host_api* host, const kiln_options* options, kiln_result* result = nullptr)
+      : m_host(host), m_options(options), m_result(result) {}
+  const kiln_host_api* host() const { return m_host; }
+  const Options& options() const { return m_options; }
+  void log(kiln_log_level level, std::string_view message) const {
+    m_host->log(m_result, level, str(message));
+  }
+  // Registers a secret the host must never print or store.
+  void add_secret(std::string_view secret) const { m_host->add_secret(m_result, str(secret)); }
+  // HTTP during construction (e.g. to check a token); later calls use BackendResult::http().
+  Http http() const { return Http(m_host, m_result); }
+
+private:
+  const kiln_host_api* m_host;
   Options m_options;
+  kiln_result* m_result; // create()'s result: valid while the constructor runs
 };
 
 struct Asset {
@@ -198,6 +260,7 @@ public:
     m_host->set_image(m_result, &raw);
   }
   void set_image_file(std::string_view path) { m_host->set_image_file(m_result, str(path)); }
+  Http http() const { return Http(m_host, m_result); }
   void log(kiln_log_level level, std::string_view message) {
     m_host->log(m_result, level, str(message));
   }
@@ -312,7 +375,7 @@ template <class T>
 kiln_status create(const kiln_host_api* host, const kiln_options* options, void** instance,
                    kiln_result* result) noexcept {
   return guarded(host, result, [&] {
-    *instance = new Holder<T>{host, T(Context(host, options))};
+    *instance = new Holder<T>{host, T(Context(host, options, result))};
     return KILN_OK;
   });
 }

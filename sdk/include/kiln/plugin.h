@@ -255,6 +255,33 @@ typedef enum kiln_log_level {
   KILN_LOG_ERROR = 3,
 } kiln_log_level;
 
+/** One HTTP header. */
+typedef struct kiln_http_header {
+  kiln_str name;
+  kiln_str value;
+} kiln_http_header;
+
+/** An HTTP request for kiln_host_api::http_send. */
+typedef struct kiln_http_request {
+  uint32_t struct_size;
+  /** "GET", "POST"... */
+  kiln_str method;
+  /** http(s):// or data: */
+  kiln_str url;
+  const kiln_http_header* headers;
+  size_t header_count;
+  kiln_str body;
+  /** When non-empty, the body is streamed to this file (keep it inside the work_dir). */
+  kiln_str output_path;
+  /** Largest body accepted; 0 means the host's default (64 MiB). */
+  uint64_t max_bytes;
+  /** Whole-request timeout; 0 means the host's default (60 s). */
+  uint32_t timeout_ms;
+} kiln_http_request;
+
+/** Opaque: an HTTP response owned by the host until http_free. */
+typedef struct kiln_http_response kiln_http_response;
+
 /**
  * Services the host offers to plugins. Passed to `create`; valid until `destroy`.
  * Every function may be called from any thread.
@@ -295,6 +322,35 @@ typedef struct kiln_host_api {
   void (*set_prompt)(kiln_result* result, kiln_str prompt);
   /** Enhancer, retry strategy: the new negative prompt. @since 1 */
   void (*set_negative_prompt)(kiln_result* result, kiln_str negative_prompt);
+
+  /**
+   * Registers a secret (an API token...): the host replaces it with "[REDACTED]" in everything it
+   * prints, reports or stores from then on. Call it in create(). @since 1
+   */
+  void (*add_secret)(kiln_result* result, kiln_str secret);
+
+  /**
+   * Sends one HTTP request with the host's timeouts, TLS verification, proxies, User-Agent and
+   * size cap; `data:` URIs are answered too. Never retries (the host's retry layer decides).
+   * Always returns a response, to be freed with http_free: its status is 0 when the transport
+   * failed (see http_error). `result` is the call's result (may be the one given to create).
+   * @since 1
+   */
+  kiln_http_response* (*http_send)(kiln_result* result, const kiln_http_request* request);
+  /** The HTTP status, or 0 when no response arrived. @since 1 */
+  int32_t (*http_status)(const kiln_http_response* response);
+  /** The body (empty when streamed to output_path). Valid until http_free. @since 1 */
+  kiln_str (*http_body)(const kiln_http_response* response);
+  /** The last value of a header, case-insensitive; empty when absent. @since 1 */
+  kiln_str (*http_header)(const kiln_http_response* response, kiln_str name);
+  /**
+   * With status 0: how the transport failed, a kiln_error_category (timeouts, resets and
+   * truncated bodies are KILN_ERROR_RETRYABLE), and a message free of headers and query
+   * strings. @since 1
+   */
+  uint32_t (*http_error_category)(const kiln_http_response* response);
+  kiln_str (*http_error)(const kiln_http_response* response);
+  void (*http_free)(kiln_http_response* response);
 } kiln_host_api;
 
 /** Backend capability bits. */
