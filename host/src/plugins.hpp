@@ -101,6 +101,9 @@ public:
   std::vector<const Plugin*> all() const;
   std::vector<std::string> ids(kiln_plugin_kind kind) const;
 
+  // Checks `settings` against the plugin's option schema without starting the plugin.
+  static bool check_options(const Plugin& plugin, const PluginSettings* settings,
+                            Diagnostics& diag);
   // Checks `settings` against the plugin's option schema (errors into `diag`, at the manifest
   // lines) and creates an instance. Returns null when the options or create() failed.
   std::unique_ptr<PluginInstance> instantiate(const Plugin& plugin, const PluginSettings* settings,

@@ -194,6 +194,21 @@ TEST(PluginAdapter, ExceptionInCreateBecomesAnError) {
                        "                ^");
 }
 
+TEST(PluginOptions, AnUnusedPluginIsCheckedButNotStarted) {
+  // No asset uses `throws`: its table is checked against the schema, but create() (which would
+  // throw here) is not called, as a paid backend's token check must not run in an offline build.
+  const std::string head = "[types.t]\nwidth = 8\nheight = 8\n[validators.throws]\n";
+  Fixture unused(head + "throw_in_create = true\n" + k_asset, {FIXTURE_DIR_throws});
+  PluginSet set = instantiate_manifest_plugins(unused.registry, unused.manifest);
+  EXPECT_EQ(set.validators.count("throws"), 0u);
+
+  Fixture typo(head + "throw_in_creat = true\n" + k_asset, {FIXTURE_DIR_throws});
+  EXPECT_EQ(typo.error(), "assets.toml:5:1: unknown option 'throw_in_creat' for validator "
+                          "'throws' (did you mean 'throw_in_create'?)\n"
+                          "    throw_in_creat = true\n"
+                          "    ^");
+}
+
 TEST(PluginAdapter, ExceptionsInCallsBecomeCategorisedFailures) {
   Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\nvalidators = [\"throws\"]\n") + k_asset,
             {FIXTURE_DIR_throws});
