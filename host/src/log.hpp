@@ -29,7 +29,6 @@ public:
   void write(kiln_log_level level, std::string_view message, std::string_view plugin_id = {});
   void error(std::string_view message) { write(KILN_LOG_ERROR, message); }
   void warning(std::string_view message) { write(KILN_LOG_WARNING, message); }
-  void info(std::string_view message) { write(KILN_LOG_INFO, message); }
   void debug(std::string_view message) { write(KILN_LOG_DEBUG, message); }
 
 private:
