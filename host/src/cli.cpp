@@ -2,6 +2,7 @@
 
 #include "engine.hpp"
 #include "fatal.hpp"
+#include "interrupt.hpp"
 #include "version.hpp"
 
 #include <boost/program_options.hpp>
@@ -36,7 +37,8 @@ Options:
   --version       print kiln's version
 
 Exit codes: 0 all assets present and valid; 1 some assets failed; 2 usage, manifest or
-plugin error; 3 stopped by the budget.
+plugin error; 3 stopped by the budget; 4 a person must act (credit, billing), new work
+stopped; 130 interrupted (Ctrl-C), remote jobs cancelled.
 )";
 
 struct Command {
@@ -178,25 +180,33 @@ int cmd_build(int argc, char** argv) {
       names.push_back(asset.name);
     s->state->retain(names);
   }
+  install_interrupt_handlers();
   BuildSummary summary = build(ws, plan, BuildOptions{jobs, verbosity(a)});
   if (!report.empty())
     write_file_atomic(report, report_json(summary));
 
   if (!a.quiet) {
     char line[256];
-    if (summary.generated + summary.cached + summary.failed == 0)
+    if (summary.generated + summary.cached + summary.failed + summary.skipped == 0)
       std::snprintf(line, sizeof line, "kiln: no work to do (%zu assets up to date)",
                     summary.assets.size());
     else
-      std::snprintf(line, sizeof line,
-                    "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed; "
-                    "spent %s (predicted %s) in %.2f s",
-                    summary.assets.size(), summary.generated, summary.cached, summary.up_to_date,
-                    summary.failed, format_usd(summary.cost_usd).c_str(),
-                    format_usd(summary.predicted_cost_usd).c_str(), summary.duration_s);
+      std::snprintf(
+          line, sizeof line,
+          "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed%s; "
+          "spent %s (predicted %s) in %.2f s",
+          summary.assets.size(), summary.generated, summary.cached, summary.up_to_date,
+          summary.failed,
+          summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
+          format_usd(summary.cost_usd).c_str(), format_usd(summary.predicted_cost_usd).c_str(),
+          summary.duration_s);
     std::printf("%s\n", line);
   }
-  return summary.failed > 0 ? k_exit_assets_failed : k_exit_ok;
+  if (summary.interrupted)
+    return k_exit_interrupted;
+  if (summary.needs_a_person)
+    return k_exit_needs_person;
+  return summary.failed + summary.skipped > 0 ? k_exit_assets_failed : k_exit_ok;
 }
 
 int cmd_plan(int argc, char** argv) {

@@ -2,6 +2,7 @@
 
 #include "fatal.hpp"
 #include "image.hpp"
+#include "interrupt.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <random>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 #include <thread>
@@ -55,7 +57,8 @@ kiln_asset asset_view(const AssetSpec& s) {
 }
 
 kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
-                          const std::string& fingerprint, const std::string& work_dir) {
+                          const std::string& fingerprint, const std::string& work_dir,
+                          uint32_t attempt = 1, const std::string& resume_job_id = {}) {
   kiln_request q{};
   q.struct_size = sizeof q;
   q.asset = asset;
@@ -70,7 +73,8 @@ kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
   q.params_json = ks(r.params_json);
   q.fingerprint = ks(fingerprint);
   q.work_dir = ks(work_dir);
-  q.resume_job_id = {"", 0};
+  q.resume_job_id = ks(resume_job_id);
+  q.attempt = attempt;
   return q;
 }
 
@@ -135,6 +139,8 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
     const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
     GenerationRequest& req = p.request;
     req.prompt = spec.prompt;
+    // The asset's own negative prompt, with or without enhancers (style's append is idempotent).
+    req.negative_prompt = spec.negative;
     req.backend = backend.plugin().id;
     req.backend_version = backend.plugin().version;
     req.model = spec.model;
@@ -261,7 +267,8 @@ struct Generated {
 
 // One attempt: backend → decode/convert → encode → validators. Retries and the strategy chain
 // come later (issue 5); a failure is returned with its category.
-Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutcome& out) {
+Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutcome& out,
+                                uint32_t attempt) {
   const AssetSpec& spec = *p.spec;
   const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
   fs::path work = StateFile::kiln_dir(ws.manifest.output_dir) / "work" / p.fingerprint;
@@ -277,13 +284,20 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
 
   kiln_asset view = asset_view(spec);
   std::string work_str = work.string();
-  kiln_request q = request_view(p.request, &view, p.fingerprint, work_str);
+  // A retry re-attaches to the previous attempt's remote job when the backend can: its result
+  // may be paid for already (the backend creates a new job when that one cannot deliver).
+  std::string resume = backend.plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME
+                           ? out.remote_id
+                           : std::string();
+  kiln_request q = request_view(p.request, &view, p.fingerprint, work_str, attempt, resume);
   kiln_result r = ws.registry.make_result(backend.plugin().id);
   ++out.attempts;
   kiln_status st = backend.plugin().backend()->generate(backend.handle(), &q, &r);
   Generated g;
   g.cost_usd = r.cost_usd.value_or(0);
   out.cost_usd += g.cost_usd;
+  if (!r.remote_id.empty())
+    out.remote_id = r.remote_id;
   if (st != KILN_OK || r.failed()) {
     Fault f = r.failure();
     if (f.category == KILN_ERROR_NONE)
@@ -347,6 +361,56 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
   return g;
 }
 
+// Attempts allowed per asset for retryable failures (issue 5 makes the policy configurable).
+constexpr uint32_t k_max_attempts = 4;
+// A server asking for a longer wait than this fails the asset instead of stalling the build.
+constexpr int64_t k_max_retry_after_ms = 5 * 60 * 1000;
+
+// How long to wait before attempt `attempt + 1`: the server's hint when it gave one (plus up to
+// 10% so that parallel workers do not return in lockstep), else exponential backoff from 1 s
+// with jitter.
+int64_t retry_delay_ms(const Fault& fault, uint32_t attempt, std::mt19937& rng) {
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  if (fault.retry_after_ms >= 0)
+    return fault.retry_after_ms + int64_t(double(fault.retry_after_ms) * 0.1 * unit(rng));
+  double base_ms = 1000.0 * double(1u << std::min(attempt - 1, 6u));
+  return int64_t(base_ms * (0.5 + 0.5 * unit(rng)));
+}
+
+// generate_once, again while the failure is retryable and attempts remain. `stopped` gives the
+// reason when the run stopped creating: a retry is a new paid request, so it stops too.
+template <class Stopped>
+Result<Generated> generate_with_retries(Workspace& ws, const PlannedAsset& p, AssetOutcome& out,
+                                        Stopped&& stopped) {
+  std::mt19937 rng(std::random_device{}());
+  for (uint32_t attempt = 1;; ++attempt) {
+    auto g = generate_once(ws, p, out, attempt);
+    if (g || g.error().category != KILN_ERROR_RETRYABLE)
+      return g;
+    Fault f = g.error();
+    if (attempt >= k_max_attempts) {
+      f.message += " (gave up after " + std::to_string(attempt) + " attempts)";
+      return f;
+    }
+    if (f.retry_after_ms > k_max_retry_after_ms) {
+      f.message += " (the server asks to wait " + std::to_string(f.retry_after_ms / 1000) +
+                   " s; not waiting that long)";
+      return f;
+    }
+    int64_t delay = retry_delay_ms(f, attempt, rng);
+    char line[96];
+    std::snprintf(line, sizeof line, " (attempt %u of %u); retrying in %.1f s", attempt,
+                  k_max_attempts, double(delay) / 1000.0);
+    ws.log.warning(p.spec->name + ": " + f.message + line);
+    if (!sleep_unless_interrupted(uint32_t(delay)))
+      return Fault{KILN_ERROR_INTERRUPTED, "interrupted while waiting to retry: " + f.message, -1};
+    if (auto why = stopped()) {
+      why->message = f.message + "; not retried: " + why->message;
+      return *why;
+    }
+  }
+}
+
 } // namespace
 
 BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
@@ -407,18 +471,52 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     }
   }
 
+  // Set once an asset needs a person (no credit, billing) or the run is interrupted: nothing new
+  // starts, what is in flight finishes.
+  std::atomic<bool> stop_creating{false};
+  std::mutex stop_mutex;
+  std::string stop_reason;
+  Fault stop_fault;
+  auto stop = [&](const Fault& why, const std::string& text) {
+    std::lock_guard lock(stop_mutex);
+    if (!stop_creating.exchange(true)) {
+      stop_fault = why;
+      stop_reason = text;
+    }
+  };
+  auto stopped = [&]() -> std::optional<Fault> {
+    if (interrupted() && !stop_creating)
+      stop({KILN_ERROR_INTERRUPTED, "interrupted", -1}, "the run was interrupted");
+    if (!stop_creating)
+      return std::nullopt;
+    std::lock_guard lock(stop_mutex);
+    return Fault{stop_fault.category, stop_reason, -1};
+  };
+
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t k = next++; k < to_generate.size(); k = next++) {
       PlannedAsset& p = plan.assets[to_generate[k]];
       AssetOutcome& o = summary.assets[to_generate[k]];
       auto t0 = std::chrono::steady_clock::now();
+      auto fail = [&](Fault f) {
+        o.status = "failed";
+        o.error = std::move(f);
+        progress.done(true, o.name + ": " + o.error->message, ws.log);
+      };
+      if (auto why = stopped()) {
+        o.status = "skipped";
+        o.error = *why;
+        o.error->message = "not started: " + why->message;
+        progress.done(false, "skipped " + o.name + " (" + why->message + ")", ws.log);
+        continue;
+      }
       try {
-        auto g = generate_once(ws, p, o);
+        auto g = generate_with_retries(ws, p, o, stopped);
         if (!g) {
-          o.status = "failed";
-          o.error = g.error();
-          progress.done(true, o.name + ": " + g.error().message, ws.log);
+          if (g.error().category == KILN_ERROR_NEEDS_PERSON)
+            stop(g.error(), o.name + " needs a person: " + g.error().message);
+          fail(g.error());
           continue;
         }
         // The cache first: once it holds the image, a crash loses nothing that was paid for.
@@ -433,9 +531,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
                           timing + ")",
                       ws.log);
       } catch (const std::exception& e) {
-        o.status = "failed";
-        o.error = Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1};
-        progress.done(true, o.name + ": " + o.error->message, ws.log);
+        fail(Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1});
       }
     }
   };
@@ -482,8 +578,14 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       ++summary.cached;
     else if (o.status == "up_to_date")
       ++summary.up_to_date;
+    else if (o.status == "skipped")
+      ++summary.skipped;
     else
       ++summary.failed;
+    if (o.error && o.error->category == KILN_ERROR_NEEDS_PERSON)
+      summary.needs_a_person = true;
+    if (o.error && o.error->category == KILN_ERROR_INTERRUPTED)
+      summary.interrupted = true;
   }
   if (ws.state.dirty())
     ws.state.save();
@@ -511,6 +613,8 @@ std::string report_json(const BuildSummary& s) {
   w.Int(s.up_to_date);
   w.Key("failed");
   w.Int(s.failed);
+  w.Key("skipped");
+  w.Int(s.skipped);
   w.Key("cost_usd");
   w.Double(s.cost_usd);
   w.Key("predicted_cost_usd");
@@ -538,6 +642,8 @@ std::string report_json(const BuildSummary& s) {
     str(a.model);
     w.Key("attempts");
     w.Int(a.attempts);
+    w.Key("remote_id");
+    str(a.remote_id);
     w.Key("cost_usd");
     w.Double(a.cost_usd);
     w.Key("predicted_cost_usd");
@@ -553,9 +659,7 @@ std::string report_json(const BuildSummary& s) {
       w.Null();
     w.Key("error_category");
     if (a.error) {
-      static const char* names[] = {"none",           "retryable",      "permanent",
-                                    "needs_a_person", "content_policy", "validation"};
-      w.String(names[std::min<unsigned>(a.error->category, 5)]);
+      w.String(category_name(a.error->category));
     } else {
       w.Null();
     }

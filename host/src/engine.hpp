@@ -57,13 +57,14 @@ Plan make_plan(Workspace& ws, const PlanOptions& options);
 
 struct AssetOutcome {
   std::string name;
-  std::string status; // generated | cached | up_to_date | failed
+  std::string status; // generated | cached | up_to_date | failed | skipped (never started)
   std::string reason;
   fs::path output;
   std::string fingerprint;
   std::string backend;
   std::string model;
   int attempts = 0;
+  std::string remote_id; // the backend's job id of the last attempt (a Replicate prediction id)
   double cost_usd = 0;
   double predicted_cost_usd = 0;
   std::string final_prompt;
@@ -73,7 +74,9 @@ struct AssetOutcome {
 
 struct BuildSummary {
   std::vector<AssetOutcome> assets;
-  int generated = 0, cached = 0, up_to_date = 0, failed = 0;
+  int generated = 0, cached = 0, up_to_date = 0, failed = 0, skipped = 0;
+  bool needs_a_person = false; // an asset needs a person (credit, billing): new work stopped
+  bool interrupted = false;
   double cost_usd = 0;
   double predicted_cost_usd = 0;
   double duration_s = 0;

@@ -13,6 +13,8 @@ enum ExitCode : int {
   k_exit_assets_failed = 1,
   k_exit_usage = 2, // usage, manifest or plugin error
   k_exit_budget = 3,
+  k_exit_needs_person = 4,  // credit or billing: no new work was started after it
+  k_exit_interrupted = 130, // SIGINT/SIGTERM, as shells report a Ctrl-C
 };
 
 class Fatal : public std::runtime_error {

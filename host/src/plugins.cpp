@@ -1,6 +1,7 @@
 #include "plugins.hpp"
 
 #include "fatal.hpp"
+#include "interrupt.hpp"
 #include "version.hpp"
 
 #define BOOST_DLL_USE_STD_FS
@@ -42,7 +43,7 @@ void host_log(kiln_result* r, uint32_t level, kiln_str message) {
                   r->plugin_id);
 }
 void host_fail(kiln_result* r, uint32_t category, kiln_str message) {
-  if (category == KILN_ERROR_NONE || category > KILN_ERROR_VALIDATION)
+  if (category == KILN_ERROR_NONE || category > KILN_ERROR_INTERRUPTED)
     category = KILN_ERROR_PERMANENT;
   r->category = kiln_error_category(category);
   r->message = std::string(sv(message));
@@ -143,6 +144,9 @@ kiln_str host_http_error(const kiln_http_response* r) {
 void host_http_free(kiln_http_response* r) {
   delete r;
 }
+int32_t host_wait_ms(kiln_result*, uint32_t ms) {
+  return sleep_unless_interrupted(ms) ? 0 : 1;
+}
 
 const kiln_host_api k_host_api = {
     sizeof(kiln_host_api),
@@ -165,6 +169,7 @@ const kiln_host_api k_host_api = {
     host_http_error_category,
     host_http_error,
     host_http_free,
+    host_wait_ms,
 };
 
 // Smallest info struct this host can read: up to and including `functions`.

@@ -16,6 +16,13 @@ struct Fault {
   int64_t retry_after_ms = -1;
 };
 
+// The report's name for a category: "retryable", "needs_a_person"...
+inline const char* category_name(kiln_error_category category) {
+  static const char* names[] = {"none",           "retryable",  "permanent",  "needs_a_person",
+                                "content_policy", "validation", "interrupted"};
+  return category <= KILN_ERROR_INTERRUPTED ? names[category] : "permanent";
+}
+
 template <class T> class Result {
 public:
   Result(T value) : m_v(std::move(value)) {}

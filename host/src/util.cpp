@@ -155,7 +155,9 @@ std::string join(const std::vector<std::string>& parts, std::string_view separat
 
 std::string format_usd(double usd) {
   char buf[64];
-  if (usd != 0 && usd < 0.01)
+  // Images cost fractions of a cent: below a dollar, four decimals keep $0.0240 from reading
+  // as $0.02.
+  if (usd != 0 && usd < 1.0)
     std::snprintf(buf, sizeof buf, "$%.4f", usd);
   else
     std::snprintf(buf, sizeof buf, "$%.2f", usd);

@@ -34,6 +34,7 @@
 #ifndef KILN_KILN_HPP
 #define KILN_KILN_HPP
 
+#include <cstddef>
 #include <cstdint>
 #include <kiln/plugin.h>
 #include <optional>
@@ -216,6 +217,7 @@ struct Request {
       resume_job_id;
   uint32_t width = 0, height = 0;
   std::optional<uint64_t> seed;
+  uint32_t attempt = 1; // 1 for the first attempt at the asset in this run
   const kiln_request* raw = nullptr;
 
   static Request from(const kiln_request* q) {
@@ -233,6 +235,8 @@ struct Request {
     r.height = q->height;
     if (q->has_seed)
       r.seed = q->seed;
+    if (q->struct_size >= offsetof(kiln_request, attempt) + sizeof q->attempt && q->attempt)
+      r.attempt = q->attempt;
     r.raw = q;
     return r;
   }
@@ -264,6 +268,10 @@ public:
   void log(kiln_log_level level, std::string_view message) {
     m_host->log(m_result, level, str(message));
   }
+  // Sleeps up to `ms`; returns false, early, when the run is being interrupted (then cancel the
+  // remote job and throw kiln::Error(..., KILN_ERROR_INTERRUPTED)).
+  bool wait_ms(uint32_t ms) { return m_host->wait_ms(m_result, ms) == 0; }
+  bool interrupted() { return m_host->wait_ms(m_result, 0) != 0; }
 
 private:
   const kiln_host_api* m_host;

@@ -104,6 +104,8 @@ typedef enum kiln_error_category {
   KILN_ERROR_CONTENT_POLICY = 4,
   /** An image was produced but a validator rejected it. */
   KILN_ERROR_VALIDATION = 5,
+  /** The run was interrupted (SIGINT) and the backend cancelled its job. @since 1 */
+  KILN_ERROR_INTERRUPTED = 6,
 } kiln_error_category;
 
 /** A string slice. Not NUL-terminated unless a field says so. */
@@ -219,6 +221,11 @@ typedef struct kiln_request {
   kiln_str work_dir;
   /** Non-empty when the host asks the backend to re-attach to a remote job it reported earlier. */
   kiln_str resume_job_id;
+  /**
+   * 1 for the first attempt at this asset in this run, 2 for the first retry, and so on; lets a
+   * backend retry a failure once and then call it permanent. @since 1
+   */
+  uint32_t attempt;
 } kiln_request;
 
 /** A decoded image: 8-bit RGBA, rows `stride` bytes apart. */
@@ -351,6 +358,12 @@ typedef struct kiln_host_api {
   uint32_t (*http_error_category)(const kiln_http_response* response);
   kiln_str (*http_error)(const kiln_http_response* response);
   void (*http_free)(kiln_http_response* response);
+  /**
+   * Sleeps up to `ms` milliseconds (0: just looks). Returns nonzero, early, once the run is being
+   * interrupted (SIGINT, SIGTERM): a backend then cancels its remote job and fails with
+   * KILN_ERROR_INTERRUPTED. Backends wait with this between polls. @since 1
+   */
+  int32_t (*wait_ms)(kiln_result* result, uint32_t ms);
 } kiln_host_api;
 
 /** Backend capability bits. */
