@@ -25,7 +25,8 @@ TEST(PluginLoader, LoadsEveryBuiltIn) {
   Log log;
   PluginRegistry registry(log);
   registry.load_directory(KILN_PLUGIN_BUILD_DIR);
-  EXPECT_EQ(registry.ids(KILN_KIND_BACKEND), std::vector<std::string>{"placeholder"});
+  EXPECT_EQ(registry.ids(KILN_KIND_BACKEND),
+            (std::vector<std::string>{"placeholder", "replicate"}));
   EXPECT_EQ(registry.ids(KILN_KIND_ENHANCER), std::vector<std::string>{"style"});
   EXPECT_EQ(registry.ids(KILN_KIND_VALIDATOR),
             (std::vector<std::string>{"format", "not-blank", "not-corrupt", "resolution"}));
@@ -177,9 +178,15 @@ TEST(PluginOptions, RequiredOptionMustBeGiven) {
 TEST(PluginOptions, SettingsForAnUnknownPluginAreAnError) {
   Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\n[backends.replicat]\nx = 1\n") +
             k_asset);
-  EXPECT_EQ(f.error(), "assets.toml:4:11: unknown backend 'replicat' (available: placeholder) "
-                       "in [backends.replicat]\n"
+  EXPECT_EQ(f.error(), "assets.toml:4:11: unknown backend 'replicat' (did you mean "
+                       "'replicate'?) in [backends.replicat]\n"
                        "    [backends.replicat]\n"
+                       "              ^");
+  Fixture g(std::string("[types.t]\nwidth = 8\nheight = 8\n[backends.openai]\nx = 1\n") +
+            k_asset);
+  EXPECT_EQ(g.error(), "assets.toml:4:11: unknown backend 'openai' (available: placeholder, "
+                       "replicate) in [backends.openai]\n"
+                       "    [backends.openai]\n"
                        "              ^");
 }
 

@@ -1,0 +1,103 @@
+// Replicate's HTTP API as data: model references, the inputs each known model takes, prices,
+// prediction objects and problem answers. No I/O here, so all of it is unit-tested directly
+// (tests/unit/replicate_protocol_test.cpp); replicate.cpp does the talking.
+#pragma once
+
+#include <kiln/kiln.hpp>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln::replicate {
+
+// "owner/name" (an official model, run through /models/{owner}/{name}/predictions),
+// "owner/name:<64 hex>" or a bare "<64 hex>" (run through /predictions with "version").
+struct ModelRef {
+  std::string name;    // "owner/name"; empty for a bare version
+  std::string version; // 64 hex digits; empty for an official model
+  bool official() const { return version.empty(); }
+};
+// nullopt when `text` is none of the three forms.
+std::optional<ModelRef> parse_model_ref(std::string_view text);
+
+// Models whose inputs Kiln maps from an asset's size and prompts; others get `params` as given.
+enum class Family { Flux, Sdxl, Other };
+Family family_of(const ModelRef& model);
+
+constexpr std::string_view k_flux_schnell = "black-forest-labs/flux-schnell";
+constexpr std::string_view k_sdxl = "stability-ai/sdxl";
+constexpr std::string_view k_sdxl_version =
+    "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc";
+
+// flux-schnell's nearest aspect ratio to w:h, and the smallest megapixel setting whose image
+// still covers w x h (so the host only ever scales down, when it can).
+struct FluxShape {
+  std::string aspect_ratio;       // "16:9"
+  std::string megapixels;         // "1" or "0.25"
+  uint32_t width = 0, height = 0; // what the model will return
+};
+FluxShape flux_shape(uint32_t width, uint32_t height);
+
+// SDXL's width and height for an asset: its aspect ratio at about one megapixel (the size SDXL
+// was trained at), each side a multiple of 8.
+std::pair<uint32_t, uint32_t> sdxl_size(uint32_t width, uint32_t height);
+
+// The `input` object for a request: prompt, seed and the model's own fields, then the asset's
+// `params` on top (params win). Throws kiln::Error when params_json is not an object.
+std::string input_json(const Request& request, Family family);
+
+// How many images a request asks for (`num_outputs` in params, else 1).
+int requested_outputs(const Request& request);
+
+// Price per model: flux-schnell per output image, SDXL per second of predict_time.
+struct Price {
+  enum Unit { PerImage, PerSecond } unit = PerImage;
+  double usd = 0;
+  double typical_s = 0; // PerSecond: the run time `kiln plan` predicts with
+};
+using PriceTable = std::map<std::string, Price, std::less<>>;
+PriceTable default_prices();
+// Adds or replaces one entry written as "owner/name: 0.003 per image" or
+// "owner/name: 0.000725 per second, 11 s typical". Throws kiln::Error saying what is wrong.
+void add_price(PriceTable& table, std::string_view entry);
+// The entry for a model (by name, else by version), or null.
+const Price* find_price(const PriceTable& table, const ModelRef& model);
+
+// The fields of a prediction object Kiln acts on.
+struct Prediction {
+  std::string id;
+  std::string status; // starting | processing | succeeded | failed | canceled | aborted
+  std::string error;
+  std::vector<std::string> output; // URLs or data: URIs
+  bool data_removed = false;
+  std::optional<double> predict_time_s;
+  std::string get_url, cancel_url;
+
+  bool terminal() const {
+    return status == "succeeded" || status == "failed" || status == "canceled" ||
+           status == "aborted";
+  }
+};
+// nullopt when `body` is not a prediction object (no id or status).
+std::optional<Prediction> parse_prediction(std::string_view body);
+
+// An RFC 7807 answer: title, detail, invalid_fields, retry_after (seconds, 429 only).
+struct Problem {
+  std::string title;
+  std::string detail;
+  std::vector<std::string> invalid_fields; // "input.num_inference_steps (number_lte)"
+  double retry_after_s = -1;
+};
+// Whatever of it the body holds; a non-JSON body (a gateway's HTML page) gives its first line.
+Problem parse_problem(std::string_view body);
+
+// The wait a 429 asks for: `retry_after` in the body, else a Retry-After header (seconds or an
+// HTTP date); -1 when neither is there.
+int64_t retry_after_ms(const Problem& problem, std::string_view retry_after_header);
+
+// "Cancel-After" for a bound in seconds: "5m", "90s", "1h30m". Replicate's minimum is 5 s.
+std::string cancel_after(uint32_t seconds);
+
+} // namespace kiln::replicate

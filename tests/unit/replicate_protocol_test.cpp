@@ -1,0 +1,209 @@
+// The Replicate backend's protocol layer: model references, input mapping, prices, and the
+// parsing of predictions and problem answers. The talking is tested end to end in
+// tests/integration/test_replicate.py.
+#include "protocol.hpp"
+
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+
+namespace kiln::replicate {
+namespace {
+
+constexpr const char* k_sdxl_ref =
+    "stability-ai/sdxl:7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc";
+
+Request request(uint32_t width, uint32_t height, std::string_view params = "",
+                std::string_view format = "png") {
+  Request r;
+  r.prompt = "a red potion";
+  r.negative_prompt = "text";
+  r.width = width;
+  r.height = height;
+  r.format = format;
+  r.params_json = params;
+  r.seed = 42;
+  return r;
+}
+
+rapidjson::Document parse(const std::string& json) {
+  rapidjson::Document d;
+  d.Parse(json.c_str());
+  EXPECT_FALSE(d.HasParseError()) << json;
+  return d;
+}
+
+TEST(ReplicateProtocol, ModelReferences) {
+  auto official = parse_model_ref("black-forest-labs/flux-schnell");
+  ASSERT_TRUE(official);
+  EXPECT_TRUE(official->official());
+  EXPECT_EQ(family_of(*official), Family::Flux);
+
+  auto versioned = parse_model_ref(k_sdxl_ref);
+  ASSERT_TRUE(versioned);
+  EXPECT_FALSE(versioned->official());
+  EXPECT_EQ(versioned->name, "stability-ai/sdxl");
+  EXPECT_EQ(family_of(*versioned), Family::Sdxl);
+
+  auto bare = parse_model_ref(k_sdxl_version);
+  ASSERT_TRUE(bare);
+  EXPECT_EQ(bare->name, "");
+  EXPECT_EQ(family_of(*bare), Family::Sdxl);
+
+  EXPECT_EQ(family_of(*parse_model_ref("someone/pixel-art")), Family::Other);
+  for (const char* bad : {"flux-schnell", "a/b/c", "a/b:1234", "/x", "a/ b", ""})
+    EXPECT_FALSE(parse_model_ref(bad)) << bad;
+}
+
+TEST(ReplicateProtocol, FluxPicksTheNearestAspectRatioAndTheSmallestCoveringSize) {
+  struct Case {
+    uint32_t w, h;
+    const char* ratio;
+    const char* megapixels;
+  } cases[] = {
+      {256, 256, "1:1", "0.25"}, {512, 512, "1:1", "0.25"}, {513, 513, "1:1", "1"},
+      {1024, 1024, "1:1", "1"},  {1280, 720, "16:9", "1"},  {640, 360, "16:9", "0.25"},
+      {800, 200, "21:9", "1"},   {400, 600, "2:3", "0.25"}, {300, 400, "3:4", "0.25"},
+      {90, 160, "9:16", "0.25"}, {2048, 2048, "1:1", "1"},  {100, 300, "9:21", "0.25"},
+  };
+  for (auto& c : cases) {
+    FluxShape s = flux_shape(c.w, c.h);
+    EXPECT_EQ(s.aspect_ratio, c.ratio) << c.w << "x" << c.h;
+    EXPECT_EQ(s.megapixels, c.megapixels) << c.w << "x" << c.h;
+  }
+}
+
+TEST(ReplicateProtocol, SdxlSizesAreMultiplesOf8AtAboutAMegapixel) {
+  for (auto [w, h] :
+       {std::pair{256u, 256u}, {1280u, 720u}, {100u, 75u}, {333u, 250u}, {4096u, 1024u}}) {
+    auto [sw, sh] = sdxl_size(w, h);
+    EXPECT_EQ(sw % 8, 0u);
+    EXPECT_EQ(sh % 8, 0u);
+    EXPECT_NEAR(double(sw) * sh, 1024.0 * 1024.0, 0.05 * 1024 * 1024) << w << "x" << h;
+    EXPECT_NEAR(double(sw) / sh, double(w) / h, 0.03 * w / h) << w << "x" << h;
+  }
+  EXPECT_EQ(sdxl_size(256, 256), (std::pair{1024u, 1024u}));
+}
+
+TEST(ReplicateProtocol, FluxInputsFromTheAssetWithParamsOnTop) {
+  auto d = parse(input_json(
+      request(1280, 720, R"({"output_format":"webp","go_fast":false})", "jpg"), Family::Flux));
+  EXPECT_STREQ(d["prompt"].GetString(), "a red potion");
+  EXPECT_EQ(d["seed"].GetUint64(), 42u);
+  EXPECT_STREQ(d["aspect_ratio"].GetString(), "16:9");
+  EXPECT_STREQ(d["megapixels"].GetString(), "1");
+  EXPECT_STREQ(d["output_format"].GetString(), "webp"); // params win
+  EXPECT_FALSE(d["go_fast"].GetBool());
+  EXPECT_FALSE(d.HasMember("negative_prompt")); // flux-schnell has none: 422 if sent
+  EXPECT_FALSE(d.HasMember("width"));
+
+  auto jpg = parse(input_json(request(64, 64, "", "jpg"), Family::Flux));
+  EXPECT_STREQ(jpg["output_format"].GetString(), "jpg");
+}
+
+TEST(ReplicateProtocol, SdxlAndUnknownModelInputs) {
+  auto sdxl = parse(input_json(request(640, 360, R"({"num_inference_steps":30})"), Family::Sdxl));
+  EXPECT_STREQ(sdxl["negative_prompt"].GetString(), "text");
+  EXPECT_EQ(sdxl["width"].GetUint() % 8, 0u);
+  EXPECT_EQ(sdxl["num_inference_steps"].GetInt(), 30);
+
+  auto other = parse(input_json(request(64, 64, R"({"style":"pixel","width":64})"), Family::Other));
+  EXPECT_EQ(other.MemberCount(), 4u); // prompt, seed and the params, nothing guessed
+  EXPECT_STREQ(other["style"].GetString(), "pixel");
+
+  EXPECT_THROW(input_json(request(64, 64, "[1,2]"), Family::Flux), Error);
+  EXPECT_EQ(requested_outputs(request(64, 64, R"({"num_outputs":3})")), 3);
+  EXPECT_EQ(requested_outputs(request(64, 64)), 1);
+}
+
+TEST(ReplicateProtocol, PriceTableAndOverrides) {
+  PriceTable t = default_prices();
+  const Price* flux = find_price(t, *parse_model_ref("black-forest-labs/flux-schnell"));
+  ASSERT_TRUE(flux);
+  EXPECT_EQ(flux->unit, Price::PerImage);
+  EXPECT_DOUBLE_EQ(flux->usd, 0.003);
+  const Price* sdxl = find_price(t, *parse_model_ref(k_sdxl_ref));
+  ASSERT_TRUE(sdxl);
+  EXPECT_EQ(sdxl->unit, Price::PerSecond);
+  EXPECT_DOUBLE_EQ(sdxl->usd, 0.000725);
+  EXPECT_TRUE(find_price(t, *parse_model_ref(k_sdxl_version)));
+  EXPECT_FALSE(find_price(t, *parse_model_ref("someone/pixel-art")));
+
+  add_price(t, "someone/pixel-art: 0.0015 per second, 4.5 s typical");
+  add_price(t, "black-forest-labs/flux-schnell: 0.004 per image");
+  EXPECT_DOUBLE_EQ(find_price(t, *parse_model_ref("someone/pixel-art"))->typical_s, 4.5);
+  EXPECT_DOUBLE_EQ(find_price(t, *parse_model_ref("black-forest-labs/flux-schnell"))->usd, 0.004);
+
+  auto message = [&](const char* entry) {
+    try {
+      add_price(t, entry);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(message("a/b 0.1 per image").find("no ': ' after the model"), std::string::npos);
+  EXPECT_NE(message("a/b: cheap").find("no price in dollars"), std::string::npos);
+  EXPECT_NE(message("a/b: 0.1 per call").find("'per image' or 'per second'"), std::string::npos);
+  EXPECT_NE(message("a/b: 0.1 per second").find("typical run time"), std::string::npos);
+  EXPECT_NE(message("nonsense: 0.1 per image").find("not a model reference"), std::string::npos);
+}
+
+TEST(ReplicateProtocol, PredictionObjects) {
+  // A sync answer as recorded: still "processing", output complete, no metrics.
+  auto p = parse_prediction(
+      R"({"id":"ufawqhfynnddngldkgtslldrkq","model":"black-forest-labs/flux-schnell",
+    "version":"hidden","input":{"prompt":"x"},"logs":"","output":["https://replicate.delivery/x/out-0.webp"],
+    "data_removed":false,"error":null,"status":"processing","created_at":"2024-11-05T10:00:00.000Z",
+    "urls":{"get":"https://api.replicate.com/v1/predictions/ufawqhfynnddngldkgtslldrkq",
+            "cancel":"https://api.replicate.com/v1/predictions/ufawqhfynnddngldkgtslldrkq/cancel"}})");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->status, "processing");
+  EXPECT_FALSE(p->terminal());
+  ASSERT_EQ(p->output.size(), 1u);
+  EXPECT_FALSE(p->predict_time_s);
+  EXPECT_EQ(p->cancel_url.substr(p->cancel_url.size() - 7), "/cancel");
+
+  auto done = parse_prediction(R"({"id":"a","status":"succeeded","output":null,"data_removed":true,
+    "metrics":{"predict_time":10.5}})");
+  ASSERT_TRUE(done);
+  EXPECT_TRUE(done->terminal());
+  EXPECT_TRUE(done->output.empty());
+  EXPECT_TRUE(done->data_removed);
+  EXPECT_DOUBLE_EQ(*done->predict_time_s, 10.5);
+
+  EXPECT_TRUE(parse_prediction(R"({"id":"a","status":"aborted"})")->terminal());
+  EXPECT_FALSE(parse_prediction(R"({"detail":"Not found"})"));
+  EXPECT_FALSE(parse_prediction("<html>"));
+}
+
+TEST(ReplicateProtocol, ProblemsAndRetryAfter) {
+  Problem p = parse_problem(R"({"title":"Input validation failed","status":422,
+    "detail":"- input.num_inference_steps: Must be less than or equal to 4\n- input.x: nope\n",
+    "invalid_fields":[{"type":"number_lte","field":"input.num_inference_steps","description":"Must be less than or equal to 4"}]})");
+  EXPECT_EQ(p.detail,
+            "- input.num_inference_steps: Must be less than or equal to 4; - input.x: nope");
+  ASSERT_EQ(p.invalid_fields.size(), 1u);
+  EXPECT_EQ(p.invalid_fields[0], "input.num_inference_steps (number_lte)");
+  EXPECT_EQ(retry_after_ms(p, ""), -1);
+
+  Problem throttled = parse_problem(
+      R"({"title":"Request was throttled.","detail":"Request was throttled. Your rate limit resets in ~5s.","status":429,"retry_after":5})");
+  EXPECT_EQ(retry_after_ms(throttled, ""), 5000);
+  EXPECT_EQ(retry_after_ms(throttled, "30"), 5000); // the body wins
+  EXPECT_EQ(retry_after_ms(Problem{}, "2"), 2000);
+  EXPECT_EQ(retry_after_ms(Problem{}, "Thu, 01 Jan 2009 00:00:00 GMT"), 0); // in the past
+  EXPECT_EQ(retry_after_ms(Problem{}, "soon"), -1);
+
+  Problem gateway = parse_problem("<html><body><h1>502 Bad Gateway</h1></body></html>\nmore");
+  EXPECT_EQ(gateway.detail, "<html><body><h1>502 Bad Gateway</h1></body></html>");
+}
+
+TEST(ReplicateProtocol, CancelAfterDurations) {
+  EXPECT_EQ(cancel_after(360), "6m");
+  EXPECT_EQ(cancel_after(90), "90s");
+  EXPECT_EQ(cancel_after(7200), "2h");
+  EXPECT_EQ(cancel_after(3), "5s"); // Replicate's minimum
+}
+
+} // namespace
+} // namespace kiln::replicate
