@@ -1,0 +1,443 @@
+"""The Replicate backend end to end: the built kiln against tests/servers/fake_replicate.py, a
+server speaking Replicate's HTTP protocol on 127.0.0.1, started and stopped by each test.
+
+Run by ctest with KILN_EXE, KILN_TEST_IMAGE and KILN_FAKE_REPLICATE set; standard library only."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from test_cli import KILN, by_name, image_size
+
+FAKE = os.environ.get("KILN_FAKE_REPLICATE", "../servers/fake_replicate.py")
+TEST_IMAGE = os.environ.get("KILN_TEST_IMAGE", "kiln-test-image")
+TOKEN = "r8_kilnTEST7f3c9a1b2d4e6f8091a2b3c4d5e6f7"
+FLUX = "black-forest-labs/flux-schnell"
+SDXL = "stability-ai/sdxl:7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc"
+
+# 8 flux-schnell assets in every declared format and several shapes.
+EIGHT = [
+    ("icons/sword", 256, 256, "png"), ("icons/shield", 128, 128, "png"),
+    ("icons/potion", 64, 64, "webp"), ("textures/grass", 512, 512, "png"),
+    ("textures/stone", 300, 300, "jpg"), ("covers/title", 1280, 720, "jpg"),
+    ("banners/wide", 800, 200, "webp"), ("portraits/hero", 400, 600, "png"),
+]
+
+
+class FakeReplicate:
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, FAKE, "--token", TOKEN, "--image-tool", TEST_IMAGE],
+            stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def control(self, **settings):
+        req = urllib.request.Request(self.url + "/_control", json.dumps(settings).encode(),
+                                     {"Content-Type": "application/json"})
+        urllib.request.urlopen(req).read()
+
+    def stats(self):
+        return json.load(urllib.request.urlopen(self.url + "/_stats"))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def manifest(server, assets, backend_options="", jobs_note=""):
+    text = f"""[project]
+output_dir = "out"
+
+[defaults]
+backend = "replicate"
+model = "{FLUX}"
+
+[backends.replicate]
+base_url = "{server.url}/v1"
+{backend_options}
+
+[types.art]
+validators = ["resolution", "format", "not-blank", "not-corrupt"]
+"""
+    for asset in assets:
+        name, width, height, fmt = asset[:4]
+        extra = asset[4] if len(asset) > 4 else ""
+        text += f"""
+[[asset]]
+name = "{name}"
+type = "art"
+prompt = "{name.split('/')[-1]} for a fantasy game"
+width = {width}
+height = {height}
+format = "{fmt}"
+{extra}
+"""
+    return text
+
+
+class ReplicateTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="kiln-replicate-")
+        self.server = FakeReplicate()
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("REPLICATE_API_TOKEN", "KILN_PLUGIN_PATH")}
+        self.env["KILN_CACHE_DIR"] = os.path.join(self.tmp, "cache")
+        self.env["REPLICATE_API_TOKEN"] = TOKEN
+
+    def tearDown(self):
+        self.server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write(self, assets, backend_options=""):
+        with open(os.path.join(self.tmp, "assets.toml"), "w") as f:
+            f.write(manifest(self.server, assets, backend_options))
+
+    def kiln(self, *args, env=None):
+        return subprocess.run([KILN, *args], cwd=self.tmp, env=env or self.env,
+                              capture_output=True, text=True, timeout=120)
+
+    def build(self, *args, env=None):
+        report = os.path.join(self.tmp, "report.json")
+        if os.path.exists(report):
+            os.remove(report)
+        r = self.kiln("build", "--report", report, *args, env=env)
+        with open(report) as f:
+            return r, json.load(f)
+
+    def creates_for(self, stats, name):
+        prompt = name.split("/")[-1] + " for a fantasy game"
+        return [c for c in stats["create_requests"] if c["prompt"].startswith(prompt)]
+
+    def assert_output(self, name, width, height, fmt):
+        path = os.path.join(self.tmp, "out", name + "." + fmt)
+        self.assertEqual(image_size(path, fmt), (width, height), name)
+
+    def assert_token_nowhere(self, *outputs):
+        for text in outputs:
+            self.assertNotIn(TOKEN, text)
+        for folder, _, files in os.walk(self.tmp):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as f:
+                    self.assertNotIn(TOKEN.encode(), f.read(), os.path.join(folder, name))
+
+    # Must show 1: 8 assets, 8 predictions, exact outputs, 8 x $0.003, a rerun creates none.
+    def test_eight_flux_assets_are_eight_predictions_then_none(self):
+        self.write(EIGHT)
+        r, report = self.build("-v")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["creates"]), 8)
+        self.assertEqual(len(stats["create_requests"]), 8)
+        self.assertEqual(stats["account_checks"], 1)
+        self.assertEqual(stats["auth_on_delivery"], 0, "the token went to the file host")
+        for name, width, height, fmt in EIGHT:
+            self.assert_output(name, width, height, fmt)
+        costs = [a["cost_usd"] for a in report["assets"]]
+        self.assertEqual(len(costs), 8)
+        for cost in costs:
+            self.assertAlmostEqual(cost, 0.003)
+        self.assertAlmostEqual(report["summary"]["cost_usd"], 8 * 0.003)
+        self.assertAlmostEqual(report["summary"]["predicted_cost_usd"], 8 * 0.003)
+        for a in report["assets"]:
+            self.assertEqual(len(a["remote_id"]), 26)
+        # Inputs as the model expects: nearest aspect ratio, the declared format when it exists.
+        inputs = {c["input"]["prompt"].split(" for")[0]: c["input"] for c in stats["creates"]}
+        self.assertEqual(inputs["title"]["aspect_ratio"], "16:9")
+        self.assertEqual(inputs["title"]["megapixels"], "1")
+        self.assertEqual(inputs["shield"]["megapixels"], "0.25")
+        self.assertEqual(inputs["hero"]["aspect_ratio"], "2:3")
+        self.assertEqual(inputs["wide"]["aspect_ratio"], "21:9")
+        self.assertEqual(inputs["stone"]["output_format"], "jpg")
+        # Sync answers ("processing" with the output complete) need no polling.
+        self.assertEqual(stats["gets"], 0)
+
+        r2, report2 = self.build()
+        self.assertEqual(r2.returncode, 0, r2.stderr)
+        self.assertIn("no work to do", r2.stdout)
+        self.assertEqual(len(self.server.stats()["create_requests"]), 8)
+        self.assertEqual(report2["summary"]["cost_usd"], 0)
+        self.assert_token_nowhere(r.stdout, r.stderr, r2.stdout, r2.stderr)
+
+    def test_plan_predicts_from_the_price_table_without_a_token(self):
+        self.write(EIGHT[:3] + [("sdxl/one", 256, 256, "png", f'model = "{SDXL}"')])
+        env = dict(self.env)
+        del env["REPLICATE_API_TOKEN"]
+        r = self.kiln("plan", env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.count("$0.0030"), 3)
+        self.assertIn("$0.0080", r.stdout)  # SDXL: 11 s typical x $0.000725
+        self.assertIn("predicted cost $0.0170", r.stdout)
+        self.assertEqual(self.server.stats()["create_requests"], [])
+
+    # Must show 2: a wrong token.
+    def test_wrong_token_fails_once_naming_the_variable_and_leaks_nothing(self):
+        self.write(EIGHT)
+        wrong = "r8_WRONGwrongWRONG0123456789abcdef"
+        env = dict(self.env, REPLICATE_API_TOKEN=wrong)
+        r, report = self.build("-j", "4", env=env)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("REPLICATE_API_TOKEN", r.stderr)
+        self.assertIn("You did not pass a valid authentication token", r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(stats["account_checks"], 1)
+        self.assertEqual(stats["create_requests"], [], "no prediction with a rejected token")
+        for a in report["assets"]:
+            self.assertEqual(a["status"], "failed")
+            self.assertEqual(a["attempts"], 1)
+            self.assertEqual(a["error_category"], "permanent")
+        self.assertNotIn(wrong, r.stdout + r.stderr)
+        for folder, _, files in os.walk(self.tmp):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as f:
+                    self.assertNotIn(wrong.encode(), f.read())
+
+    def test_missing_token_names_the_variable_before_any_call(self):
+        self.write(EIGHT[:2], 'token_env = "MY_GAME_REPLICATE_TOKEN"')
+        r, report = self.build()
+        self.assertEqual(r.returncode, 4, r.stderr)  # a person must act
+        self.assertIn("MY_GAME_REPLICATE_TOKEN is not set", r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(stats["account_checks"] + len(stats["create_requests"]), 0)
+        statuses = sorted(a["status"] for a in report["assets"])
+        self.assertIn("failed", statuses)
+
+    # Must show 3: a rejected input fails its asset only, with the server's detail, once.
+    def test_rejected_input_fails_that_asset_only_and_is_not_resent(self):
+        bad = ("icons/bad", 128, 128, "png", "params = { num_inference_steps = 8 }")
+        self.write(EIGHT[:3] + [bad])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        assets = by_name(report)
+        self.assertEqual(assets["icons/bad"]["status"], "failed")
+        self.assertEqual(assets["icons/bad"]["error_category"], "permanent")
+        self.assertIn("input.num_inference_steps: Must be less than or equal to 4",
+                      assets["icons/bad"]["error"])
+        self.assertIn("number_lte", assets["icons/bad"]["error"])
+        self.assertIn("icons/bad", r.stderr)
+        self.assertEqual(len(self.creates_for(self.server.stats(), "icons/bad")), 1)
+        for name, width, height, fmt in EIGHT[:3]:
+            self.assertEqual(assets[name]["status"], "generated")
+            self.assert_output(name, width, height, fmt)
+
+    def test_unknown_model_is_permanent(self):
+        self.write([("icons/x", 64, 64, "png", 'model = "nobody/no-such-model"')])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1)
+        a = report["assets"][0]
+        self.assertEqual(a["error_category"], "permanent")
+        self.assertIn("HTTP 404", a["error"])
+        self.assertEqual(a["attempts"], 1)
+
+    # Must show 4: throttling and server errors; waits honour the hint.
+    def test_throttling_and_server_errors_are_retried_honouring_retry_after(self):
+        self.write(EIGHT[:4])
+        self.server.control(faults={"create": [
+            {"status": 429, "retry_after": 1}, {"status": 500}, {"status": 429, "retry_after": 2},
+            {"status": 502}, {"drop": True}, {"status": 503}]})
+        r, report = self.build("-j", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for name, width, height, fmt in EIGHT[:4]:
+            self.assert_output(name, width, height, fmt)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["creates"]), 4, "one prediction per asset")
+        self.assertEqual(len(stats["create_requests"]), 10)
+        throttled = 0
+        for name, *_ in EIGHT[:4]:
+            requests = self.creates_for(stats, name)
+            for earlier, later in zip(requests, requests[1:]):
+                if earlier["status"] == 429:
+                    throttled += 1
+                    self.assertGreaterEqual(later["time"] - earlier["time"],
+                                            earlier["retry_after"],
+                                            f"{name} retried before retry_after")
+            self.assertEqual(requests[-1]["status"], 201)
+        self.assertEqual(throttled, 2)
+        self.assertGreaterEqual(sum(a["attempts"] for a in report["assets"]), 10)
+        self.assertAlmostEqual(report["summary"]["cost_usd"], 4 * 0.003)
+
+    def test_a_long_retry_after_is_waited_in_full(self):
+        self.write(EIGHT[:1])
+        self.server.control(faults={"create": [{"status": 429, "retry_after": 3}]})
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        first, second = self.server.stats()["create_requests"]
+        self.assertGreaterEqual(second["time"] - first["time"], 3.0)
+        self.assertIn("retrying in 3.", r.stderr)
+
+    def test_poll_failures_keep_polling_the_same_prediction(self):
+        self.write(EIGHT[:2], "sync_wait_s = 0")
+        self.server.control(latency_s=1.5, faults={"get": [
+            {"status": 500}, {"status": 429, "retry_after": 1}, {"drop": True}, {"status": 502}]})
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["create_requests"]), 2)
+        self.assertGreater(stats["gets"], 4)
+
+    def test_truncated_download_is_fetched_again_from_the_same_prediction(self):
+        self.write(EIGHT[:1])
+        self.server.control(faults={"download": [{"truncate": True}, {"status": 500}]})
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["create_requests"]), 1)
+        self.assertEqual(stats["downloads"], 3)
+        self.assert_output(*EIGHT[0])
+
+    def test_outputs_removed_before_download_are_generated_again(self):
+        self.write(EIGHT[:1])
+        self.server.control(prompt_rules=[{"contains": "sword", "fate": "expire", "times": 1}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(self.server.stats()["creates"]), 2)
+        self.assertIn("data_removed", r.stderr)
+        self.assert_output(*EIGHT[0])
+
+    def test_data_uri_outputs(self):
+        self.write(EIGHT[:2])
+        self.server.control(output_mode="data")
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.server.stats()["downloads"], 0)
+        for asset in EIGHT[:2]:
+            self.assert_output(*asset)
+
+    def test_honest_sync_answers_and_polling_only(self):
+        for mode, wait in (("honest", ""), ("processing_with_output", "sync_wait_s = 0")):
+            with self.subTest(mode=mode):
+                shutil.rmtree(os.path.join(self.tmp, "out"), ignore_errors=True)
+                shutil.rmtree(os.path.join(self.tmp, "cache"), ignore_errors=True)
+                self.write(EIGHT[:1], wait)
+                self.server.control(sync_mode=mode)
+                r, report = self.build()
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assert_output(*EIGHT[0])
+
+    # Must show 5: WebP outputs become the declared PNG/JPEG at the declared size.
+    def test_webp_outputs_become_the_declared_png_and_jpeg(self):
+        webp = 'params = { output_format = "webp" }'
+        assets = [("a/png", 200, 120, "png", webp), ("a/jpg", 333, 250, "jpg", webp),
+                  ("a/tall", 90, 160, "png", webp)]
+        self.write(assets)
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual({c["input"]["output_format"] for c in stats["creates"]}, {"webp"})
+        for asset in assets:
+            self.assert_output(*asset[:4])
+
+    def test_insufficient_credit_stops_new_work_and_exits_4(self):
+        self.write(EIGHT[:5])
+        self.server.control(faults={"create": [{"ok": True}, {"status": 402}]})
+        r, report = self.build("-j", "1")
+        self.assertEqual(r.returncode, 4, r.stderr)
+        statuses = [a["status"] for a in report["assets"]]
+        self.assertEqual(statuses, ["generated", "failed", "skipped", "skipped", "skipped"])
+        self.assertEqual(report["assets"][1]["error_category"], "needs_a_person")
+        self.assertIn("insufficient credit", report["assets"][1]["error"])
+        self.assertEqual(len(self.server.stats()["create_requests"]), 2)
+        self.assert_output(*EIGHT[0])
+        # The paid image survives: the next run (credit bought) only makes the rest.
+        r2, report2 = self.build("-j", "1")
+        self.assertEqual(r2.returncode, 0, r2.stderr)
+        self.assertEqual(report2["summary"]["generated"], 4)
+        self.assertEqual(report2["summary"]["up_to_date"], 1)
+
+    def test_nsfw_failure_is_content_policy_and_not_retried(self):
+        self.write(EIGHT[:2])
+        self.server.control(prompt_rules=[{"contains": "sword", "fate": "nsfw", "times": 5}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1)
+        a = by_name(report)["icons/sword"]
+        self.assertEqual(a["error_category"], "content_policy")
+        self.assertIn("NSFW", a["error"])
+        self.assertEqual(len(self.creates_for(self.server.stats(), "icons/sword")), 1)
+        self.assertEqual(by_name(report)["icons/shield"]["status"], "generated")
+
+    def test_model_failure_is_retried_once_then_permanent(self):
+        self.write(EIGHT[:2])
+        self.server.control(prompt_rules=[
+            {"contains": "sword", "fate": "fail", "times": 5, "error": "CUDA out of memory"},
+            {"contains": "shield", "fate": "fail", "times": 1, "error": "CUDA out of memory"}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1)
+        stats = self.server.stats()
+        sword = by_name(report)["icons/sword"]
+        self.assertEqual(sword["error_category"], "permanent")
+        self.assertIn("CUDA out of memory", sword["error"])
+        self.assertEqual(len(self.creates_for(stats, "icons/sword")), 2)
+        self.assertEqual(by_name(report)["icons/shield"]["status"], "generated")
+        self.assertEqual(len(self.creates_for(stats, "icons/shield")), 2)
+
+    def test_timeout_cancels_the_prediction_then_tries_again(self):
+        self.write(EIGHT[:1], "timeout_s = 5\nsync_wait_s = 1")
+        self.server.control(prompt_rules=[{"contains": "sword", "fate": "slow", "times": 1}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["cancels"]), 1)
+        self.assertEqual(stats["cancels"][0], stats["creates"][0]["id"])
+        self.assertEqual(len(stats["creates"]), 2)
+        self.assertIn("did not finish within 5 s", r.stderr)
+
+    def test_ctrl_c_cancels_the_prediction_in_flight(self):
+        self.write(EIGHT[:3], "sync_wait_s = 1")
+        self.server.control(prompt_rules=[{"contains": "", "fate": "slow", "times": 9}])
+        report = os.path.join(self.tmp, "report.json")
+        proc = subprocess.Popen([KILN, "build", "-j", "1", "--report", report], cwd=self.tmp,
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.time() + 20
+        while not self.server.stats()["creates"] and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 130, err)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["creates"]), 1, "nothing new starts after Ctrl-C")
+        self.assertEqual(stats["cancels"], [stats["creates"][0]["id"]])
+        with open(report) as f:
+            statuses = [a["status"] for a in json.load(f)["assets"]]
+        self.assertEqual(statuses, ["failed", "skipped", "skipped"])
+
+    def test_sdxl_by_version_is_billed_per_second(self):
+        assets = [("sdxl/castle", 640, 360, "png", f'model = "{SDXL}"\nnegative = "blurry"'),
+                  ("sdxl/odd", 100, 75, "jpg", f'model = "{SDXL}"')]
+        self.write(assets)
+        self.server.control(predict_time_s=10.0)
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        for c in stats["creates"]:
+            self.assertEqual(c["input"]["width"] % 8, 0)
+            self.assertEqual(c["input"]["height"] % 8, 0)
+        castle = [c for c in stats["creates"] if "castle" in c["input"]["prompt"]][0]
+        self.assertEqual(castle["input"]["negative_prompt"], "blurry")
+        for a in report["assets"]:
+            self.assertAlmostEqual(a["cost_usd"], 10.0 * 0.000725)
+        for asset in assets:
+            self.assert_output(*asset[:4])
+
+    def test_price_table_is_overridable(self):
+        self.write(EIGHT[:2], 'prices = ["black-forest-labs/flux-schnell: 0.01 per image"]')
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertAlmostEqual(report["summary"]["cost_usd"], 0.02)
+        self.write(EIGHT[:2], 'prices = ["black-forest-labs/flux-schnell: cheap"]')
+        r = self.kiln("plan")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no price in dollars", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
