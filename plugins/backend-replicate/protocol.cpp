@@ -256,6 +256,29 @@ std::optional<Prediction> parse_prediction(std::string_view body) {
   return p;
 }
 
+std::optional<std::string> find_lost_prediction(std::string_view list_body, const ModelRef& model,
+                                                std::string_view input_json) {
+  rapidjson::Document list, input;
+  list.Parse(list_body.data(), list_body.size());
+  input.Parse(input_json.data(), input_json.size());
+  const rapidjson::Value* results = list.HasParseError() ? nullptr : member(list, "results");
+  if (!results || !results->IsArray() || input.HasParseError())
+    return std::nullopt;
+  for (auto& p : results->GetArray()) {
+    const rapidjson::Value* in = member(p, "input");
+    std::string status = member(p, "status") ? string_of(*member(p, "status")) : "";
+    std::string name = member(p, "model") ? string_of(*member(p, "model")) : "";
+    std::string version = member(p, "version") ? string_of(*member(p, "version")) : "";
+    bool same_model = model.official() ? name == model.name : version == model.version;
+    if (!in || *in != input || !same_model || status == "failed" || status == "canceled" ||
+        status == "aborted")
+      continue;
+    if (auto* id = member(p, "id"); id && id->IsString())
+      return string_of(*id);
+  }
+  return std::nullopt;
+}
+
 Problem parse_problem(std::string_view body) {
   Problem p;
   rapidjson::Document d;

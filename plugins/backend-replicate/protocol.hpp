@@ -83,6 +83,12 @@ struct Prediction {
 // nullopt when `body` is not a prediction object (no id or status).
 std::optional<Prediction> parse_prediction(std::string_view body);
 
+// In a page of GET /predictions (newest first), the newest prediction of `model` whose input is
+// exactly `input_json` and which may still deliver: how a create whose answer was lost is found
+// again instead of being paid for twice.
+std::optional<std::string> find_lost_prediction(std::string_view list_body, const ModelRef& model,
+                                                std::string_view input_json);
+
 // An RFC 7807 answer: title, detail, invalid_fields, retry_after (seconds, 429 only).
 struct Problem {
   std::string title;

@@ -191,6 +191,9 @@ private:
     m_out.log(KILN_LOG_DEBUG,
               "creating a prediction of " + describe_model() + " with input " + input);
     kiln::HttpResponse r = api("POST", url, body, timeout_ms, std::move(headers));
+    if (r.status == 0)
+      if (auto found = find_lost(input))
+        return *found;
     if (r.status != 200 && r.status != 201 && r.status != 202)
       fail_http(r, "creating a prediction of " + describe_model());
     auto p = parse_prediction(r.body);
@@ -201,6 +204,22 @@ private:
     m_out.set_remote_id(p->id);
     m_out.log(KILN_LOG_DEBUG, "prediction " + p->id + " is " + p->status);
     return *p;
+  }
+
+  // A create whose answer never arrived may still have started a prediction, which would be
+  // paid for whether or not Kiln knows its id: look for it among the newest predictions.
+  std::optional<Prediction> find_lost(const std::string& input) {
+    kiln::HttpResponse list = api("GET", m_s.base_url + "/predictions");
+    if (list.status != 200)
+      return std::nullopt;
+    auto id = find_lost_prediction(list.body, m_model, input);
+    if (!id)
+      return std::nullopt;
+    m_out.log(KILN_LOG_WARNING, "the answer to a create was lost; found its prediction " + *id);
+    Prediction p = reattach(*id);
+    if (p.id.empty())
+      return std::nullopt;
+    return p;
   }
 
   // The prediction of an earlier attempt or run, if it can still deliver; else an empty one.

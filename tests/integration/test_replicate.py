@@ -273,6 +273,18 @@ class ReplicateTest(unittest.TestCase):
         self.assertGreaterEqual(second["time"] - first["time"], 3.0)
         self.assertIn("retrying in 3.", r.stderr)
 
+    def test_a_create_whose_answer_was_lost_is_found_not_paid_again(self):
+        self.write(EIGHT[:2], "sync_wait_s = 0")
+        self.server.control(faults={"create": [{"lose_answer": True}, {"drop": True}]})
+        r, report = self.build("-j", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["creates"]), 2, "one prediction per asset")
+        self.assertEqual(stats["lists"], 2)
+        self.assertIn("found its prediction " + stats["creates"][0]["id"], r.stderr)
+        for asset in EIGHT[:2]:
+            self.assert_output(*asset)
+
     def test_poll_failures_keep_polling_the_same_prediction(self):
         self.write(EIGHT[:2], "sync_wait_s = 0")
         self.server.control(latency_s=1.5, faults={"get": [

@@ -7,7 +7,7 @@ Listens on 127.0.0.1 on a free port, prints the port as its first line, runs unt
 
 The API, under /v1: POST /v1/models/{owner}/{name}/predictions (official models, no `version`),
 POST /v1/predictions (`version` required), GET /v1/predictions/{id},
-POST /v1/predictions/{id}/cancel, GET /v1/account. Output files are served from /delivery/ (no auth, like
+POST /v1/predictions/{id}/cancel, GET /v1/predictions (list), GET /v1/account. Output files are served from /delivery/ (no auth, like
 replicate.delivery). Behaviour of the real service kept on purpose:
 - `Authorization: Bearer <token>` or `Token <token>`, else 401 problem+json;
 - unknown top-level or input fields, wrong types, out-of-range numbers, bad enums: 422 with
@@ -31,6 +31,7 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
                    consumed one entry per request of that kind; entries: {"status": 429,
                    "retry_after": 2}, {"status": 402}, {"status": 500}, {"status": 502} (an HTML
                    body, as from a gateway), {"drop": true}, {"truncate": true} (downloads),
+                   {"lose_answer": true} (create the prediction, then drop the connection),
                    {"ok": true} (answer normally)
   prompt_rules     [{"contains": "...", "fate": "nsfw" | "fail" | "abort" | "slow" | "expire",
                      "times": n, "error": "..."}]: the next n predictions whose prompt contains
@@ -183,7 +184,8 @@ class Fake:
                        "faults": {}, "prompt_rules": []}
         self.predictions = {}
         self.stats = {"create_requests": [], "creates": [], "gets": 0, "cancels": [],
-                      "downloads": 0, "auth_on_delivery": 0, "account_checks": 0}
+                      "downloads": 0, "auth_on_delivery": 0, "account_checks": 0,
+                      "lists": 0}
 
     def next_fault(self, kind):
         with self.lock:
@@ -385,6 +387,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(200, {"type": "user", "username": "kiln-tests", "name": "Kiln Tests",
                                  "github_url": "https://github.com/kiln-tests"})
             return
+        if path == "/v1/predictions":
+            return self.list_predictions()
         m = re.fullmatch(r"/v1/predictions/([a-z0-9]+)", path)
         if not m:
             return self.problem(404, "Not found", "The requested resource could not be found.")
@@ -398,6 +402,16 @@ class Handler(BaseHTTPRequestHandler):
         if not p:
             return self.problem(404, "Not found", "The requested resource could not be found.")
         self.reply(200, FAKE.view(p, self.base()))
+
+    def list_predictions(self):
+        """GET /v1/predictions: the newest first, 100 a page (one page here)."""
+        if not self.authorised():
+            return
+        with FAKE.lock:
+            FAKE.stats["lists"] += 1
+            newest = sorted(FAKE.predictions.values(), key=lambda p: -p["created"])[:100]
+        results = [FAKE.view(p, self.base()) for p in newest]
+        self.reply(200, {"next": None, "previous": None, "results": results})
 
     def deliver(self, path):
         with FAKE.lock:
@@ -470,7 +484,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.authorised():
             return answer(401)
         fault = FAKE.next_fault("create")
-        if fault and not fault.get("ok"):
+        if fault and not fault.get("ok") and not fault.get("lose_answer"):
             answer(fault.get("status", 0))
             if fault.get("status") == 429:
                 record["retry_after"] = fault.get("retry_after", 1)
@@ -528,6 +542,8 @@ class Handler(BaseHTTPRequestHandler):
             wait = int(m.group(2) or 60)
         p = FAKE.create(model, version, inputs, cancel_after)
         answer(201)
+        if fault and fault.get("lose_answer"):
+            return self.drop()  # created, but the client never hears of it
         headers = []
         if wait is not None:
             deadline = time.time() + wait

@@ -176,6 +176,26 @@ TEST(ReplicateProtocol, PredictionObjects) {
   EXPECT_FALSE(parse_prediction("<html>"));
 }
 
+TEST(ReplicateProtocol, ALostCreateIsFoundByItsExactInput) {
+  auto flux = *parse_model_ref("black-forest-labs/flux-schnell");
+  const char* page = R"({"next":null,"results":[
+    {"id":"newer","model":"black-forest-labs/flux-schnell","version":"hidden","status":"failed",
+     "input":{"prompt":"a potion","seed":1}},
+    {"id":"other","model":"black-forest-labs/flux-schnell","version":"hidden","status":"starting",
+     "input":{"prompt":"a potion","seed":2}},
+    {"id":"mine","model":"black-forest-labs/flux-schnell","version":"hidden","status":"processing",
+     "input":{"seed":1,"prompt":"a potion"}},
+    {"id":"older","model":"black-forest-labs/flux-schnell","version":"hidden","status":"succeeded",
+     "input":{"prompt":"a potion","seed":1}}]})";
+  // Key order does not matter; failed predictions and other inputs are skipped; newest wins.
+  EXPECT_EQ(find_lost_prediction(page, flux, R"({"prompt":"a potion","seed":1})"), "mine");
+  EXPECT_EQ(find_lost_prediction(page, flux, R"({"prompt":"a potion","seed":3})"), std::nullopt);
+  EXPECT_EQ(
+      find_lost_prediction(page, *parse_model_ref(k_sdxl_ref), R"({"prompt":"a potion","seed":1})"),
+      std::nullopt);
+  EXPECT_EQ(find_lost_prediction("<html>", flux, "{}"), std::nullopt);
+}
+
 TEST(ReplicateProtocol, ProblemsAndRetryAfter) {
   Problem p = parse_problem(R"({"title":"Input validation failed","status":422,
     "detail":"- input.num_inference_steps: Must be less than or equal to 4\n- input.x: nope\n",
