@@ -49,6 +49,7 @@ struct Command {
 
 struct CommonArgs {
   std::string manifest = "assets.toml";
+  std::string output_dir;
   std::vector<std::string> only;
   std::string backend;
   bool help = false;
@@ -60,7 +61,9 @@ po::options_description common_options(CommonArgs& a, bool with_selection) {
   po::options_description d("Options");
   d.add_options()("help,h", po::bool_switch(&a.help),
                   "this text")("manifest,m", po::value(&a.manifest)->value_name("FILE"),
-                               "the manifest (default: ./assets.toml)");
+                               "the manifest (default: ./assets.toml)")(
+      "output-dir", po::value(&a.output_dir)->value_name("DIR"),
+      "write outputs here instead of the manifest's output_dir (e.g. the build tree)");
   if (with_selection)
     d.add_options()("only", po::value(&a.only)->value_name("NAME")->composing(),
                     "only this asset; repeatable; globs allowed ('icons/*')")(
@@ -122,10 +125,38 @@ void load_plugins(PluginRegistry& registry, Manifest* manifest) {
     registry.load_directory(dir);
 }
 
+Manifest read_manifest(const CommonArgs& a) {
+  Manifest m = load_manifest(a.manifest, a.manifest);
+  if (!a.output_dir.empty())
+    m.output_dir = fs::absolute(a.output_dir).lexically_normal();
+  return m;
+}
+
+// A Make-style dependency file for Ninja (CMake's DEPFILE): `target` depends on every file the
+// run read that the build system cannot know at configure time.
+void write_depfile(const fs::path& path, const std::string& target,
+                   const std::vector<fs::path>& inputs) {
+  auto escape = [](const std::string& p) {
+    std::string out;
+    for (char c : p) {
+      if (c == ' ' || c == '#' || c == '\\')
+        out += '\\';
+      if (c == '$')
+        out += '$';
+      out += c;
+    }
+    return out;
+  };
+  std::string text = escape(target) + ":";
+  for (auto& input : inputs)
+    text += " \\\n  " + escape(input.string());
+  write_file_atomic(path, text + "\n");
+}
+
 std::unique_ptr<Session> open_session(const CommonArgs& a) {
   auto s = std::make_unique<Session>();
   s->log.set_level(verbosity(a));
-  s->manifest = load_manifest(a.manifest, a.manifest);
+  s->manifest = read_manifest(a);
   load_plugins(s->registry, &s->manifest);
   if (!a.backend.empty()) {
     if (!s->registry.find(a.backend, KILN_KIND_BACKEND)) {
@@ -159,17 +190,23 @@ int cmd_build(int argc, char** argv) {
       "  kiln build --backend placeholder    # offline, free images (CI)\n"};
   CommonArgs a;
   unsigned jobs = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
-  std::string report;
+  std::string report, stamp, depfile;
   bool force = false;
   po::options_description d = common_options(a, true);
   d.add_options()("jobs,j", po::value(&jobs)->value_name("N"),
                   "assets generated at once (default: CPU count, at most 8)")(
       "report", po::value(&report)->value_name("FILE"), "write a JSON report of the run")(
-      "force", po::bool_switch(&force), "regenerate even up-to-date and cached assets (costs)");
+      "force", po::bool_switch(&force), "regenerate even up-to-date and cached assets (costs)")(
+      "stamp", po::value(&stamp)->value_name("FILE"),
+      "touch FILE when every asset is present and valid (build systems)")(
+      "depfile", po::value(&depfile)->value_name("FILE"),
+      "write the files this run read (manifest, plugins) as a Makefile rule for --stamp's FILE");
   if (!parse(cmd, d, argc, argv, a.help))
     return k_exit_ok;
   if (jobs == 0)
     throw Fatal("kiln build: --jobs must be at least 1");
+  if (!depfile.empty() && stamp.empty())
+    throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
 
   auto s = open_session(a);
   Workspace ws = s->workspace();
@@ -206,7 +243,19 @@ int cmd_build(int argc, char** argv) {
     return k_exit_interrupted;
   if (summary.needs_a_person)
     return k_exit_needs_person;
-  return summary.failed + summary.skipped > 0 ? k_exit_assets_failed : k_exit_ok;
+  if (summary.failed + summary.skipped > 0)
+    return k_exit_assets_failed;
+  if (!depfile.empty()) {
+    std::vector<fs::path> inputs{fs::absolute(a.manifest).lexically_normal()};
+    for (auto* kind : {&s->plugins.backends, &s->plugins.enhancers, &s->plugins.validators})
+      for (auto& [id, instance] : *kind)
+        inputs.push_back(instance->plugin().path);
+    write_depfile(depfile, stamp, inputs);
+  }
+  // Last, and only on success: a build system re-runs kiln until it succeeds.
+  if (!stamp.empty())
+    touch_file(stamp);
+  return k_exit_ok;
 }
 
 int cmd_plan(int argc, char** argv) {
@@ -323,7 +372,7 @@ int cmd_outputs(int argc, char** argv) {
     return k_exit_ok;
   // The manifest alone decides the paths: no plugins are loaded, so this stays fast enough to
   // run at every configure.
-  Manifest m = load_manifest(a.manifest, a.manifest);
+  Manifest m = read_manifest(a);
   std::string out;
   for (auto& asset : m.assets)
     out += (m.output_dir / asset.relative_output()).string() + "\n";

@@ -153,6 +153,13 @@ std::string join(const std::vector<std::string>& parts, std::string_view separat
   return out;
 }
 
+void touch_file(const fs::path& path) {
+  if (path.has_parent_path())
+    fs::create_directories(path.parent_path());
+  std::ofstream(path, std::ios::app | std::ios::binary);
+  fs::last_write_time(path, fs::file_time_type::clock::now());
+}
+
 std::string format_usd(double usd) {
   char buf[64];
   // Images cost fractions of a cent: below a dollar, four decimals keep $0.0240 from reading

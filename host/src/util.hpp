@@ -17,6 +17,8 @@ std::optional<std::string> read_file(const fs::path& path);
 // Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename, fsync the
 // folder. Creates missing parent folders. Throws std::runtime_error naming the path on failure.
 void write_file_atomic(const fs::path& path, std::string_view data);
+// Creates the file (and its folder) if missing and sets its modification time to now.
+void touch_file(const fs::path& path);
 
 // Lowercase hex SHA-256 of `data`.
 std::string sha256_hex(std::string_view data);

@@ -1,0 +1,114 @@
+# kiln_add_assets(<target> MANIFEST <file> [OUTPUT_DIR <dir>] [JOBS <n>] [REPORT <file>]
+#                 [BACKEND <name>] [NOT_ALL])
+#
+# Bakes a manifest's assets as part of the build, the way CMake's own generators work (AUTOMOC,
+# policy CMP0058): one custom command whose OUTPUT is a stamp file and whose BYPRODUCTS are the
+# asset files, so other rules can depend on the assets themselves:
+#
+#   find_package(Kiln CONFIG REQUIRED)
+#   kiln_add_assets(game_art MANIFEST assets.toml OUTPUT_DIR ${CMAKE_BINARY_DIR}/art)
+#   add_custom_command(OUTPUT sheet.png DEPENDS ${CMAKE_BINARY_DIR}/art/icons/sword.png ...)
+#
+# - The asset list comes from `kiln outputs` at configure time; the manifest is a configure
+#   dependency, so adding or removing an asset re-configures.
+# - The command depends on the manifest, the kiln executable and the plugins; Kiln writes a
+#   depfile naming the plugin files it actually loaded.
+# - Kiln rewrites an asset file only when its bytes change and refreshes the stamp on success.
+#   Ninja's `restat` (CMake sets it on custom commands) then skips every rule downstream of an
+#   unchanged asset, and a failed run leaves the stamp old, so the next build runs Kiln again.
+# - USES_TERMINAL: Kiln runs in Ninja's console pool, so its progress is shown live. The
+#   trade-off: the console pool runs one job at a time and Ninja's own status line waits while
+#   Kiln prints; other rules keep building in parallel.
+# - OUTPUT_DIR overrides the manifest's output_dir (relative to the current binary dir); JOBS,
+#   REPORT and BACKEND are kiln build's -j, --report and --backend (e.g. `BACKEND placeholder`
+#   in CI). The target is part of `all` unless NOT_ALL is given.
+function(kiln_add_assets target)
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "NOT_ALL" "MANIFEST;OUTPUT_DIR;JOBS;REPORT;BACKEND" "")
+  if(ARG_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "kiln_add_assets(${target}): unknown arguments ${ARG_UNPARSED_ARGUMENTS}")
+  endif()
+  if(NOT ARG_MANIFEST)
+    message(FATAL_ERROR "kiln_add_assets(${target}): MANIFEST is required")
+  endif()
+  cmake_path(ABSOLUTE_PATH ARG_MANIFEST BASE_DIRECTORY "${CMAKE_CURRENT_SOURCE_DIR}"
+             NORMALIZE OUTPUT_VARIABLE manifest)
+  if(NOT EXISTS "${manifest}")
+    message(FATAL_ERROR "kiln_add_assets(${target}): manifest '${manifest}' does not exist")
+  endif()
+
+  # The kiln to run: Kiln's own target inside its tree, else the installed package's.
+  if(TARGET kiln)
+    get_target_property(imported kiln IMPORTED)
+  endif()
+  if(TARGET kiln AND NOT imported)
+    set(kiln_command "$<TARGET_FILE:kiln>")
+    set(kiln_dependency kiln)
+    set(kiln_now "${KILN_EXECUTABLE_IN_TREE}")
+    get_property(plugin_deps GLOBAL PROPERTY KILN_BUILTIN_PLUGIN_TARGETS)
+  elseif(TARGET Kiln::kiln)
+    get_target_property(kiln_now Kiln::kiln LOCATION)
+    set(kiln_command "${kiln_now}")
+    set(kiln_dependency "${kiln_now}")
+    file(GLOB plugin_deps "${KILN_PLUGIN_DIR}/kiln-*.so")
+  else()
+    message(FATAL_ERROR "kiln_add_assets(${target}): no kiln executable; find_package(Kiln) first")
+  endif()
+
+  set(options -m "${manifest}")
+  if(ARG_OUTPUT_DIR)
+    cmake_path(ABSOLUTE_PATH ARG_OUTPUT_DIR BASE_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}"
+               NORMALIZE OUTPUT_VARIABLE output_dir)
+    list(APPEND options --output-dir "${output_dir}")
+  endif()
+
+  # Adding or removing an asset changes the byproducts: re-configure when the manifest changes.
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${manifest}")
+  set(byproducts "")
+  if(EXISTS "${kiln_now}")
+    execute_process(COMMAND "${kiln_now}" outputs ${options}
+                    OUTPUT_VARIABLE listing ERROR_VARIABLE problem RESULT_VARIABLE status)
+    if(NOT status EQUAL 0)
+      message(FATAL_ERROR "kiln_add_assets(${target}):\n${problem}")
+    endif()
+    string(REGEX REPLACE "\n$" "" listing "${listing}")
+    string(REPLACE "\n" ";" byproducts "${listing}")
+  else()
+    # Inside Kiln's tree before kiln is built: the first build makes kiln, which re-configures
+    # (kiln is a configure dependency) and the asset files become known byproducts.
+    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${kiln_now}")
+  endif()
+
+  set(run_options "")
+  if(ARG_JOBS)
+    list(APPEND run_options -j "${ARG_JOBS}")
+  endif()
+  if(ARG_REPORT)
+    cmake_path(ABSOLUTE_PATH ARG_REPORT BASE_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}"
+               NORMALIZE OUTPUT_VARIABLE report)
+    list(APPEND run_options --report "${report}")
+  endif()
+  if(ARG_BACKEND)
+    list(APPEND run_options --backend "${ARG_BACKEND}")
+  endif()
+
+  set(stamp "${CMAKE_CURRENT_BINARY_DIR}/${target}.kiln-stamp")
+  set(depfile "${CMAKE_CURRENT_BINARY_DIR}/${target}.kiln.d")
+  add_custom_command(
+    OUTPUT "${stamp}"
+    BYPRODUCTS ${byproducts}
+    COMMAND "${kiln_command}" build ${options} ${run_options} --stamp "${stamp}"
+            --depfile "${depfile}"
+    DEPENDS "${manifest}" ${kiln_dependency} ${plugin_deps}
+    DEPFILE "${depfile}"
+    WORKING_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}"
+    COMMENT "Baking the assets of ${ARG_MANIFEST}"
+    USES_TERMINAL
+    VERBATIM)
+  if(ARG_NOT_ALL)
+    add_custom_target(${target} DEPENDS "${stamp}")
+  else()
+    add_custom_target(${target} ALL DEPENDS "${stamp}")
+  endif()
+  set_target_properties(${target} PROPERTIES KILN_MANIFEST "${manifest}" KILN_OUTPUTS
+                                             "${byproducts}")
+endfunction()
