@@ -3,6 +3,7 @@
 #include "engine.hpp"
 #include "fatal.hpp"
 #include "interrupt.hpp"
+#include "noop.hpp"
 #include "version.hpp"
 
 #include <boost/program_options.hpp>
@@ -208,6 +209,23 @@ int cmd_build(int argc, char** argv) {
   if (!depfile.empty() && stamp.empty())
     throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
 
+  // Nothing moved since the last clean run with these arguments: done, without parsing.
+  NoopKey key{fs::absolute(a.manifest).lexically_normal(),
+              a.output_dir.empty() ? "" : fs::absolute(a.output_dir).lexically_normal().string(),
+              a.backend};
+  std::error_code ec;
+  bool may_skip = a.only.empty() && !force && report.empty() && !a.verbose &&
+                  (depfile.empty() || fs::exists(depfile, ec));
+  if (may_skip) {
+    if (auto assets = noop_check(key)) {
+      if (!a.quiet)
+        std::printf("kiln: no work to do (%zu assets up to date)\n", *assets);
+      if (!stamp.empty())
+        touch_file(stamp);
+      return k_exit_ok;
+    }
+  }
+
   auto s = open_session(a);
   Workspace ws = s->workspace();
   Plan plan = make_plan(ws, PlanOptions{force, a.only});
@@ -239,6 +257,7 @@ int cmd_build(int argc, char** argv) {
           summary.duration_s);
     std::printf("%s\n", line);
   }
+  noop_forget(key);
   if (summary.interrupted)
     return k_exit_interrupted;
   if (summary.needs_a_person)
@@ -246,11 +265,21 @@ int cmd_build(int argc, char** argv) {
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
   if (!depfile.empty()) {
-    std::vector<fs::path> inputs{fs::absolute(a.manifest).lexically_normal()};
+    std::vector<fs::path> inputs{key.manifest};
     for (auto* kind : {&s->plugins.backends, &s->plugins.enhancers, &s->plugins.validators})
       for (auto& [id, instance] : *kind)
         inputs.push_back(instance->plugin().path);
     write_depfile(depfile, stamp, inputs);
+  }
+  if (a.only.empty()) {
+    std::vector<fs::path> inputs{key.manifest, s->state->path(),
+                                 fs::read_symlink("/proc/self/exe", ec)};
+    for (auto* plugin : s->registry.all())
+      inputs.push_back(plugin->path);
+    std::vector<fs::path> outputs;
+    for (auto& p : plan.assets)
+      outputs.push_back(p.output);
+    noop_record(key, inputs, outputs);
   }
   // Last, and only on success: a build system re-runs kiln until it succeeds.
   if (!stamp.empty())

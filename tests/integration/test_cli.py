@@ -249,6 +249,31 @@ class CliTest(unittest.TestCase):
         self.assertEqual(report["summary"]["generated"], 0)
         self.assert_outputs_valid()
 
+    def test_a_repeated_build_answers_from_its_record_and_notices_every_change(self):
+        def build():
+            r = self.p.kiln("build")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout
+        build()
+        records = os.path.join(self.tmp, "cache", "noop")
+        self.assertEqual(len(os.listdir(records)), 1)
+        self.assertIn("no work to do (4 assets up to date)", build())
+        os.remove(os.path.join(self.p.out, "cover.jpg"))
+        self.assertIn("cached cover (output missing", build())
+        self.assertIn("no work to do", build())
+        self.p.write(self.p.read().replace("a steel sword", "a bronze sword"))
+        self.assertIn("generated icons/sword (prompt changed", build())
+        self.assertIn("no work to do", build())
+        # A failed run leaves no record: the next run checks everything again.
+        strict = "\n[validators.not-blank]\nmin_stddev = 250.0\n"
+        self.p.write(self.p.read() + strict)
+        self.assertEqual(self.p.kiln("build", "--force").returncode, 1)
+        self.assertEqual(os.listdir(records), [])
+        self.p.write(self.p.read().replace(strict, ""))
+        build()
+        self.assertEqual(len(os.listdir(records)), 1)
+        self.assert_outputs_valid()
+
     def test_plan_predicts_without_writing(self):
         r = self.p.kiln("plan", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
