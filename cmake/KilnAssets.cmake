@@ -64,6 +64,7 @@ function(kiln_add_assets target)
   # Adding or removing an asset changes the byproducts: re-configure when the manifest changes.
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${manifest}")
   set(byproducts "")
+  set(reconfigure "")
   if(EXISTS "${kiln_now}")
     execute_process(COMMAND "${kiln_now}" outputs ${options}
                     OUTPUT_VARIABLE listing ERROR_VARIABLE problem RESULT_VARIABLE status)
@@ -73,9 +74,12 @@ function(kiln_add_assets target)
     string(REGEX REPLACE "\n$" "" listing "${listing}")
     string(REPLACE "\n" ";" byproducts "${listing}")
   else()
-    # Inside Kiln's tree before kiln is built: the first build makes kiln, which re-configures
-    # (kiln is a configure dependency) and the asset files become known byproducts.
-    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${kiln_now}")
+    # Inside Kiln's tree before kiln is built, the asset files cannot be listed yet. The first
+    # run touches a configure dependency, so the next build re-configures and lists them.
+    set(marker "${CMAKE_CURRENT_BINARY_DIR}/${target}.kiln-reconfigure")
+    file(TOUCH "${marker}")
+    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${marker}")
+    set(reconfigure COMMAND "${CMAKE_COMMAND}" -E touch "${marker}")
   endif()
 
   set(run_options "")
@@ -98,6 +102,7 @@ function(kiln_add_assets target)
     BYPRODUCTS ${byproducts}
     COMMAND "${kiln_command}" build ${options} ${run_options} --stamp "${stamp}"
             --depfile "${depfile}"
+    ${reconfigure}
     DEPENDS "${manifest}" ${kiln_dependency} ${plugin_deps}
     DEPFILE "${depfile}"
     WORKING_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}"
