@@ -114,6 +114,5 @@ function(kiln_add_assets target)
   else()
     add_custom_target(${target} ALL DEPENDS "${stamp}")
   endif()
-  set_target_properties(${target} PROPERTIES KILN_MANIFEST "${manifest}" KILN_OUTPUTS
-                                             "${byproducts}")
+  set_target_properties(${target} PROPERTIES KILN_OUTPUTS "${byproducts}")
 endfunction()

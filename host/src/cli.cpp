@@ -276,10 +276,13 @@ int cmd_build(int argc, char** argv) {
                                  fs::read_symlink("/proc/self/exe", ec)};
     for (auto* plugin : s->registry.all())
       inputs.push_back(plugin->path);
-    std::vector<fs::path> outputs;
+    // Every asset is in the state now, with the stamp its output was written or checked with.
+    std::vector<std::pair<fs::path, FileStamp>> outputs;
     for (auto& p : plan.assets)
-      outputs.push_back(p.output);
-    noop_record(key, inputs, outputs);
+      if (const OutputRecord* rec = s->state->find(p.spec->name))
+        outputs.emplace_back(p.output, FileStamp{rec->size, rec->mtime_ns});
+    if (outputs.size() == plan.assets.size())
+      noop_record(key, inputs, std::move(outputs));
   }
   // Last, and only on success: a build system re-runs kiln until it succeeds.
   if (!stamp.empty())

@@ -29,10 +29,6 @@ bool interrupted() {
   return g_interrupted.load();
 }
 
-void request_interrupt() {
-  g_interrupted.store(true);
-}
-
 bool sleep_unless_interrupted(uint32_t ms) {
   using namespace std::chrono;
   auto end = steady_clock::now() + milliseconds(ms);

@@ -10,8 +10,6 @@ namespace kiln::host {
 // default action, so a second signal kills the process.
 void install_interrupt_handlers();
 bool interrupted();
-// Sets the flag as a signal would (tests).
-void request_interrupt();
 // Sleeps up to `ms` milliseconds; returns false, early, once the run is interrupted.
 bool sleep_unless_interrupted(uint32_t ms);
 

@@ -1,6 +1,5 @@
 #include "noop.hpp"
 
-#include "state.hpp"
 #include "version.hpp"
 
 #include <algorithm>
@@ -21,16 +20,6 @@ constexpr const char* k_magic = "kiln-noop 1";
 std::string plugin_path_env() {
   const char* v = std::getenv("KILN_PLUGIN_PATH");
   return v ? v : "";
-}
-
-// size and mtime as one token pair; lstat-free, one syscall per file.
-bool stamp_of(const char* path, uint64_t& size, int64_t& mtime_ns) {
-  struct stat st;
-  if (::stat(path, &st) != 0)
-    return false;
-  size = uint64_t(st.st_size);
-  mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  return true;
 }
 
 } // namespace
@@ -90,29 +79,26 @@ std::optional<size_t> noop_check(const NoopKey& key) {
 }
 
 void noop_record(const NoopKey& key, const std::vector<fs::path>& inputs,
-                 const std::vector<fs::path>& outputs) {
+                 std::vector<std::pair<fs::path, FileStamp>> outputs) {
   std::string text = std::string(k_magic) + "\nenv " + plugin_path_env() + "\n";
-  auto add = [&](char kind, const fs::path& path, const std::string& name) {
-    uint64_t size;
-    int64_t mtime;
-    if (!stamp_of(path.c_str(), size, mtime))
-      return false;
-    text += kind + (" " + std::to_string(size) + " " + std::to_string(mtime) + " ") + name + "\n";
-    return true;
+  auto add = [&](char kind, const FileStamp& stamp, const std::string& name) {
+    text += kind + (" " + std::to_string(stamp.size) + " " + std::to_string(stamp.mtime_ns) + " ") +
+            name + "\n";
   };
-  for (auto& p : inputs)
-    if (!add('i', p, p.string()))
+  for (auto& p : inputs) {
+    auto stamp = stat_file(p);
+    if (!stamp)
       return;
-  std::vector<fs::path> sorted = outputs;
-  std::sort(sorted.begin(), sorted.end());
+    add('i', *stamp, p.string());
+  }
+  std::sort(outputs.begin(), outputs.end(), [](auto& a, auto& b) { return a.first < b.first; });
   fs::path folder;
-  for (auto& p : sorted) {
-    if (p.parent_path() != folder) {
-      folder = p.parent_path();
+  for (auto& [path, stamp] : outputs) {
+    if (path.parent_path() != folder) {
+      folder = path.parent_path();
       text += "d " + folder.string() + "\n";
     }
-    if (!add('o', p, p.filename().string()))
-      return;
+    add('o', stamp, path.filename().string());
   }
   try {
     write_file_atomic(noop_record_path(key), text);

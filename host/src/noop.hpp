@@ -5,6 +5,7 @@
 // none moved, is done without parsing the manifest, loading plugins or hashing anything.
 #pragma once
 
+#include "state.hpp"
 #include "util.hpp"
 
 #include <optional>
@@ -27,9 +28,11 @@ fs::path noop_record_path(const NoopKey& key);
 // missing or unreadable record included).
 std::optional<size_t> noop_check(const NoopKey& key);
 
-// Records a fully successful run. Failures to write are ignored: the record is only a shortcut.
+// Records a fully successful run: the inputs are stat'ed here, the outputs come with the stamps
+// the run already holds (the state file's). Failures to write are ignored: the record is only
+// a shortcut.
 void noop_record(const NoopKey& key, const std::vector<fs::path>& inputs,
-                 const std::vector<fs::path>& outputs);
+                 std::vector<std::pair<fs::path, FileStamp>> outputs);
 
 // Forgets the record (a run that did not end cleanly).
 void noop_forget(const NoopKey& key);

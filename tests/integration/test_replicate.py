@@ -18,7 +18,8 @@ from test_cli import KILN, by_name, image_size
 
 FAKE = os.environ.get("KILN_FAKE_REPLICATE", "../servers/fake_replicate.py")
 TEST_IMAGE = os.environ.get("KILN_TEST_IMAGE", "kiln-test-image")
-TOKEN = "r8_kilnTEST7f3c9a1b2d4e6f8091a2b3c4d5e6f7"
+# Plainly not a real token; distinctive enough to search every file and output for.
+TOKEN = "kiln-test-token-NOT-REAL-5c1e0d"
 FLUX = "black-forest-labs/flux-schnell"
 SDXL = "stability-ai/sdxl:7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc"
 
@@ -181,7 +182,7 @@ class ReplicateTest(unittest.TestCase):
     # Must show 2: a wrong token.
     def test_wrong_token_fails_once_naming_the_variable_and_leaks_nothing(self):
         self.write(EIGHT)
-        wrong = "r8_WRONGwrongWRONG0123456789abcdef"
+        wrong = "kiln-test-wrong-token-NOT-REAL-77a2"
         env = dict(self.env, REPLICATE_API_TOKEN=wrong)
         r, report = self.build("-j", "4", env=env)
         self.assertNotEqual(r.returncode, 0)

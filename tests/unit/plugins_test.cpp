@@ -182,8 +182,7 @@ TEST(PluginOptions, SettingsForAnUnknownPluginAreAnError) {
                        "'replicate'?) in [backends.replicat]\n"
                        "    [backends.replicat]\n"
                        "              ^");
-  Fixture g(std::string("[types.t]\nwidth = 8\nheight = 8\n[backends.openai]\nx = 1\n") +
-            k_asset);
+  Fixture g(std::string("[types.t]\nwidth = 8\nheight = 8\n[backends.openai]\nx = 1\n") + k_asset);
   EXPECT_EQ(g.error(), "assets.toml:4:11: unknown backend 'openai' (available: placeholder, "
                        "replicate) in [backends.openai]\n"
                        "    [backends.openai]\n"
