@@ -248,11 +248,12 @@ int cmd_build(int argc, char** argv) {
     else
       std::snprintf(
           line, sizeof line,
-          "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed%s; "
+          "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed%s%s; "
           "spent %s (predicted %s) in %.2f s",
           summary.assets.size(), summary.generated, summary.cached, summary.up_to_date,
           summary.failed,
           summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
+          summary.fallbacks ? (", " + std::to_string(summary.fallbacks) + " fallback").c_str() : "",
           format_usd(summary.cost_usd).c_str(), format_usd(summary.predicted_cost_usd).c_str(),
           summary.duration_s);
     std::printf("%s\n", line);
@@ -264,9 +265,21 @@ int cmd_build(int argc, char** argv) {
     return k_exit_needs_person;
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
+  if (summary.fallbacks > 0 && !s->manifest.allow_fallback) {
+    std::vector<std::string> names;
+    for (auto& o : summary.assets)
+      if (o.fallback)
+        names.push_back(o.name);
+    s->log.error(std::to_string(names.size()) + " asset" + (names.size() == 1 ? " is" : "s are") +
+                 " a fallback stand-in, not the art asked for: " + join(names, ", ") +
+                 " (see the report's attempts; set allow_fallback = true in [project] to accept "
+                 "stand-ins)");
+    return k_exit_assets_failed;
+  }
   if (!depfile.empty()) {
     std::vector<fs::path> inputs{key.manifest};
-    for (auto* kind : {&s->plugins.backends, &s->plugins.enhancers, &s->plugins.validators})
+    for (auto* kind : {&s->plugins.backends, &s->plugins.enhancers, &s->plugins.validators,
+                       &s->plugins.strategies})
       for (auto& [id, instance] : *kind)
         inputs.push_back(instance->plugin().path);
     write_depfile(depfile, stamp, inputs);
@@ -368,6 +381,13 @@ int cmd_plan(int argc, char** argv) {
       str(p.request.negative_prompt);
       w.Key("predicted_cost_usd");
       w.Double(p.predicted_cost_usd);
+      w.Key("fallback");
+      w.Bool(p.fallback_on_disk);
+      w.Key("retry");
+      w.StartArray();
+      for (auto& id : p.spec->retry)
+        str(id);
+      w.EndArray();
       w.EndObject();
     }
     w.EndArray();

@@ -3,6 +3,7 @@
 #include "fatal.hpp"
 #include "image.hpp"
 #include "interrupt.hpp"
+#include "resilience.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -11,7 +12,6 @@
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <random>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 #include <thread>
@@ -36,9 +36,26 @@ kiln_str ks(const std::string& s) {
   return {s.data(), s.size()};
 }
 
-// The plugin-facing view of an asset; points into the AssetSpec.
-kiln_asset asset_view(const AssetSpec& s) {
-  kiln_asset a{};
+std::vector<kiln_str> str_list(const std::vector<std::string>& list) {
+  std::vector<kiln_str> out;
+  for (auto& s : list)
+    out.push_back(ks(s));
+  return out;
+}
+
+// The plugin-facing view of an asset; points into the AssetSpec (and `model`, when given: the
+// model a retry strategy switched to).
+struct AssetView {
+  std::vector<kiln_str> fallback_models, modifiers;
+  kiln_asset asset{};
+  const kiln_asset* get() const { return &asset; }
+};
+
+AssetView asset_view(const AssetSpec& s, const std::string* model = nullptr) {
+  AssetView v;
+  v.fallback_models = str_list(s.fallback_models);
+  v.modifiers = str_list(s.modifiers);
+  kiln_asset& a = v.asset;
   a.struct_size = sizeof a;
   a.name = ks(s.name);
   a.type = ks(s.type);
@@ -53,7 +70,13 @@ kiln_asset asset_view(const AssetSpec& s) {
   a.has_seed = s.seed.has_value();
   a.seed = s.seed.value_or(0);
   a.params_json = ks(s.params_json);
-  return a;
+  if (model)
+    a.model = ks(*model);
+  a.fallback_models = v.fallback_models.data();
+  a.fallback_model_count = v.fallback_models.size();
+  a.modifiers = v.modifiers.data();
+  a.modifier_count = v.modifiers.size();
+  return v;
 }
 
 kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
@@ -75,6 +98,7 @@ kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
   q.work_dir = ks(work_dir);
   q.resume_job_id = ks(resume_job_id);
   q.attempt = attempt;
+  q.backend = ks(r.backend);
   return q;
 }
 
@@ -87,13 +111,15 @@ bool selected(const std::string& name, const std::vector<std::string>& only) {
   return false;
 }
 
-// Runs the asset's enhancers in order. Deterministic by the SDK's contract.
+// Runs the asset's enhancers in order, for the request's model. Deterministic by the SDK's
+// contract.
 std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationRequest& req) {
-  kiln_asset view = asset_view(spec);
+  AssetView view = asset_view(spec, &req.model);
+  req.enhancers.clear();
   for (auto& id : spec.enhancers) {
     const PluginInstance& inst = *ws.plugins.enhancers.at(id);
     kiln_result r = ws.registry.make_result(id);
-    kiln_status st = inst.plugin().enhancer()->enhance(inst.handle(), &view, ks(req.prompt),
+    kiln_status st = inst.plugin().enhancer()->enhance(inst.handle(), view.get(), ks(req.prompt),
                                                        ks(req.negative_prompt), &r);
     if (st != KILN_OK || r.failed()) {
       Fault f = r.failure();
@@ -156,12 +182,16 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
     const OutputRecord* rec = ws.state.find(spec.name);
     auto stamp = stat_file(p.output);
     bool current = rec && rec->fingerprint == p.fingerprint;
+    bool unchanged = current && stamp && stamp->size == rec->size &&
+                     stamp->mtime_ns == rec->mtime_ns && rec->output == spec.relative_output();
+    p.fallback_on_disk = unchanged && rec->fallback;
     if (p.prepare_error) {
       p.reason = "cannot prepare the request";
     } else if (options.force) {
       p.reason = "forced";
-    } else if (current && stamp && stamp->size == rec->size && stamp->mtime_ns == rec->mtime_ns &&
-               rec->output == spec.relative_output()) {
+    } else if (p.fallback_on_disk) {
+      p.reason = "the output is a fallback stand-in";
+    } else if (unchanged) {
       p.action = Action::UpToDate;
       p.reason = "up to date";
     } else if (current) {
@@ -188,8 +218,8 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
     }
     if (p.action == Action::Generate && !p.prepare_error) {
       if (auto estimate = backend.plugin().backend()->estimate_cost_usd) {
-        kiln_asset view = asset_view(spec);
-        kiln_request q = request_view(req, &view, p.fingerprint, "");
+        AssetView view = asset_view(spec);
+        kiln_request q = request_view(req, view.get(), p.fingerprint, "");
         double usd = estimate(backend.handle(), &q);
         p.predicted_cost_usd = usd > 0 ? usd : 0;
       }
@@ -241,7 +271,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // Writes `bytes` to the output unless the file already holds exactly them (its mtime must not
 // move: the build integration relies on it), then records it in the state.
 void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p,
-                    std::string_view bytes) {
+                    std::string_view bytes, bool fallback = false) {
   auto stamp = stat_file(p.output);
   bool same = false;
   if (stamp && stamp->size == bytes.size()) {
@@ -254,24 +284,33 @@ void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& 
   }
   if (!stamp)
     throw std::runtime_error("output '" + p.output.string() + "' vanished after writing");
-  OutputRecord rec{p.spec->relative_output(), p.fingerprint, stamp->size, stamp->mtime_ns,
-                   p.fields};
+  OutputRecord rec{p.spec->relative_output(), p.fingerprint, stamp->size,
+                   stamp->mtime_ns,           p.fields,      fallback};
   std::lock_guard lock(state_mutex);
   ws.state.put(p.spec->name, std::move(rec));
 }
 
 struct Generated {
   std::string bytes;
-  double cost_usd = 0;
 };
 
-// One attempt: backend → decode/convert → encode → validators. Retries and the strategy chain
-// come later (issue 5); a failure is returned with its category.
-Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutcome& out,
-                                uint32_t attempt) {
+// One attempt: backend → decode/convert → encode → validators. A failure comes back with its
+// category, and `record.source` says who failed.
+Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const GenerationRequest& req,
+                                uint32_t attempt, const std::string& resume,
+                                AttemptRecord& record) {
   const AssetSpec& spec = *p.spec;
-  const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
-  fs::path work = StateFile::kiln_dir(ws.manifest.output_dir) / "work" / p.fingerprint;
+  record.source = req.backend;
+  auto found = ws.plugins.backends.find(req.backend);
+  if (found == ws.plugins.backends.end())
+    return Fault{KILN_ERROR_PERMANENT,
+                 "backend '" + req.backend +
+                     "' is not started in this run (a strategy may switch to a backend that an "
+                     "asset names, or to an offline one)",
+                 -1};
+  const PluginInstance& backend = *found->second;
+  std::string fingerprint = fingerprint_of(fingerprint_fields(req));
+  fs::path work = StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint;
   std::error_code ec;
   fs::create_directories(work, ec);
   struct Cleanup {
@@ -282,22 +321,13 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
     }
   } cleanup{work};
 
-  kiln_asset view = asset_view(spec);
+  AssetView view = asset_view(spec, &req.model);
   std::string work_str = work.string();
-  // A retry re-attaches to the previous attempt's remote job when the backend can: its result
-  // may be paid for already (the backend creates a new job when that one cannot deliver).
-  std::string resume = backend.plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME
-                           ? out.remote_id
-                           : std::string();
-  kiln_request q = request_view(p.request, &view, p.fingerprint, work_str, attempt, resume);
+  kiln_request q = request_view(req, view.get(), fingerprint, work_str, attempt, resume);
   kiln_result r = ws.registry.make_result(backend.plugin().id);
-  ++out.attempts;
   kiln_status st = backend.plugin().backend()->generate(backend.handle(), &q, &r);
-  Generated g;
-  g.cost_usd = r.cost_usd.value_or(0);
-  out.cost_usd += g.cost_usd;
-  if (!r.remote_id.empty())
-    out.remote_id = r.remote_id;
+  record.cost_usd = r.cost_usd.value_or(0);
+  record.remote_id = r.remote_id;
   if (st != KILN_OK || r.failed()) {
     Fault f = r.failure();
     if (f.category == KILN_ERROR_NONE)
@@ -306,6 +336,8 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
     return f;
   }
 
+  // From here on the backend delivered: a failure is the image's, not the job's.
+  record.source = "kiln";
   Image image;
   if (r.image) {
     image = std::move(*r.image);
@@ -317,11 +349,12 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
     auto decoded = decode_image(*bytes);
     if (!decoded)
       return Fault{KILN_ERROR_RETRYABLE,
-                   "backend returned an unreadable image: " + decoded.error().message, -1};
+                   "backend returned a corrupt image: " + decoded.error().message, -1};
     image = std::move(*decoded);
   } else {
     return Fault{KILN_ERROR_PERMANENT, "backend reported success but gave no image", -1};
   }
+  Generated g;
   g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
 
   // Validators judge exactly the bytes that will be written, fully decoded again.
@@ -348,66 +381,286 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, AssetOutco
     std::ofstream(work_file, std::ios::binary)
         .write(g.bytes.data(), std::streamsize(g.bytes.size()));
   }
+  AssetView asset = asset_view(spec); // validators judge against the asset as declared
   for (auto& id : spec.validators) {
     const PluginInstance& v = *ws.plugins.validators.at(id);
     kiln_result vr = ws.registry.make_result(id);
-    kiln_status vs = v.plugin().validator()->validate(v.handle(), &view, &file, &vr);
-    if (vs != KILN_OK || vr.failed())
+    kiln_status vs = v.plugin().validator()->validate(v.handle(), asset.get(), &file, &vr);
+    if (vs != KILN_OK || vr.failed()) {
+      record.source = id;
       return Fault{KILN_ERROR_VALIDATION,
                    "validator '" + id + "' rejected the image: " +
                        (vr.message.empty() ? std::string("no reason given") : vr.message),
                    -1};
+    }
   }
   return g;
 }
 
-// Attempts allowed per asset for retryable failures (issue 5 makes the policy configurable).
-constexpr uint32_t k_max_attempts = 4;
-// A server asking for a longer wait than this fails the asset instead of stalling the build.
-constexpr int64_t k_max_retry_after_ms = 5 * 60 * 1000;
+// What the run shares between assets while they walk their chains.
+struct RunGuards {
+  CircuitBreakers breakers;
+  RetryBudget budget;
+  // Backends that stopped taking new work (a person must act), with the reason.
+  std::mutex stop_mutex;
+  std::map<std::string, Fault> stopped_backends;
 
-// How long to wait before attempt `attempt + 1`: the server's hint when it gave one (plus up to
-// 10% so that parallel workers do not return in lockstep), else exponential backoff from 1 s
-// with jitter.
-int64_t retry_delay_ms(const Fault& fault, uint32_t attempt, std::mt19937& rng) {
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
-  if (fault.retry_after_ms >= 0)
-    return fault.retry_after_ms + int64_t(double(fault.retry_after_ms) * 0.1 * unit(rng));
-  double base_ms = 1000.0 * double(1u << std::min(attempt - 1, 6u));
-  return int64_t(base_ms * (0.5 + 0.5 * unit(rng)));
+  explicit RunGuards(const RetryPolicy& policy)
+      : breakers(policy.breaker_failures,
+                 std::chrono::duration_cast<Clock::duration>(
+                     std::chrono::duration<double>(policy.breaker_cooldown_s))),
+        budget(policy.budget_ratio, policy.budget_min) {}
+
+  void stop_backend(const std::string& backend, const Fault& why) {
+    std::lock_guard lock(stop_mutex);
+    stopped_backends.emplace(backend, why);
+  }
+  // Why no new attempt may start on `backend`, if so.
+  std::optional<Fault> stopped(const std::string& backend) {
+    if (interrupted())
+      return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
+    std::lock_guard lock(stop_mutex);
+    auto it = stopped_backends.find(backend);
+    if (it == stopped_backends.end())
+      return std::nullopt;
+    return it->second;
+  }
+};
+
+std::string breaker_key(const GenerationRequest& req) {
+  return req.backend + " " + req.model;
 }
 
-// generate_once, again while the failure is retryable and attempts remain. `stopped` gives the
-// reason when the run stopped creating: a retry is a new paid request, so it stops too.
-template <class Stopped>
-Result<Generated> generate_with_retries(Workspace& ws, const PlannedAsset& p, AssetOutcome& out,
-                                        Stopped&& stopped) {
-  std::mt19937 rng(std::random_device{}());
+bool offline_backend(Workspace& ws, const std::string& id) {
+  auto it = ws.plugins.backends.find(id);
+  return it != ws.plugins.backends.end() &&
+         (it->second->plugin().backend()->capabilities & KILN_BACKEND_OFFLINE);
+}
+
+// What a strategy proposed for the next attempt.
+struct Step {
+  std::string strategy;
+  GenerationRequest request;
+  int64_t delay_ms = 0;
+  bool fallback = false;
+};
+
+// Counters the strategies decide from (kiln_failure).
+struct ChainCounters {
+  uint32_t same_request_failures = 0;
+  uint32_t category_streak = 0;
+  uint32_t last_category = KILN_ERROR_NONE;
+  std::map<std::string, uint32_t> proposals;
+
+  void failed(const Fault& f) {
+    ++same_request_failures;
+    category_streak = f.category == last_category ? category_streak + 1 : 1;
+    last_category = f.category;
+  }
+};
+
+std::string describe_change(const GenerationRequest& from, const Step& to) {
+  const GenerationRequest& r = to.request;
+  std::vector<std::string> parts;
+  if (r.backend != from.backend)
+    parts.push_back("backend " + r.backend);
+  if (r.model != from.model)
+    parts.push_back("model " + r.model);
+  if (r.prompt != from.prompt)
+    parts.push_back("prompt \"" + r.prompt + "\"");
+  if (r.negative_prompt != from.negative_prompt)
+    parts.push_back("negative prompt \"" + r.negative_prompt + "\"");
+  if (r.seed != from.seed)
+    parts.push_back("seed " + (r.seed ? std::to_string(*r.seed) : std::string("none")));
+  if (r.params_json != from.params_json)
+    parts.push_back("params " + r.params_json);
+  std::string text = parts.empty() ? "retrying" : "retrying with " + join(parts, ", ");
+  if (to.delay_ms > 0) {
+    char wait[48];
+    std::snprintf(wait, sizeof wait, " in %.1f s", double(to.delay_ms) / 1000.0);
+    text += wait;
+  }
+  return text;
+}
+
+// Asks the asset's strategies, in chain order, for the next request after `fault`. A proposal
+// for a model that is cooling down, for a backend that is not running, or that the run's retry
+// budget cannot pay for is passed over, and the next strategy is asked. `passed` collects why.
+std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAsset& p,
+                              const GenerationRequest& current, const Fault& fault,
+                              const std::string& source, uint32_t attempt, ChainCounters& counters,
+                              std::vector<std::string>& passed) {
+  const AssetSpec& spec = *p.spec;
+  AssetView view = asset_view(spec, &current.model);
+  kiln_request q = request_view(current, view.get(), p.fingerprint, "", attempt);
+  for (auto& id : spec.retry) {
+    const PluginInstance& inst = *ws.plugins.strategies.at(id);
+    kiln_failure f{};
+    f.struct_size = sizeof f;
+    f.request = &q;
+    f.category = fault.category;
+    f.message = ks(fault.message);
+    f.attempt = attempt;
+    f.retry_after_ms = fault.retry_after_ms;
+    f.same_request_failures = counters.same_request_failures;
+    f.category_streak = counters.category_streak;
+    f.proposals = counters.proposals[id];
+    f.source = ks(source);
+    kiln_result r = ws.registry.make_result(id);
+    kiln_status st = inst.plugin().strategy()->propose(inst.handle(), &f, &r);
+    if (st != KILN_OK || r.failed()) {
+      if (r.failed()) // a strategy that could have helped says why it did not
+        passed.push_back(id + ": " + r.message);
+      continue;
+    }
+    Step step{id, current, std::max<int64_t>(0, r.retry_after_ms), r.fallback};
+    GenerationRequest& next = step.request;
+    if (r.backend && *r.backend != next.backend) {
+      next.backend = *r.backend;
+      auto it = ws.plugins.backends.find(next.backend);
+      if (it == ws.plugins.backends.end()) {
+        passed.push_back(id + ": backend '" + next.backend + "' is not running");
+        continue;
+      }
+      next.backend_version = it->second->plugin().version;
+    }
+    if (r.model)
+      next.model = *r.model;
+    if (r.seed)
+      next.seed = *r.seed;
+    if (r.params_json)
+      next.params_json = *r.params_json;
+    if (r.prompt)
+      next.prompt = *r.prompt;
+    if (r.negative_prompt)
+      next.negative_prompt = *r.negative_prompt;
+    // A new model gets the enhancers' prompt for its own family (boosters, negative support),
+    // unless a strategy has rewritten the prompt already.
+    if (next.model != current.model && !r.prompt && !r.negative_prompt &&
+        current.prompt == p.request.prompt &&
+        current.negative_prompt == p.request.negative_prompt) {
+      next.prompt = spec.prompt;
+      next.negative_prompt = spec.negative;
+      if (auto bad = enhance(ws, spec, next)) {
+        passed.push_back(id + ": " + bad->message);
+        continue;
+      }
+    }
+    if (double left = guards.breakers.open_for(breaker_key(next)); left > 0) {
+      char why[160];
+      std::snprintf(why, sizeof why, "%s: %s is cooling down (%.0f s left)", id.c_str(),
+                    next.model.empty() ? next.backend.c_str() : next.model.c_str(), left);
+      passed.push_back(why);
+      continue;
+    }
+    if (!offline_backend(ws, next.backend) && !guards.budget.try_retry()) {
+      passed.push_back(id + ": the run's retry budget is spent (" +
+                       std::to_string(guards.budget.retries()) + " retries for " +
+                       std::to_string(guards.budget.assets()) + " assets; see [retry_policy])");
+      continue;
+    }
+    ++counters.proposals[id];
+    return step;
+  }
+  return std::nullopt;
+}
+
+// Makes one asset: the planned request, then whatever its strategy chain proposes after each
+// failure, until an attempt succeeds or nothing more can be tried. Every attempt goes into
+// `out.attempts`.
+Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const PlannedAsset& p,
+                                 AssetOutcome& out) {
+  const RetryPolicy& policy = ws.manifest.retry_policy;
+  Step step{"initial", p.request, 0, false};
+  ChainCounters counters;
+  std::string resume; // the remote job a retry of the same request re-attaches to
+  guards.budget.first_attempt();
   for (uint32_t attempt = 1;; ++attempt) {
-    auto g = generate_once(ws, p, out, attempt);
-    if (g || g.error().category != KILN_ERROR_RETRYABLE)
-      return g;
-    Fault f = g.error();
-    if (attempt >= k_max_attempts) {
-      f.message += " (gave up after " + std::to_string(attempt) + " attempts)";
-      return f;
+    const GenerationRequest& req = step.request;
+    AttemptRecord& rec = out.attempts.emplace_back();
+    rec.strategy = step.strategy;
+    rec.backend = req.backend;
+    rec.model = req.model;
+    rec.prompt = req.prompt;
+    rec.seed = req.seed;
+    rec.waited_s = double(step.delay_ms) / 1000.0;
+
+    Fault fault;
+    if (auto why = guards.stopped(req.backend)) {
+      fault = *why;
+      if (attempt == 1) {
+        out.attempts.pop_back();
+        return fault; // not started: the caller reports it skipped
+      }
+      fault.message = "not retried: " + fault.message;
+      rec.error = fault;
+      return fault;
     }
-    if (f.retry_after_ms > k_max_retry_after_ms) {
-      f.message += " (the server asks to wait " + std::to_string(f.retry_after_ms / 1000) +
-                   " s; not waiting that long)";
-      return f;
+    if (double left = guards.breakers.open_for(breaker_key(req)); left > 0) {
+      char why[160];
+      std::snprintf(why, sizeof why, "%s is cooling down after failing repeatedly (%.0f s left)",
+                    req.model.empty() ? req.backend.c_str() : req.model.c_str(), left);
+      fault = Fault{KILN_ERROR_RETRYABLE, why, -1};
+      rec.source = "kiln";
+    } else {
+      auto g = generate_once(ws, p, req, attempt, resume, rec);
+      out.cost_usd += rec.cost_usd;
+      if (!rec.remote_id.empty())
+        out.remote_id = rec.remote_id;
+      if (g) {
+        guards.breakers.success(breaker_key(req));
+        out.fallback = step.fallback;
+        out.backend = req.backend;
+        out.model = req.model;
+        out.final_prompt = req.prompt;
+        out.final_negative_prompt = req.negative_prompt;
+        return g;
+      }
+      fault = g.error();
+      // A throttled request (the server said when to come back) is not a failing model.
+      if (rec.source == req.backend && fault.category == KILN_ERROR_RETRYABLE &&
+          fault.retry_after_ms < 0 && guards.breakers.failure(breaker_key(req)))
+        ws.log.warning(req.model + " on " + req.backend + " failed " +
+                       std::to_string(policy.breaker_failures) +
+                       " times in a row: cooling it down for every asset");
     }
-    int64_t delay = retry_delay_ms(f, attempt, rng);
-    char line[96];
-    std::snprintf(line, sizeof line, " (attempt %u of %u); retrying in %.1f s", attempt,
-                  k_max_attempts, double(delay) / 1000.0);
-    ws.log.warning(p.spec->name + ": " + f.message + line);
-    if (!sleep_unless_interrupted(uint32_t(delay)))
-      return Fault{KILN_ERROR_INTERRUPTED, "interrupted while waiting to retry: " + f.message, -1};
-    if (auto why = stopped()) {
-      why->message = f.message + "; not retried: " + why->message;
-      return *why;
+    rec.error = fault;
+    counters.failed(fault);
+
+    if (fault.category == KILN_ERROR_NEEDS_PERSON || fault.category == KILN_ERROR_INTERRUPTED)
+      return fault; // no strategy can help: a person must act, or the user stopped the run
+    if (attempt >= policy.max_attempts) {
+      fault.message += " (gave up after " + std::to_string(attempt) + " attempts)";
+      return fault;
     }
+    std::vector<std::string> passed;
+    auto next = next_step(ws, guards, p, req, fault, rec.source, attempt, counters, passed);
+    if (!next) {
+      if (!passed.empty())
+        fault.message += " (" + join(passed, "; ") + ")";
+      return fault;
+    }
+    // A retry of the same request on the same backend re-attaches to the remote job when the
+    // job itself failed: its result may be paid for already. After a bad image, a new job.
+    bool same = next->request.backend == req.backend && next->request.model == req.model &&
+                next->request.prompt == req.prompt && next->request.seed == req.seed &&
+                next->request.params_json == req.params_json &&
+                next->request.negative_prompt == req.negative_prompt;
+    const PluginInstance* backend = ws.plugins.backends.count(req.backend)
+                                        ? ws.plugins.backends.at(req.backend).get()
+                                        : nullptr;
+    bool can_resume =
+        backend && (backend->plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME);
+    resume = same && can_resume && rec.source == req.backend ? rec.remote_id : std::string();
+    if (!same)
+      counters.same_request_failures = 0;
+
+    ws.log.warning(p.spec->name + ": " + fault.message + " (attempt " + std::to_string(attempt) +
+                   "); " + next->strategy + ": " + describe_change(req, *next));
+    if (next->delay_ms > 0 && !sleep_unless_interrupted(uint32_t(next->delay_ms)))
+      return Fault{KILN_ERROR_INTERRUPTED, "interrupted while waiting to retry: " + fault.message,
+                   -1};
+    step = std::move(*next);
   }
 }
 
@@ -471,28 +724,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     }
   }
 
-  // Set once an asset needs a person (no credit, billing) or the run is interrupted: nothing new
-  // starts, what is in flight finishes.
-  std::atomic<bool> stop_creating{false};
-  std::mutex stop_mutex;
-  std::string stop_reason;
-  Fault stop_fault;
-  auto stop = [&](const Fault& why, const std::string& text) {
-    std::lock_guard lock(stop_mutex);
-    if (!stop_creating.exchange(true)) {
-      stop_fault = why;
-      stop_reason = text;
-    }
-  };
-  auto stopped = [&]() -> std::optional<Fault> {
-    if (interrupted() && !stop_creating)
-      stop({KILN_ERROR_INTERRUPTED, "interrupted", -1}, "the run was interrupted");
-    if (!stop_creating)
-      return std::nullopt;
-    std::lock_guard lock(stop_mutex);
-    return Fault{stop_fault.category, stop_reason, -1};
-  };
-
+  RunGuards guards(ws.manifest.retry_policy);
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t k = next++; k < to_generate.size(); k = next++) {
@@ -504,32 +736,44 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         o.error = std::move(f);
         progress.done(true, o.name + ": " + o.error->message, ws.log);
       };
-      if (auto why = stopped()) {
-        o.status = "skipped";
-        o.error = *why;
-        o.error->message = "not started: " + why->message;
-        progress.done(false, "skipped " + o.name + " (" + why->message + ")", ws.log);
-        continue;
-      }
       try {
-        auto g = generate_with_retries(ws, p, o, stopped);
+        auto g = generate_asset(ws, guards, p, o);
+        if (!g && o.attempts.empty()) {
+          o.status = "skipped";
+          o.error = g.error();
+          o.error->message = "not started: " + g.error().message;
+          progress.done(false, "skipped " + o.name + " (" + g.error().message + ")", ws.log);
+          continue;
+        }
         if (!g) {
           if (g.error().category == KILN_ERROR_NEEDS_PERSON)
-            stop(g.error(), o.name + " needs a person: " + g.error().message);
+            guards.stop_backend(p.request.backend,
+                                Fault{KILN_ERROR_NEEDS_PERSON,
+                                      o.name + " needs a person: " + g.error().message, -1});
           fail(g.error());
           continue;
         }
-        // The cache first: once it holds the image, a crash loses nothing that was paid for.
-        ws.cache.put(p.fingerprint, p.spec->format, g->bytes);
-        install_output(ws, state_mutex, p, g->bytes);
+        // The cache first: once it holds the image, a crash loses nothing that was paid for. A
+        // fallback stand-in is not the image asked for, so it is never cached.
+        if (!o.fallback)
+          ws.cache.put(p.fingerprint, p.spec->format, g->bytes);
+        install_output(ws, state_mutex, p, g->bytes, o.fallback);
         o.status = "generated";
         char timing[64];
         std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
-        progress.done(false,
-                      "generated " + o.name + " (" + p.reason + "; " + o.backend +
+        std::string how = o.backend +
                           (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " +
-                          timing + ")",
-                      ws.log);
+                          timing;
+        if (o.attempts.size() > 1)
+          how += ", " + std::to_string(o.attempts.size()) + " attempts";
+        if (o.fallback) {
+          const AttemptRecord& last_failed = o.attempts[o.attempts.size() - 2];
+          ws.log.warning(o.name + ": wrote a fallback stand-in; the last real attempt failed: " +
+                         last_failed.error->message);
+          progress.done(false, "fallback " + o.name + " (" + how + ")", ws.log);
+        } else {
+          progress.done(false, "generated " + o.name + " (" + p.reason + "; " + how + ")", ws.log);
+        }
       } catch (const std::exception& e) {
         fail(Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1});
       }
@@ -550,12 +794,15 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     AssetOutcome& o = summary.assets[i];
     const AssetOutcome& leader = summary.assets[*p.same_as];
     try {
+      auto bytes =
+          leader.fallback ? read_file(leader.output) : ws.cache.get(p.fingerprint, p.spec->format);
       if (leader.status != "generated") {
         o.error = leader.error.value_or(Fault{});
         o.error->message =
             "makes the same image as " + leader.name + ", which failed: " + o.error->message;
-      } else if (auto bytes = ws.cache.get(p.fingerprint, p.spec->format)) {
-        install_output(ws, state_mutex, p, *bytes);
+      } else if (bytes) {
+        o.fallback = leader.fallback;
+        install_output(ws, state_mutex, p, *bytes, o.fallback);
         o.status = "cached";
         progress.done(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
         continue;
@@ -582,6 +829,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       ++summary.skipped;
     else
       ++summary.failed;
+    summary.fallbacks += o.fallback;
     if (o.error && o.error->category == KILN_ERROR_NEEDS_PERSON)
       summary.needs_a_person = true;
     if (o.error && o.error->category == KILN_ERROR_INTERRUPTED)
@@ -615,6 +863,8 @@ std::string report_json(const BuildSummary& s) {
   w.Int(s.failed);
   w.Key("skipped");
   w.Int(s.skipped);
+  w.Key("fallback");
+  w.Int(s.fallbacks);
   w.Key("cost_usd");
   w.Double(s.cost_usd);
   w.Key("predicted_cost_usd");
@@ -640,8 +890,49 @@ std::string report_json(const BuildSummary& s) {
     str(a.backend);
     w.Key("model");
     str(a.model);
+    w.Key("fallback");
+    w.Bool(a.fallback);
     w.Key("attempts");
-    w.Int(a.attempts);
+    w.StartArray();
+    for (auto& t : a.attempts) {
+      w.StartObject();
+      w.Key("strategy");
+      str(t.strategy);
+      w.Key("backend");
+      str(t.backend);
+      w.Key("model");
+      str(t.model);
+      w.Key("prompt");
+      str(t.prompt);
+      w.Key("seed");
+      if (t.seed)
+        w.Uint64(*t.seed);
+      else
+        w.Null();
+      w.Key("waited_s");
+      w.Double(t.waited_s);
+      w.Key("remote_id");
+      str(t.remote_id);
+      w.Key("cost_usd");
+      w.Double(t.cost_usd);
+      w.Key("error_category");
+      if (t.error)
+        w.String(category_name(t.error->category));
+      else
+        w.Null();
+      w.Key("error");
+      if (t.error)
+        str(t.error->message);
+      else
+        w.Null();
+      w.Key("source");
+      if (t.error)
+        str(t.source);
+      else
+        w.Null();
+      w.EndObject();
+    }
+    w.EndArray();
     w.Key("remote_id");
     str(a.remote_id);
     w.Key("cost_usd");

@@ -26,6 +26,8 @@ struct PlannedAsset {
   std::string reason;
   double predicted_cost_usd = 0;
   std::optional<Fault> prepare_error; // an enhancer failed: the asset cannot be planned
+  // The file on disk is a fallback stand-in from an earlier run: it is made again.
+  bool fallback_on_disk = false;
   // Another asset of this run makes the same image (same fingerprint): this one takes its bytes
   // instead of paying again. Index into Plan::assets.
   std::optional<size_t> same_as;
@@ -55,6 +57,20 @@ struct Workspace {
 // (exit 2) when an --only pattern matches no asset.
 Plan make_plan(Workspace& ws, const PlanOptions& options);
 
+// One try at an asset, as the report lists it.
+struct AttemptRecord {
+  std::string strategy; // "initial", or the retry strategy that proposed this request
+  std::string backend;
+  std::string model;
+  std::string prompt;
+  std::optional<uint64_t> seed;
+  double waited_s = 0; // the delay the strategy asked for before this attempt
+  std::string remote_id;
+  double cost_usd = 0;
+  std::optional<Fault> error; // none: this attempt made the asset
+  std::string source;         // who failed: the backend, a validator, "kiln"
+};
+
 struct AssetOutcome {
   std::string name;
   std::string status; // generated | cached | up_to_date | failed | skipped (never started)
@@ -63,7 +79,8 @@ struct AssetOutcome {
   std::string fingerprint;
   std::string backend;
   std::string model;
-  int attempts = 0;
+  std::vector<AttemptRecord> attempts;
+  bool fallback = false; // the output is a stand-in from the fallback strategy
   std::string remote_id; // the backend's job id of the last attempt (a Replicate prediction id)
   double cost_usd = 0;
   double predicted_cost_usd = 0;
@@ -75,6 +92,7 @@ struct AssetOutcome {
 struct BuildSummary {
   std::vector<AssetOutcome> assets;
   int generated = 0, cached = 0, up_to_date = 0, failed = 0, skipped = 0;
+  int fallbacks = 0;           // generated assets whose image is a fallback stand-in
   bool needs_a_person = false; // an asset needs a person (credit, billing): new work stopped
   bool interrupted = false;
   double cost_usd = 0;

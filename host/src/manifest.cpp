@@ -17,14 +17,20 @@ namespace {
 
 constexpr uint32_t k_max_side_px = 16384;
 
-const std::vector<std::string> k_top_keys = {"project",   "plugins",    "defaults", "backends",
-                                             "enhancers", "validators", "types",    "asset"};
-const std::vector<std::string> k_project_keys = {"output_dir", "budget_usd"};
+const std::vector<std::string> k_top_keys = {"project",      "plugins",    "defaults",   "backends",
+                                             "enhancers",    "validators", "strategies", "types",
+                                             "retry_policy", "asset"};
+const std::vector<std::string> k_project_keys = {"output_dir", "budget_usd", "allow_fallback"};
+const std::vector<std::string> k_retry_policy_keys = {"max_attempts", "budget_ratio", "budget_min",
+                                                      "breaker_failures", "breaker_cooldown_s"};
 const std::vector<std::string> k_plugins_keys = {"paths"};
 // Fields an asset may set, and so may [defaults] and [types.X].
-const std::vector<std::string> k_field_keys = {"backend",   "model",      "seed",  "width",
-                                               "height",    "format",     "style", "negative",
-                                               "enhancers", "validators", "params"};
+const std::vector<std::string> k_field_keys = {
+    "backend",  "model",     "seed",   "width", "height",          "format",    "style",
+    "negative", "enhancers", "params", "retry", "fallback_models", "modifiers", "validators"};
+// The fields that hold a list of strings.
+const std::vector<std::string> k_list_keys = {"enhancers", "validators", "retry", "fallback_models",
+                                              "modifiers"};
 const std::vector<std::string> k_formats = {"png", "webp", "jpg"};
 
 SourceLoc loc_of(const toml::source_region& r) {
@@ -162,6 +168,8 @@ public:
     parse_plugin_tables(root, "backends", m_m.backend_settings);
     parse_plugin_tables(root, "enhancers", m_m.enhancer_settings);
     parse_plugin_tables(root, "validators", m_m.validator_settings);
+    parse_plugin_tables(root, "strategies", m_m.strategy_settings);
+    parse_retry_policy(root);
 
     if (auto n = root.get("defaults")) {
       if (auto t = expect_table(*n, "[defaults]")) {
@@ -248,6 +256,12 @@ private:
       else
         m_m.output_dir = (m_m.dir / *dir).lexically_normal();
     }
+    if (auto fb = t->get("allow_fallback")) {
+      if (auto b = fb->as_boolean())
+        m_m.allow_fallback = b->get();
+      else
+        m_d.error(loc_of(*fb), "allow_fallback must be true or false, not " + type_name(*fb));
+    }
     if (auto b = t->get("budget_usd")) {
       std::optional<double> v;
       if (auto f = b->as_floating_point())
@@ -261,6 +275,49 @@ private:
       else
         m_m.budget_usd = v;
     }
+  }
+
+  std::optional<double> get_number(const toml::table& t, std::string_view key) {
+    auto n = t.get(key);
+    if (!n)
+      return std::nullopt;
+    if (auto f = n->as_floating_point())
+      return f->get();
+    if (auto i = n->as_integer())
+      return double(i->get());
+    m_d.error(loc_of(*n), std::string(key) + " must be a number, not " + type_name(*n));
+    return std::nullopt;
+  }
+
+  void parse_retry_policy(const toml::table& root) {
+    auto n = root.get("retry_policy");
+    if (!n)
+      return;
+    auto t = expect_table(*n, "[retry_policy]");
+    if (!t)
+      return;
+    check_keys(*t, k_retry_policy_keys, "in [retry_policy]");
+    RetryPolicy& p = m_m.retry_policy;
+    auto count = [&](std::string_view key, uint32_t& out, double lowest) {
+      if (auto v = get_number(*t, key)) {
+        if (*v != std::floor(*v) || *v < lowest || *v > 1e6)
+          m_d.error(loc_of(*t->get(key)), std::string(key) + " must be a whole number from " +
+                                              std::to_string(int(lowest)) + " to 1000000");
+        else
+          out = uint32_t(*v);
+      }
+    };
+    count("max_attempts", p.max_attempts, 1);
+    count("budget_min", p.budget_min, 0);
+    count("breaker_failures", p.breaker_failures, 1);
+    for (auto [key, out] : {std::pair{"budget_ratio", &p.budget_ratio},
+                            std::pair{"breaker_cooldown_s", &p.breaker_cooldown_s}})
+      if (auto v = get_number(*t, key)) {
+        if (!(*v >= 0) || !std::isfinite(*v))
+          m_d.error(loc_of(*t->get(key)), std::string(key) + " must be zero or more");
+        else
+          *out = *v;
+      }
   }
 
   void parse_plugins(const toml::table& root) {
@@ -357,7 +414,7 @@ private:
       else if (i->get() < 0)
         m_d.error(loc_of(*n), "seed must be zero or more");
     }
-    for (const char* key : {"enhancers", "validators"})
+    for (auto& key : k_list_keys)
       if (auto n = t.get(key))
         get_string_list(*n, key);
     if (auto n = t.get("params"))
@@ -515,19 +572,23 @@ private:
     if (auto n = lookup(layers, "seed", spec); n && n->as_integer())
       spec.seed = uint64_t(std::max<int64_t>(0, n->as_integer()->get()));
 
-    for (const char* key : {"enhancers", "validators"}) {
-      std::vector<std::string> list;
+    auto list = [&](const std::string& key, std::vector<std::string> fallback) {
+      std::vector<std::string> out;
       if (auto n = lookup(layers, key, spec)) {
         if (auto a = n->as_array())
           for (auto&& e : *a)
             if (auto s = e.as_string())
-              list.push_back(s->get());
-      } else if (std::string_view(key) == "validators") {
-        list = {"resolution", "format", "not-corrupt"};
-        spec.field_locs.emplace(key, spec.loc);
+              out.push_back(s->get());
+        return out;
       }
-      (std::string_view(key) == "enhancers" ? spec.enhancers : spec.validators) = list;
-    }
+      spec.field_locs.emplace(key, spec.loc);
+      return fallback;
+    };
+    spec.enhancers = list("enhancers", {});
+    spec.validators = list("validators", {"resolution", "format", "not-corrupt"});
+    spec.retry = list("retry", k_default_retry_chain);
+    spec.fallback_models = list("fallback_models", {});
+    spec.modifiers = list("modifiers", {});
 
     // params merge key by key: the asset's keys over its type's over [defaults]'.
     toml::table params;

@@ -48,6 +48,9 @@ struct AssetSpec {
   std::string params_json; // canonical JSON object, keys sorted
   std::vector<std::string> enhancers;
   std::vector<std::string> validators;
+  std::vector<std::string> retry;           // the strategy chain, in order
+  std::vector<std::string> fallback_models; // for the alternate-model strategy
+  std::vector<std::string> modifiers;       // extra style words (the style enhancer)
   SourceLoc loc;
   // Where each resolved field was set (the asset, its type or [defaults]), for errors found
   // after resolution such as an unknown plugin id.
@@ -57,16 +60,33 @@ struct AssetSpec {
   std::string relative_output() const { return name + "." + format; }
 };
 
+// `[retry_policy]`: limits over every asset's strategy chain.
+struct RetryPolicy {
+  uint32_t max_attempts = 10; // per asset, whatever the strategies propose
+  double budget_ratio = 0.5;  // retries in a run: budget_min + ratio x assets attempted
+  uint32_t budget_min = 10;
+  uint32_t breaker_failures = 8; // unhinted retryable failures in a row cool a model down
+  double breaker_cooldown_s = 60;
+};
+
+// The chain when neither an asset, its type nor [defaults] sets `retry`: recovers from
+// throttling and outages (backoff) and from blank or refused images (a new seed) without ever
+// changing what the prompt asks for.
+inline const std::vector<std::string> k_default_retry_chain = {"backoff", "adjust-parameters"};
+
 struct Manifest {
   fs::path path;       // absolute
   fs::path dir;        // absolute folder of the manifest
   fs::path output_dir; // absolute
   std::optional<double> budget_usd;
+  bool allow_fallback = false; // [project]: a fallback image does not fail the run
+  RetryPolicy retry_policy;
   std::vector<fs::path> plugin_paths; // absolute, in declaration order
   std::vector<SourceLoc> plugin_path_locs;
   std::map<std::string, PluginSettings> backend_settings;
   std::map<std::string, PluginSettings> enhancer_settings;
   std::map<std::string, PluginSettings> validator_settings;
+  std::map<std::string, PluginSettings> strategy_settings;
   std::vector<AssetSpec> assets;
   Diagnostics diagnostics; // for errors found later (unknown plugins, bad options)
 };

@@ -28,6 +28,19 @@ std::string_view kind_name(uint32_t kind) {
   return "unknown";
 }
 
+std::string_view table_name(uint32_t kind) {
+  switch (kind) {
+  case KILN_KIND_BACKEND:
+    return "backends";
+  case KILN_KIND_ENHANCER:
+    return "enhancers";
+  case KILN_KIND_RETRY_STRATEGY:
+    return "strategies";
+  default:
+    return "validators";
+  }
+}
+
 namespace {
 
 // --- the services table handed to every plugin --------------------------------------------
@@ -77,6 +90,22 @@ void host_set_prompt(kiln_result* r, kiln_str p) {
 }
 void host_set_negative_prompt(kiln_result* r, kiln_str p) {
   r->negative_prompt = std::string(sv(p));
+}
+
+void host_set_model(kiln_result* r, kiln_str model) {
+  r->model = std::string(sv(model));
+}
+void host_set_seed(kiln_result* r, uint64_t seed) {
+  r->seed = seed;
+}
+void host_set_params_json(kiln_result* r, kiln_str params) {
+  r->params_json = std::string(sv(params));
+}
+void host_set_backend(kiln_result* r, kiln_str backend) {
+  r->backend = std::string(sv(backend));
+}
+void host_set_fallback(kiln_result* r, int32_t fallback) {
+  r->fallback = fallback != 0;
 }
 
 void host_add_secret(kiln_result* r, kiln_str secret) {
@@ -170,6 +199,11 @@ const kiln_host_api k_host_api = {
     host_http_error,
     host_http_free,
     host_wait_ms,
+    host_set_model,
+    host_set_seed,
+    host_set_params_json,
+    host_set_backend,
+    host_set_fallback,
 };
 
 // Smallest info struct this host can read: up to and including `functions`.
@@ -518,7 +552,7 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
       diag.error(settings ? settings->loc : SourceLoc{},
                  label + " needs option '" + spec.name + "'" +
                      (settings ? std::string()
-                               : ": add it under [" + std::string(kind_name(plugin.kind)) + "s." +
+                               : ": add it under [" + std::string(table_name(plugin.kind)) + "." +
                                      plugin.id + "]"));
       continue;
     } else if (!parse_default(spec, v)) {
@@ -592,6 +626,7 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
       {KILN_KIND_BACKEND, "backends", &manifest.backend_settings, &set.backends},
       {KILN_KIND_ENHANCER, "enhancers", &manifest.enhancer_settings, &set.enhancers},
       {KILN_KIND_VALIDATOR, "validators", &manifest.validator_settings, &set.validators},
+      {KILN_KIND_RETRY_STRATEGY, "strategies", &manifest.strategy_settings, &set.strategies},
   };
 
   auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
@@ -619,6 +654,9 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
       } else if (use.kind == KILN_KIND_ENHANCER) {
         ids = asset.enhancers;
         field = "enhancers";
+      } else if (use.kind == KILN_KIND_RETRY_STRATEGY) {
+        ids = asset.retry;
+        field = "retry";
       } else {
         ids = asset.validators;
         field = "validators";
@@ -637,6 +675,18 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
       if (inst)
         use.instances->emplace(id, std::move(inst));
     }
+    // Offline backends (the placeholder) cost nothing to start and are what the fallback
+    // strategy switches to, so they are always started.
+    if (use.kind == KILN_KIND_BACKEND)
+      for (const Plugin* p : registry.all())
+        if (p->kind == KILN_KIND_BACKEND && !wanted.count(p->id) &&
+            (p->backend()->capabilities & KILN_BACKEND_OFFLINE)) {
+          auto it = use.settings->find(p->id);
+          if (auto inst =
+                  registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag))
+            use.instances->emplace(p->id, std::move(inst));
+          wanted.emplace(p->id, SourceLoc{});
+        }
     // A settings table for a plugin nobody uses is still checked against its schema (a typo
     // there is a mistake), but the plugin is not started: CI running `--backend placeholder`
     // must not need the paid backend's token.

@@ -30,6 +30,12 @@ struct kiln_result {
   std::string image_file;
   std::optional<std::string> prompt;
   std::optional<std::string> negative_prompt;
+  // A retry strategy's proposal (with prompt, negative_prompt and retry_after_ms as the delay).
+  std::optional<std::string> model;
+  std::optional<uint64_t> seed;
+  std::optional<std::string> params_json;
+  std::optional<std::string> backend;
+  bool fallback = false;
 
   bool failed() const { return category != KILN_ERROR_NONE; }
   kiln::host::Fault failure() const { return {category, message, retry_after_ms}; }
@@ -38,6 +44,8 @@ struct kiln_result {
 namespace kiln::host {
 
 std::string_view kind_name(uint32_t kind); // "backend", "enhancer", "retry-strategy", "validator"
+// The manifest table of a kind's options: "backends", "enhancers", "strategies", "validators".
+std::string_view table_name(uint32_t kind);
 
 struct Plugin {
   fs::path path;
@@ -55,6 +63,9 @@ struct Plugin {
   }
   const kiln_validator_functions* validator() const {
     return static_cast<const kiln_validator_functions*>(info->functions);
+  }
+  const kiln_retry_strategy_functions* strategy() const {
+    return static_cast<const kiln_retry_strategy_functions*>(info->functions);
   }
   std::string id_version() const { return id + "@" + version; }
 };
@@ -125,6 +136,7 @@ struct PluginSet {
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> backends;
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> enhancers;
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> validators;
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> strategies;
 };
 
 // Checks that every plugin the manifest names exists with the right kind and that every

@@ -50,6 +50,7 @@ std::optional<std::string> StateFile::load() {
       for (auto& f : v["fields"].GetArray())
         if (f.IsArray() && f.Size() == 2 && f[0].IsString() && f[1].IsString())
           r.fields.emplace_back(f[0].GetString(), f[1].GetString());
+    r.fallback = v.HasMember("fallback") && v["fallback"].IsBool() && v["fallback"].GetBool();
     m_records.emplace(m.name.GetString(), std::move(r));
   }
   return std::nullopt;
@@ -74,6 +75,10 @@ void StateFile::save() {
     w.Uint64(r.size);
     w.Key("mtime_ns");
     w.Int64(r.mtime_ns);
+    if (r.fallback) {
+      w.Key("fallback");
+      w.Bool(true);
+    }
     w.Key("fields");
     w.StartArray();
     for (auto& [k, v] : r.fields) {

@@ -18,6 +18,9 @@ struct OutputRecord {
   uint64_t size = 0;    // bytes, as written
   int64_t mtime_ns = 0; // as written: a changed file is noticed with a stat, no hashing
   FingerprintFields fields;
+  // The file is a stand-in from the fallback strategy, not the image asked for: the next build
+  // tries the asset again.
+  bool fallback = false;
 };
 
 // <output_dir>/.kiln/state.json, written atomically and only when something changed.

@@ -1,5 +1,6 @@
-// The `style` enhancer: appends the asset type's `style` to the prompt and carries its
-// `negative` into the negative prompt, so a manifest states its art direction once per type.
+// The `style` enhancer: appends the asset type's `style` and then the asset's own `modifiers`
+// to the prompt, so a manifest states its art direction once per type and each asset only
+// what sets it apart. Negative words are the `negative` enhancer's business, never the prompt's.
 #include <kiln/kiln.hpp>
 #include <string>
 
@@ -28,7 +29,10 @@ public:
 
   kiln::Prompt enhance(const kiln::Asset& asset, kiln::Prompt current) override {
     append(current.positive, asset.style, m_separator);
-    append(current.negative, asset.negative, ", ");
+    std::string modifiers;
+    for (auto& m : asset.modifiers)
+      append(modifiers, m, ", ");
+    append(current.positive, modifiers, m_separator);
     return current;
   }
 
@@ -38,5 +42,6 @@ private:
 
 } // namespace
 
-KILN_PLUGIN(Style, "style", "1.0.0",
-            "Appends the type's style to the prompt and carries its negative prompt")
+// 1.0.0 still: for a manifest without `modifiers` the prompt is what 1.0.0 made (the asset's
+// negative reaches the request without this enhancer), so no paid image is made again.
+KILN_PLUGIN(Style, "style", "1.0.0", "Appends the type's style and the asset's modifiers")

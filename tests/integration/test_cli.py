@@ -185,7 +185,7 @@ class CliTest(unittest.TestCase):
         for a in report["assets"]:
             self.assertEqual(a["status"], "generated")
             self.assertEqual(len(a["fingerprint"]), 64)
-            self.assertEqual(a["attempts"], 1)
+            self.assertEqual(len(a["attempts"]), 1)
             self.assertEqual(a["backend"], "placeholder")
             self.assertIsNone(a["error"])
             self.assertTrue(os.path.isabs(a["output"]))
@@ -221,7 +221,7 @@ class CliTest(unittest.TestCase):
         self.assertEqual((s["generated"], s["cached"], s["up_to_date"]), (0, 1, 3))
         shield = by_name(report)["icons/shield"]
         self.assertEqual(shield["status"], "cached")
-        self.assertEqual(shield["attempts"], 0)
+        self.assertEqual(shield["attempts"], [])
         self.assert_outputs_valid()
 
     def test_comment_and_formatting_edits_change_nothing(self):
@@ -395,9 +395,9 @@ class CliTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         assets = by_name(report)
         self.assertEqual(assets["cover"]["fingerprint"], assets["cover_copy"]["fingerprint"])
-        self.assertEqual((assets["cover"]["status"], assets["cover"]["attempts"]), ("generated", 1))
+        self.assertEqual((assets["cover"]["status"], len(assets["cover"]["attempts"])), ("generated", 1))
         self.assertEqual((assets["cover_copy"]["status"], assets["cover_copy"]["attempts"]),
-                         ("cached", 0))
+                         ("cached", []))
         self.assertEqual(assets["cover_copy"]["reason"], "new; same image as cover")
         self.assertEqual(report["summary"]["cost_usd"], 0.25)
         with open(os.path.join(self.p.out, "cover.jpg"), "rb") as a, \

@@ -193,7 +193,7 @@ class ReplicateTest(unittest.TestCase):
         self.assertEqual(stats["create_requests"], [], "no prediction with a rejected token")
         for a in report["assets"]:
             self.assertEqual(a["status"], "failed")
-            self.assertEqual(a["attempts"], 1)
+            self.assertEqual(len(a["attempts"]), 1)
             self.assertEqual(a["error_category"], "permanent")
         self.assertNotIn(wrong, r.stdout + r.stderr)
         for folder, _, files in os.walk(self.tmp):
@@ -236,7 +236,7 @@ class ReplicateTest(unittest.TestCase):
         a = report["assets"][0]
         self.assertEqual(a["error_category"], "permanent")
         self.assertIn("HTTP 404", a["error"])
-        self.assertEqual(a["attempts"], 1)
+        self.assertEqual(len(a["attempts"]), 1)
 
     # Must show 4: throttling and server errors; waits honour the hint.
     def test_throttling_and_server_errors_are_retried_honouring_retry_after(self):
@@ -262,7 +262,7 @@ class ReplicateTest(unittest.TestCase):
                                             f"{name} retried before retry_after")
             self.assertEqual(requests[-1]["status"], 201)
         self.assertEqual(throttled, 2)
-        self.assertGreaterEqual(sum(a["attempts"] for a in report["assets"]), 10)
+        self.assertGreaterEqual(sum(len(a["attempts"]) for a in report["assets"]), 10)
         self.assertAlmostEqual(report["summary"]["cost_usd"], 4 * 0.003)
 
     def test_a_long_retry_after_is_waited_in_full(self):
@@ -365,7 +365,9 @@ class ReplicateTest(unittest.TestCase):
         self.assertEqual(report2["summary"]["generated"], 4)
         self.assertEqual(report2["summary"]["up_to_date"], 1)
 
-    def test_nsfw_failure_is_content_policy_and_not_retried(self):
+    def test_nsfw_refusal_is_retried_with_new_seeds_then_given_up(self):
+        # The default chain (backoff, adjust-parameters) never changes the prompt: a refusal
+        # gets two more seeds, then the asset fails as content_policy.
         self.write(EIGHT[:2])
         self.server.control(prompt_rules=[{"contains": "sword", "fate": "nsfw", "times": 5}])
         r, report = self.build()
@@ -373,7 +375,13 @@ class ReplicateTest(unittest.TestCase):
         a = by_name(report)["icons/sword"]
         self.assertEqual(a["error_category"], "content_policy")
         self.assertIn("NSFW", a["error"])
-        self.assertEqual(len(self.creates_for(self.server.stats(), "icons/sword")), 1)
+        self.assertEqual([t["strategy"] for t in a["attempts"]],
+                         ["initial", "adjust-parameters", "adjust-parameters"])
+        self.assertEqual([t["error_category"] for t in a["attempts"]], ["content_policy"] * 3)
+        creates = self.creates_for(self.server.stats(), "icons/sword")
+        self.assertEqual(len(creates), 3)
+        seeds = [c["input"].get("seed") for c in creates]
+        self.assertEqual(len(set(seeds)), 3, seeds)
         self.assertEqual(by_name(report)["icons/shield"]["status"], "generated")
 
     def test_model_failure_is_retried_once_then_permanent(self):

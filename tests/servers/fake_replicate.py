@@ -473,8 +473,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def create(self, model):
         body = self.read_json()
-        record = {"time": time.time(), "status": None,
-                  "prompt": ((body or {}).get("input") or {}).get("prompt")}
+        inputs = (body or {}).get("input") if isinstance(body, dict) else None
+        inputs = inputs if isinstance(inputs, dict) else {}
+        record = {"time": time.time(), "status": None, "model": model,
+                  "prompt": inputs.get("prompt"), "input": inputs}
         with FAKE.lock:
             FAKE.stats["create_requests"].append(record)
 

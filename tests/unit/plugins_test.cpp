@@ -27,9 +27,14 @@ TEST(PluginLoader, LoadsEveryBuiltIn) {
   registry.load_directory(KILN_PLUGIN_BUILD_DIR);
   EXPECT_EQ(registry.ids(KILN_KIND_BACKEND),
             (std::vector<std::string>{"placeholder", "replicate"}));
-  EXPECT_EQ(registry.ids(KILN_KIND_ENHANCER), std::vector<std::string>{"style"});
+  EXPECT_EQ(registry.ids(KILN_KIND_ENHANCER),
+            (std::vector<std::string>{"negative", "quality", "style"}));
+  EXPECT_EQ(registry.ids(KILN_KIND_RETRY_STRATEGY),
+            (std::vector<std::string>{"adjust-parameters", "alternate-model", "backoff", "fallback",
+                                      "simplify-prompt"}));
   EXPECT_EQ(registry.ids(KILN_KIND_VALIDATOR),
-            (std::vector<std::string>{"format", "not-blank", "not-corrupt", "resolution"}));
+            (std::vector<std::string>{"alpha", "file-size", "format", "not-blank", "not-corrupt",
+                                      "resolution", "tileable"}));
   const Plugin* p = registry.find("placeholder");
   ASSERT_TRUE(p);
   EXPECT_EQ(p->version, "1.0.0");

@@ -186,11 +186,17 @@ private:
   kiln_result* m_result; // create()'s result: valid while the constructor runs
 };
 
+// Whether a struct the host passed is large enough to hold `field` (for fields added later).
+#define KILN_HAS_FIELD(ptr, type, field)                                                           \
+  ((ptr)->struct_size >= offsetof(type, field) + sizeof((ptr)->field))
+
 struct Asset {
   std::string_view name, type, prompt, negative, style, backend, model, format;
   uint32_t width = 0, height = 0;
   std::optional<uint64_t> seed;
   std::string_view params_json;
+  std::vector<std::string_view> fallback_models; // for the alternate-model strategy, in order
+  std::vector<std::string_view> modifiers;       // the asset's extra style words
 
   static Asset from(const kiln_asset* a) {
     Asset r;
@@ -207,6 +213,12 @@ struct Asset {
     if (a->has_seed)
       r.seed = a->seed;
     r.params_json = view(a->params_json);
+    if (KILN_HAS_FIELD(a, kiln_asset, fallback_model_count))
+      for (size_t i = 0; i < a->fallback_model_count; ++i)
+        r.fallback_models.push_back(view(a->fallback_models[i]));
+    if (KILN_HAS_FIELD(a, kiln_asset, modifier_count))
+      for (size_t i = 0; i < a->modifier_count; ++i)
+        r.modifiers.push_back(view(a->modifiers[i]));
     return r;
   }
 };
@@ -214,7 +226,7 @@ struct Asset {
 struct Request {
   Asset asset;
   std::string_view prompt, negative_prompt, model, format, params_json, fingerprint, work_dir,
-      resume_job_id;
+      resume_job_id, backend;
   uint32_t width = 0, height = 0;
   std::optional<uint64_t> seed;
   uint32_t attempt = 1; // 1 for the first attempt at the asset in this run
@@ -235,8 +247,10 @@ struct Request {
     r.height = q->height;
     if (q->has_seed)
       r.seed = q->seed;
-    if (q->struct_size >= offsetof(kiln_request, attempt) + sizeof q->attempt && q->attempt)
+    if (KILN_HAS_FIELD(q, kiln_request, attempt) && q->attempt)
       r.attempt = q->attempt;
+    if (KILN_HAS_FIELD(q, kiln_request, backend))
+      r.backend = view(q->backend);
     r.raw = q;
     return r;
   }
@@ -313,12 +327,39 @@ struct Failure {
   kiln_error_category category = KILN_ERROR_NONE;
   std::string_view message;
   uint32_t attempt = 0;
+  int64_t retry_after_ms = -1;        // the server's hint, or -1
+  uint32_t same_request_failures = 1; // failures in a row of exactly this request
+  uint32_t category_streak = 1;       // failures in a row of this category for the asset
+  uint32_t proposals = 0;             // retries this strategy already proposed for the asset
+  std::string_view source;            // backend id, validator id, or "kiln"
+
+  static Failure from(const kiln_failure* f) {
+    Failure r;
+    r.request = Request::from(f->request);
+    r.category = kiln_error_category(f->category);
+    r.message = view(f->message);
+    r.attempt = f->attempt;
+    if (KILN_HAS_FIELD(f, kiln_failure, source)) {
+      r.retry_after_ms = f->retry_after_ms;
+      r.same_request_failures = f->same_request_failures;
+      r.category_streak = f->category_streak;
+      r.proposals = f->proposals;
+      r.source = view(f->source);
+    }
+    return r;
+  }
 };
 
-// A retry strategy's proposal: the fields it changes.
+// A retry strategy's proposal: the fields it changes (the rest stay as they were).
 struct Proposal {
   std::optional<std::string> prompt;
   std::optional<std::string> negative_prompt;
+  std::optional<std::string> model;
+  std::optional<uint64_t> seed;
+  std::optional<std::string> params_json;
+  std::optional<std::string> backend;
+  bool fallback = false; // the image will be a stand-in (see kiln_host_api::set_fallback)
+  int64_t delay_ms = -1; // wait this long before the attempt
 };
 
 class Backend {
@@ -443,15 +484,29 @@ template <class T>
 kiln_status propose(void* instance, const kiln_failure* failure, kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
   return guarded(h->host, result, [&] {
-    Failure f{Request::from(failure->request), kiln_error_category(failure->category),
-              view(failure->message), failure->attempt};
-    std::optional<Proposal> p = h->impl.propose(f);
+    std::optional<Proposal> p = h->impl.propose(Failure::from(failure));
     if (!p)
       return KILN_FAILED;
+    const kiln_host_api* host = h->host;
     if (p->prompt)
-      h->host->set_prompt(result, str(*p->prompt));
+      host->set_prompt(result, str(*p->prompt));
     if (p->negative_prompt)
-      h->host->set_negative_prompt(result, str(*p->negative_prompt));
+      host->set_negative_prompt(result, str(*p->negative_prompt));
+    bool can_change = KILN_HAS_FIELD(host, kiln_host_api, set_fallback);
+    if (!can_change && (p->model || p->seed || p->params_json || p->backend || p->fallback))
+      throw Error("this kiln is too old for the strategy's proposal");
+    if (p->model)
+      host->set_model(result, str(*p->model));
+    if (p->seed)
+      host->set_seed(result, *p->seed);
+    if (p->params_json)
+      host->set_params_json(result, str(*p->params_json));
+    if (p->backend)
+      host->set_backend(result, str(*p->backend));
+    if (p->fallback)
+      host->set_fallback(result, 1);
+    if (p->delay_ms >= 0)
+      host->set_retry_after_ms(result, p->delay_ms);
     return KILN_OK;
   });
 }

@@ -198,6 +198,12 @@ typedef struct kiln_asset {
   uint64_t seed;
   /** The asset's `params` table as a JSON object (keys sorted), "{}" when there is none. */
   kiln_str params_json;
+  /** The asset's `fallback_models`, in the order the alternate-model strategy tries them. @since 1 */
+  const kiln_str* fallback_models;
+  size_t fallback_model_count;
+  /** The asset's `modifiers`: words the style enhancer appends after the type's style. @since 1 */
+  const kiln_str* modifiers;
+  size_t modifier_count;
 } kiln_asset;
 
 /** What a backend is asked to make. */
@@ -226,6 +232,8 @@ typedef struct kiln_request {
    * backend retry a failure once and then call it permanent. @since 1
    */
   uint32_t attempt;
+  /** The backend this request is for (a retry strategy may switch it). @since 1 */
+  kiln_str backend;
 } kiln_request;
 
 /** A decoded image: 8-bit RGBA, rows `stride` bytes apart. */
@@ -364,6 +372,25 @@ typedef struct kiln_host_api {
    * KILN_ERROR_INTERRUPTED. Backends wait with this between polls. @since 1
    */
   int32_t (*wait_ms)(kiln_result* result, uint32_t ms);
+
+  /*
+   * Retry strategy: what the next request changes; fields not set stay as they were. With
+   * set_retry_after_ms, a strategy asks the host to wait that long before the next attempt.
+   */
+  /** The model (the backend maps the request to that model's inputs). @since 1 */
+  void (*set_model)(kiln_result* result, kiln_str model);
+  /** The seed. @since 1 */
+  void (*set_seed)(kiln_result* result, uint64_t seed);
+  /** The params, a JSON object. @since 1 */
+  void (*set_params_json)(kiln_result* result, kiln_str params_json);
+  /** Another backend plugin, by id. @since 1 */
+  void (*set_backend)(kiln_result* result, kiln_str backend);
+  /**
+   * Nonzero: the image that comes of this request is a stand-in, not the asset asked for; the
+   * report and `kiln plan` flag it and the run fails unless the project allows fallbacks.
+   * @since 1
+   */
+  void (*set_fallback)(kiln_result* result, int32_t fallback);
 } kiln_host_api;
 
 /** Backend capability bits. */
@@ -410,14 +437,26 @@ typedef struct kiln_failure {
   kiln_str message;
   /** 1 for the first attempt of the asset. */
   uint32_t attempt;
+  /** The server's hint of how long to wait (milliseconds), or -1. @since 1 */
+  int64_t retry_after_ms;
+  /** Failures in a row of exactly this request, this one included (1 = first time). @since 1 */
+  uint32_t same_request_failures;
+  /** Failures in a row of this category for the asset, whatever the request (1 = this one). @since 1 */
+  uint32_t category_streak;
+  /** How many retries this strategy has already proposed for this asset in this run. @since 1 */
+  uint32_t proposals;
+  /** Who failed: the backend's id, a validator's id, or "kiln" (decoding, converting). @since 1 */
+  kiln_str source;
 } kiln_failure;
 
 typedef struct kiln_retry_strategy_functions {
   uint32_t struct_size;
   /**
    * Proposes the next request after `failure`: KILN_OK with the changes set through the result
-   * setters, or KILN_FAILED to give up and let the next strategy of the chain decide. Required.
-   * @since 1
+   * setters (set_prompt, set_model, set_seed... and set_retry_after_ms for a wait), or
+   * KILN_FAILED to give up and let the next strategy of the chain decide. The host asks the
+   * chain's strategies in order after every failed attempt, so a strategy decides from the
+   * failure's counters, not from memory of its own. Required. @since 1
    */
   kiln_status (*propose)(void* instance, const kiln_failure* failure, kiln_result* result);
 } kiln_retry_strategy_functions;
