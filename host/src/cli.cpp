@@ -261,8 +261,15 @@ int cmd_build(int argc, char** argv) {
   noop_forget(key);
   if (summary.interrupted)
     return k_exit_interrupted;
-  if (summary.needs_a_person)
+  if (summary.needs_a_person) {
+    int kept = summary.generated + summary.cached + summary.up_to_date;
+    for (auto& why : summary.stopped)
+      s->log.error("stopped creating on " + why);
+    s->log.error(std::to_string(summary.skipped) + " asset" + (summary.skipped == 1 ? "" : "s") +
+                 " not started; the " + std::to_string(kept) +
+                 " made are kept. Run again once a person has acted (credit, billing, token).");
     return k_exit_needs_person;
+  }
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
   if (summary.fallbacks > 0 && !s->manifest.allow_fallback) {

@@ -6,6 +6,7 @@
 #include "resilience.hpp"
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <fnmatch.h>
@@ -135,6 +136,40 @@ std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationReq
   return std::nullopt;
 }
 
+std::string setting_text(const SettingValue& v) {
+  switch (v.type) {
+  case SettingValue::Type::String:
+    return "s:" + v.string_value;
+  case SettingValue::Type::Int:
+    return "i:" + std::to_string(v.int_value);
+  case SettingValue::Type::Float: {
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v.float_value);
+    return "f:" + std::string(buf, r.ptr);
+  }
+  case SettingValue::Type::Bool:
+    return v.bool_value ? "b:true" : "b:false";
+  case SettingValue::Type::StringList:
+    return "l:" + join(v.list_value, "\x1f");
+  default:
+    return "?:" + v.toml_type;
+  }
+}
+
+// What the asset's output is checked by: validator ids, versions and manifest options.
+std::string checks_of(const Workspace& ws, const AssetSpec& spec) {
+  std::string text;
+  for (auto& id : spec.validators) {
+    text += ws.plugins.validators.at(id)->plugin().id_version() + "{";
+    if (auto it = ws.manifest.validator_settings.find(id);
+        it != ws.manifest.validator_settings.end())
+      for (auto& [key, value] : it->second.values)
+        text += key + "=" + setting_text(value) + "\n";
+    text += "}";
+  }
+  return sha256_hex(text);
+}
+
 } // namespace
 
 Plan make_plan(Workspace& ws, const PlanOptions& options) {
@@ -185,6 +220,7 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
     bool unchanged = current && stamp && stamp->size == rec->size &&
                      stamp->mtime_ns == rec->mtime_ns && rec->output == spec.relative_output();
     p.fallback_on_disk = unchanged && rec->fallback;
+    p.checks = checks_of(ws, spec);
     if (p.prepare_error) {
       p.reason = "cannot prepare the request";
     } else if (options.force) {
@@ -193,7 +229,8 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.reason = "the output is a fallback stand-in";
     } else if (unchanged) {
       p.action = Action::UpToDate;
-      p.reason = "up to date";
+      p.recheck = rec->checks != p.checks;
+      p.reason = p.recheck ? "up to date; validators changed, checking again" : "up to date";
     } else if (current) {
       p.reason = stamp ? "output modified" : "output missing";
     } else if (rec) {
@@ -250,6 +287,11 @@ public:
     std::fflush(stdout);
   }
 
+  void add_work(size_t n) {
+    std::lock_guard lock(m_mutex);
+    m_total += n;
+  }
+
   // Not counted: up-to-date assets under -v.
   void note(const std::string& text) {
     std::lock_guard lock(m_mutex);
@@ -284,11 +326,74 @@ void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& 
   }
   if (!stamp)
     throw std::runtime_error("output '" + p.output.string() + "' vanished after writing");
-  OutputRecord rec{p.spec->relative_output(), p.fingerprint, stamp->size,
-                   stamp->mtime_ns,           p.fields,      fallback};
+  OutputRecord rec{p.spec->relative_output(),
+                   p.fingerprint,
+                   stamp->size,
+                   stamp->mtime_ns,
+                   p.fields,
+                   fallback,
+                   p.checks};
   std::lock_guard lock(state_mutex);
   ws.state.put(p.spec->name, std::move(rec));
 }
+
+// Runs the asset's validators on `bytes` (an encoded file of the asset's format), fully decoded
+// first. The first rejection is returned, and `source` names its validator. `work` is a scratch
+// folder for the copy validators may open by path.
+std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const std::string& bytes,
+                                    const fs::path& work, std::string& source) {
+  if (spec.validators.empty())
+    return std::nullopt;
+  auto decoded = decode_image(bytes);
+  std::string work_file = (work / ("candidate." + spec.format)).string();
+  kiln_image img_view{};
+  kiln_image_file file{};
+  file.struct_size = sizeof file;
+  file.path = ks(work_file);
+  file.bytes = reinterpret_cast<const uint8_t*>(bytes.data());
+  file.size = bytes.size();
+  std::string detected(detect_format(bytes));
+  file.detected_format = ks(detected);
+  std::string decode_error;
+  if (decoded) {
+    img_view = {decoded->width, decoded->height, size_t(decoded->width) * 4, decoded->rgba.data()};
+    file.image = &img_view;
+  } else {
+    decode_error = decoded.error().message;
+  }
+  file.decode_error = ks(decode_error);
+  // A scratch copy so validators can open the file by path; the bytes they judge are in memory.
+  std::ofstream(work_file, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+  AssetView asset = asset_view(spec); // validators judge against the asset as declared
+  for (auto& id : spec.validators) {
+    const PluginInstance& v = *ws.plugins.validators.at(id);
+    kiln_result vr = ws.registry.make_result(id);
+    kiln_status vs = v.plugin().validator()->validate(v.handle(), asset.get(), &file, &vr);
+    if (vs != KILN_OK || vr.failed()) {
+      source = id;
+      return Fault{KILN_ERROR_VALIDATION,
+                   "validator '" + id + "' rejected the image: " +
+                       (vr.message.empty() ? std::string("no reason given") : vr.message),
+                   -1};
+    }
+  }
+  return std::nullopt;
+}
+
+// A private scratch folder, removed with this object.
+struct WorkDir {
+  fs::path path;
+  explicit WorkDir(fs::path p) : path(std::move(p)) {
+    std::error_code ec;
+    fs::create_directories(path, ec);
+  }
+  ~WorkDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+};
 
 struct Generated {
   std::string bytes;
@@ -310,16 +415,8 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
                  -1};
   const PluginInstance& backend = *found->second;
   std::string fingerprint = fingerprint_of(fingerprint_fields(req));
-  fs::path work = StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint;
-  std::error_code ec;
-  fs::create_directories(work, ec);
-  struct Cleanup {
-    fs::path dir;
-    ~Cleanup() {
-      std::error_code e;
-      fs::remove_all(dir, e);
-    }
-  } cleanup{work};
+  WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
+  const fs::path& work = scratch.path;
 
   AssetView view = asset_view(spec, &req.model);
   std::string work_str = work.string();
@@ -358,42 +455,8 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
   g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
 
   // Validators judge exactly the bytes that will be written, fully decoded again.
-  auto decoded = decode_image(g.bytes);
-  std::string work_file = (work / ("candidate." + spec.format)).string();
-  kiln_image img_view{};
-  kiln_image_file file{};
-  file.struct_size = sizeof file;
-  file.path = ks(work_file);
-  file.bytes = reinterpret_cast<const uint8_t*>(g.bytes.data());
-  file.size = g.bytes.size();
-  std::string detected(detect_format(g.bytes));
-  file.detected_format = ks(detected);
-  std::string decode_error;
-  if (decoded) {
-    img_view = {decoded->width, decoded->height, size_t(decoded->width) * 4, decoded->rgba.data()};
-    file.image = &img_view;
-  } else {
-    decode_error = decoded.error().message;
-  }
-  file.decode_error = ks(decode_error);
-  if (!spec.validators.empty()) {
-    // A scratch copy so validators can open the file by path; the bytes they judge are in memory.
-    std::ofstream(work_file, std::ios::binary)
-        .write(g.bytes.data(), std::streamsize(g.bytes.size()));
-  }
-  AssetView asset = asset_view(spec); // validators judge against the asset as declared
-  for (auto& id : spec.validators) {
-    const PluginInstance& v = *ws.plugins.validators.at(id);
-    kiln_result vr = ws.registry.make_result(id);
-    kiln_status vs = v.plugin().validator()->validate(v.handle(), asset.get(), &file, &vr);
-    if (vs != KILN_OK || vr.failed()) {
-      record.source = id;
-      return Fault{KILN_ERROR_VALIDATION,
-                   "validator '" + id + "' rejected the image: " +
-                       (vr.message.empty() ? std::string("no reason given") : vr.message),
-                   -1};
-    }
-  }
+  if (auto rejected = run_validators(ws, spec, g.bytes, work, record.source))
+    return *rejected;
   return g;
 }
 
@@ -534,17 +597,21 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
       next.prompt = *r.prompt;
     if (r.negative_prompt)
       next.negative_prompt = *r.negative_prompt;
-    // A new model gets the enhancers' prompt for its own family (boosters, negative support),
-    // unless a strategy has rewritten the prompt already.
-    if (next.model != current.model && !r.prompt && !r.negative_prompt &&
-        current.prompt == p.request.prompt &&
-        current.negative_prompt == p.request.negative_prompt) {
-      next.prompt = spec.prompt;
-      next.negative_prompt = spec.negative;
-      if (auto bad = enhance(ws, spec, next)) {
+    // A new model gets the enhancers' prompts for its own family (boosters, whether it takes
+    // a negative prompt), except what a strategy has rewritten: a simplified prompt stays.
+    if (next.model != current.model) {
+      GenerationRequest enhanced = next;
+      enhanced.prompt = spec.prompt;
+      enhanced.negative_prompt = spec.negative;
+      if (auto bad = enhance(ws, spec, enhanced)) {
         passed.push_back(id + ": " + bad->message);
         continue;
       }
+      if (!r.prompt && current.prompt == p.request.prompt)
+        next.prompt = enhanced.prompt;
+      if (!r.negative_prompt)
+        next.negative_prompt = enhanced.negative_prompt;
+      next.enhancers = enhanced.enhancers;
     }
     if (double left = guards.breakers.open_for(breaker_key(next)); left > 0) {
       char why[160];
@@ -694,6 +761,34 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       o.status = "failed";
       o.error = p.prepare_error;
       progress.done(true, o.name + ": " + p.prepare_error->message, ws.log);
+    } else if (p.action == Action::UpToDate && p.recheck) {
+      // The validators changed since the output was checked: check it again (free), and make
+      // it again only if it no longer passes.
+      std::string source;
+      std::optional<Fault> rejected;
+      if (auto bytes = read_file(p.output)) {
+        WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" /
+                        ("check-" + p.fingerprint));
+        rejected = run_validators(ws, *p.spec, *bytes, scratch.path, source);
+      } else {
+        rejected = Fault{KILN_ERROR_PERMANENT, "cannot read it", -1};
+      }
+      if (!rejected) {
+        OutputRecord rec = *ws.state.find(p.spec->name);
+        rec.checks = p.checks;
+        ws.state.put(p.spec->name, std::move(rec));
+        o.status = "up_to_date";
+        o.reason = p.reason = "up to date; passes the changed validators";
+        if (options.verbosity <= KILN_LOG_DEBUG)
+          progress.note("up to date " + o.name + " (checked again)");
+        continue;
+      }
+      // Made again, not taken from the cache: the cache holds these same rejected bytes.
+      ws.log.warning(o.name + ": the output no longer passes: " + rejected->message);
+      p.action = Action::Generate;
+      p.reason = o.reason = "rejected by the changed validators";
+      progress.add_work(1);
+      to_generate.push_back(i);
     } else if (p.action == Action::UpToDate) {
       o.status = "up_to_date";
       if (options.verbosity <= KILN_LOG_DEBUG)
@@ -747,9 +842,11 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         }
         if (!g) {
           if (g.error().category == KILN_ERROR_NEEDS_PERSON)
-            guards.stop_backend(p.request.backend,
+            guards.stop_backend(o.attempts.back().backend,
                                 Fault{KILN_ERROR_NEEDS_PERSON,
-                                      o.name + " needs a person: " + g.error().message, -1});
+                                      o.attempts.back().backend + " stopped creating: " + o.name +
+                                          " needs a person",
+                                      -1});
           fail(g.error());
           continue;
         }
@@ -818,6 +915,10 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
   }
 
   for (auto& o : summary.assets) {
+    if (o.status == "failed" && o.error && o.error->category == KILN_ERROR_NEEDS_PERSON &&
+        !o.attempts.empty())
+      summary.stopped.push_back(o.attempts.back().backend + ": " + o.name + ": " +
+                                o.error->message);
     summary.cost_usd += o.cost_usd;
     if (o.status == "generated")
       ++summary.generated;

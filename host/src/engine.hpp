@@ -26,6 +26,10 @@ struct PlannedAsset {
   std::string reason;
   double predicted_cost_usd = 0;
   std::optional<Fault> prepare_error; // an enhancer failed: the asset cannot be planned
+  // A hash of the asset's validators and their options (OutputRecord::checks).
+  std::string checks;
+  // Up to date, but checked by other validators than now: the output is validated again.
+  bool recheck = false;
   // The file on disk is a fallback stand-in from an earlier run: it is made again.
   bool fallback_on_disk = false;
   // Another asset of this run makes the same image (same fingerprint): this one takes its bytes
@@ -94,6 +98,8 @@ struct BuildSummary {
   int generated = 0, cached = 0, up_to_date = 0, failed = 0, skipped = 0;
   int fallbacks = 0;           // generated assets whose image is a fallback stand-in
   bool needs_a_person = false; // an asset needs a person (credit, billing): new work stopped
+  // "backend: asset: why" for each asset that made its backend stop creating
+  std::vector<std::string> stopped;
   bool interrupted = false;
   double cost_usd = 0;
   double predicted_cost_usd = 0;

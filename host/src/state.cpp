@@ -50,6 +50,8 @@ std::optional<std::string> StateFile::load() {
       for (auto& f : v["fields"].GetArray())
         if (f.IsArray() && f.Size() == 2 && f[0].IsString() && f[1].IsString())
           r.fields.emplace_back(f[0].GetString(), f[1].GetString());
+    if (v.HasMember("checks") && v["checks"].IsString())
+      r.checks = v["checks"].GetString();
     r.fallback = v.HasMember("fallback") && v["fallback"].IsBool() && v["fallback"].GetBool();
     m_records.emplace(m.name.GetString(), std::move(r));
   }
@@ -75,6 +77,8 @@ void StateFile::save() {
     w.Uint64(r.size);
     w.Key("mtime_ns");
     w.Int64(r.mtime_ns);
+    w.Key("checks");
+    w.String(r.checks.c_str(), rapidjson::SizeType(r.checks.size()));
     if (r.fallback) {
       w.Key("fallback");
       w.Bool(true);

@@ -21,6 +21,9 @@ struct OutputRecord {
   // The file is a stand-in from the fallback strategy, not the image asked for: the next build
   // tries the asset again.
   bool fallback = false;
+  // A hash of the validators (ids, versions, options) the file passed: when they change, the
+  // file is checked again (free) before it counts as up to date.
+  std::string checks;
 };
 
 // <output_dir>/.kiln/state.json, written atomically and only when something changed.

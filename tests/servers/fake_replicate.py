@@ -33,6 +33,11 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
                    body, as from a gateway), {"drop": true}, {"truncate": true} (downloads),
                    {"lose_answer": true} (create the prediction, then drop the connection),
                    {"ok": true} (answer normally)
+  image_faults     {"blank_rate": 0.3, "truncate_rate": 0.1, "seed": 1}: that share of
+                   succeeded predictions deliver an all-black image (as safety filters do) or a
+                   file cut in half (served whole, with a matching Content-Length). Decided by
+                   a hash of the seed, the model, the input and how often that input was seen,
+                   so a run's faults do not depend on thread timing.
   prompt_rules     [{"contains": "...", "fate": "nsfw" | "fail" | "abort" | "slow" | "expire",
                      "times": n, "error": "..."}]: the next n predictions whose prompt contains
                    the text end that way ("slow" never finishes by itself, "expire" succeeds
@@ -43,6 +48,7 @@ predictions, polls, cancels, downloads and downloads that carried an Authorizati
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import random
@@ -181,7 +187,8 @@ class Fake:
         self.files = tempfile.mkdtemp(prefix="fake-replicate-")
         self.config = {"latency_s": 0.2, "sync_mode": "processing_with_output",
                        "output_mode": "url", "expire_after_s": 3600, "predict_time_s": None,
-                       "faults": {}, "prompt_rules": []}
+                       "faults": {}, "prompt_rules": [], "image_faults": {}}
+        self.inputs_seen = {}
         self.predictions = {}
         self.stats = {"create_requests": [], "creates": [], "gets": 0, "cancels": [],
                       "downloads": 0, "auth_on_delivery": 0, "account_checks": 0,
@@ -200,10 +207,30 @@ class Fake:
                     return rule["fate"], rule.get("error")
         return "succeed", None
 
-    def render(self, fmt, width, height, seed):
+    def image_fault(self, model, inputs):
+        """None, "blank" or "truncate" for a new prediction, per config["image_faults"]."""
+        faults = self.config["image_faults"]
+        if not faults:
+            return None
+        key = model + json.dumps(inputs, sort_keys=True)
+        with self.lock:
+            seen = self.inputs_seen[key] = self.inputs_seen.get(key, 0) + 1
+        digest = hashlib.sha256(f"{faults.get('seed', 0)}|{key}|{seen}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        blank = faults.get("blank_rate", 0)
+        if draw < blank:
+            return "blank"
+        if draw < blank + faults.get("truncate_rate", 0):
+            return "truncate"
+        return None
+
+    def render(self, fmt, width, height, seed, fault=None):
         path = os.path.join(self.files, f"{new_id()}.{fmt}")
-        subprocess.run([self.image_tool, fmt, str(width), str(height), str(seed), path],
-                       check=True)
+        subprocess.run([self.image_tool, fmt, str(width), str(height),
+                        "black" if fault == "blank" else str(seed), path], check=True)
+        if fault == "truncate":
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
         return path
 
     def create(self, model, version, inputs, cancel_after_s):
@@ -228,13 +255,15 @@ class Fake:
                                   f"and {w}.")
             if p["fate"] in ("succeed", "expire"):
                 seed = inputs.get("seed", random.randrange(1 << 16))
+                p["image_fault"] = self.image_fault(model, inputs)
                 for _ in range(inputs.get("num_outputs", 1)):
-                    p["files"].append(self.render(fmt, w, h, seed))
+                    p["files"].append(self.render(fmt, w, h, seed, p["image_fault"]))
                     seed += 1
         with self.lock:
             self.predictions[p["id"]] = p
             self.stats["creates"].append({"id": p["id"], "model": model, "input": inputs,
-                                          "time": p["created"]})
+                                          "time": p["created"],
+                                          "image_fault": p.get("image_fault")})
         return p
 
     def status_of(self, p, t):

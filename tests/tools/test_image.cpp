@@ -1,7 +1,9 @@
 // Writes a real encoded image for the fake provider servers, which speak Python's standard
 // library and cannot encode WebP or JPEG themselves. Uses the host's own encoder.
 //
-//   kiln-test-image <png|jpg|webp> <width> <height> <seed> <output file>
+//   kiln-test-image <png|jpg|webp> <width> <height> <seed|black> <output file>
+//
+// "black" draws the all-black frame that safety filters return.
 #include "image.hpp"
 #include "util.hpp"
 
@@ -20,8 +22,16 @@ int main(int argc, char** argv) {
     std::string format = argv[1];
     auto width = uint32_t(std::stoul(argv[2]));
     auto height = uint32_t(std::stoul(argv[3]));
-    unsigned long seed = std::stoul(argv[4]);
+    bool black = std::string(argv[4]) == "black";
+    unsigned long seed = black ? 0 : std::stoul(argv[4]);
     kiln::Image image(width, height);
+    if (black) {
+      for (uint32_t y = 0; y < height; ++y)
+        for (uint32_t x = 0; x < width; ++x)
+          image.at(x, y)[3] = 255;
+      kiln::host::write_file_atomic(argv[5], kiln::host::encode_image(image, format));
+      return 0;
+    }
     // A diagonal gradient under a ring whose colours and place follow the seed: busy enough for
     // the not-blank validator, different for every seed.
     double cx = double(width) * (0.3 + double(seed % 5) * 0.1);
