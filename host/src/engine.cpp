@@ -371,7 +371,10 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
     kiln_status vs = v.plugin().validator()->validate(v.handle(), asset.get(), &file, &vr);
     if (vs != KILN_OK || vr.failed()) {
       source = id;
-      return Fault{KILN_ERROR_VALIDATION,
+      // A validator may say no image can pass (a setting contradicts the asset): permanent,
+      // so the chain does not pay for new images that would be rejected the same way.
+      return Fault{vr.category == KILN_ERROR_PERMANENT ? KILN_ERROR_PERMANENT
+                                                       : KILN_ERROR_VALIDATION,
                    "validator '" + id + "' rejected the image: " +
                        (vr.message.empty() ? std::string("no reason given") : vr.message),
                    -1};

@@ -30,8 +30,8 @@ public:
   }
 
   kiln::Verdict validate(const kiln::Asset& asset, const kiln::ImageFile& file) override {
-    if (asset.format == "jpg")
-      return kiln::Verdict::reject("jpg has no alpha channel: use format = \"png\" or \"webp\"");
+    if (asset.format == "jpg") // no image can pass: permanent, not worth a new attempt
+      throw kiln::Error("jpg has no alpha channel: use format = \"png\" or \"webp\"");
     if (!file.image)
       return kiln::Verdict::reject("cannot check: " + std::string(file.decode_error));
     const uint32_t w = file.image->width, h = file.image->height;

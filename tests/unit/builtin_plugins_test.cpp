@@ -14,12 +14,23 @@ struct Builtins {
   Diagnostics diag{"assets.toml", ""};
 
   Builtins() { registry.load_directory(KILN_PLUGIN_BUILD_DIR); }
-  std::unique_ptr<PluginInstance> make(const char* id) {
-    auto inst = registry.instantiate(*registry.find(id), nullptr, diag);
+  std::unique_ptr<PluginInstance> make(const char* id, const PluginSettings* settings = nullptr) {
+    auto inst = registry.instantiate(*registry.find(id), settings, diag);
     EXPECT_TRUE(inst) << diag.text();
     return inst;
   }
 };
+
+PluginSettings ints(std::initializer_list<std::pair<const char*, int64_t>> values) {
+  PluginSettings s;
+  for (auto& [key, value] : values) {
+    SettingValue v;
+    v.type = SettingValue::Type::Int;
+    v.int_value = value;
+    s.values.emplace(key, v);
+  }
+  return s;
+}
 
 struct Call {
   std::string type = "icon", format = "png", prompt = "a steel sword", model = "m";
@@ -118,6 +129,7 @@ TEST(Placeholder, TexturesTileAndIconsAreTransparent) {
 struct Validated {
   bool ok;
   std::string reason;
+  kiln_error_category category = KILN_ERROR_NONE;
 };
 
 Validated validate(PluginInstance& v, std::string_view bytes, const std::string& format, uint32_t w,
@@ -145,9 +157,9 @@ Validated validate(PluginInstance& v, std::string_view bytes, const std::string&
   kiln_status st = v.plugin().validator()->validate(v.handle(), &asset, &file, &r);
   EXPECT_EQ(st == KILN_OK, !r.failed());
   if (r.failed()) {
-    EXPECT_EQ(r.category, KILN_ERROR_VALIDATION);
+    EXPECT_TRUE(r.category == KILN_ERROR_VALIDATION || r.category == KILN_ERROR_PERMANENT);
   }
-  return {st == KILN_OK, r.message};
+  return {st == KILN_OK, r.message, r.category};
 }
 
 Image solid(uint32_t w, uint32_t h, uint8_t v, uint8_t a = 255) {
@@ -208,6 +220,273 @@ TEST(Validators, NotCorruptCatchesTruncationsOfEveryFormat) {
   EXPECT_FALSE(damaged.ok);
   EXPECT_EQ(damaged.reason.rfind("image does not decode: PNG data is corrupt", 0), 0u)
       << damaged.reason;
+}
+
+TEST(Validators, TileableComparesTheSeamWithTheImagesOwnTexture) {
+  Builtins b;
+  auto v = b.make("tileable");
+  auto placeholder = b.make("placeholder");
+  Call c;
+  c.type = "texture";
+  c.width = c.height = 128;
+  auto texture = generate(*placeholder, c); // periodic by design
+  EXPECT_TRUE(validate(*v, encode_image(*texture, "png"), "png", 128, 128).ok);
+  // A left-to-right ramp: smooth inside, a jump from white back to black at the seam.
+  Image ramp(128, 128);
+  for (uint32_t y = 0; y < 128; ++y)
+    for (uint32_t x = 0; x < 128; ++x) {
+      uint8_t* p = ramp.at(x, y);
+      p[0] = p[1] = p[2] = uint8_t(x * 2);
+      p[3] = 255;
+    }
+  Validated seam = validate(*v, encode_image(ramp, "png"), "png", 128, 128);
+  EXPECT_FALSE(seam.ok);
+  EXPECT_EQ(seam.reason.rfind("not tileable: the left/right seam differs by 254.0", 0), 0u)
+      << seam.reason;
+  EXPECT_TRUE(validate(*v, encode_image(solid(64, 64, 40), "png"), "png", 64, 64).ok);
+}
+
+TEST(Validators, AlphaWantsAClearBorderAroundSomethingOpaque) {
+  Builtins b;
+  auto v = b.make("alpha");
+  auto placeholder = b.make("placeholder");
+  auto icon = generate(*placeholder, {});
+  EXPECT_TRUE(validate(*v, encode_image(*icon, "png"), "png", 96, 64).ok);
+  EXPECT_TRUE(validate(*v, encode_image(*icon, "webp"), "webp", 96, 64).ok);
+  Validated opaque = validate(*v, encode_image(solid(64, 64, 255), "png"), "png", 64, 64);
+  EXPECT_EQ(opaque.reason, "no transparent background: 0% of the border is clear, 95% needed");
+  Validated empty = validate(*v, encode_image(solid(64, 64, 0, 0), "png"), "png", 64, 64);
+  EXPECT_EQ(empty.reason, "nearly empty: 0.0% of the image is opaque, 2.0% needed");
+  // No JPEG can pass: permanent, so the chain does not pay for more.
+  Validated jpg = validate(*v, encode_image(*icon, "jpg"), "jpg", 96, 64);
+  EXPECT_EQ(jpg.category, KILN_ERROR_PERMANENT);
+}
+
+TEST(Validators, FileSizeHasBothBounds) {
+  Builtins b;
+  auto bounds = ints({{"min_bytes", 200}, {"max_bytes", 400}});
+  auto v = b.make("file-size", &bounds);
+  EXPECT_EQ(validate(*v, std::string(100, 'x'), "png", 1, 1).reason,
+            "file is 100 bytes, below min_bytes 200");
+  EXPECT_EQ(validate(*v, std::string(500, 'x'), "png", 1, 1).reason,
+            "file is 500 bytes, above max_bytes 400");
+  EXPECT_TRUE(validate(*v, std::string(300, 'x'), "png", 1, 1).ok);
+  auto inverted = ints({{"min_bytes", 10}, {"max_bytes", 5}});
+  EXPECT_FALSE(b.registry.instantiate(*b.registry.find("file-size"), &inverted, b.diag));
+  EXPECT_NE(b.diag.text().find("max_bytes (5) is below min_bytes (10)"), std::string::npos);
+}
+
+struct Enhanced {
+  std::string prompt, negative;
+};
+
+Enhanced enhance(PluginInstance& e, const std::string& model, const std::string& prompt,
+                 const std::string& negative, std::vector<std::string> modifiers = {}) {
+  std::vector<kiln_str> mods;
+  for (auto& m : modifiers)
+    mods.push_back({m.data(), m.size()});
+  kiln_asset asset{};
+  asset.struct_size = sizeof asset;
+  asset.model = {model.data(), model.size()};
+  asset.style = kiln_cstr("flat icon");
+  asset.modifiers = mods.data();
+  asset.modifier_count = mods.size();
+  kiln_result r;
+  EXPECT_EQ(e.plugin().enhancer()->enhance(e.handle(), &asset, {prompt.data(), prompt.size()},
+                                           {negative.data(), negative.size()}, &r),
+            KILN_OK);
+  return {r.prompt.value_or(prompt), r.negative_prompt.value_or(negative)};
+}
+
+TEST(Enhancers, StyleQualityAndNegativeShapeThePrompts) {
+  Builtins b;
+  auto style = b.make("style");
+  auto quality = b.make("quality");
+  auto negative = b.make("negative");
+  EXPECT_EQ(enhance(*style, "m", "a sword", "", {"glowing", "ornate"}).prompt,
+            "a sword, flat icon, glowing, ornate");
+  EXPECT_EQ(enhance(*quality, "black-forest-labs/flux-schnell", "a sword", "").prompt,
+            "a sword, highly detailed, sharp focus");
+  EXPECT_EQ(enhance(*quality, "stability-ai/sdxl:abc", "a sword", "").prompt,
+            "a sword, masterpiece, best quality, highly detailed, sharp focus");
+  // Deterministic and idempotent.
+  Enhanced twice = enhance(*quality, "other/model", "a sword, high quality, detailed", "");
+  EXPECT_EQ(twice.prompt, "a sword, high quality, detailed");
+  // SDXL: its own words first, then the common ones, each once; flux: none at all.
+  Enhanced sdxl = enhance(*negative, "stability-ai/sdxl:abc", "a sword", "text, blurry");
+  EXPECT_EQ(sdxl.negative, "text, blurry, low quality, jpeg artifacts, watermark, signature");
+  EXPECT_EQ(sdxl.prompt, "a sword");
+  Enhanced flux = enhance(*negative, "black-forest-labs/flux-schnell", "a sword", "text");
+  EXPECT_EQ(flux.negative, "");
+  EXPECT_EQ(flux.prompt, "a sword");
+}
+
+struct Proposed {
+  bool ok = false;
+  kiln_result r;
+};
+
+struct FailureCase {
+  uint32_t category = KILN_ERROR_RETRYABLE;
+  uint32_t same_request_failures = 1, category_streak = 1, proposals = 0;
+  int64_t retry_after_ms = -1;
+  std::string prompt = "a bloody axe, dripping, gore, flat icon, highly detailed";
+  std::string asset_prompt = "a bloody axe, dripping, gore";
+  std::string model = "black-forest-labs/flux-schnell";
+  std::string backend = "replicate";
+  std::vector<std::string> fallback_models = {"stability-ai/sdxl:abc", "other/model"};
+  std::string params = "{}";
+};
+
+Proposed propose(PluginInstance& s, const FailureCase& c) {
+  std::vector<kiln_str> models;
+  for (auto& m : c.fallback_models)
+    models.push_back({m.data(), m.size()});
+  kiln_asset asset{};
+  asset.struct_size = sizeof asset;
+  asset.prompt = {c.asset_prompt.data(), c.asset_prompt.size()};
+  asset.fallback_models = models.data();
+  asset.fallback_model_count = models.size();
+  kiln_request q{};
+  q.struct_size = sizeof q;
+  q.asset = &asset;
+  q.prompt = {c.prompt.data(), c.prompt.size()};
+  q.model = {c.model.data(), c.model.size()};
+  q.backend = {c.backend.data(), c.backend.size()};
+  q.params_json = {c.params.data(), c.params.size()};
+  q.fingerprint = kiln_cstr("0123abcd");
+  kiln_failure f{};
+  f.struct_size = sizeof f;
+  f.request = &q;
+  f.category = c.category;
+  f.message = kiln_cstr("it failed");
+  f.attempt = c.same_request_failures;
+  f.retry_after_ms = c.retry_after_ms;
+  f.same_request_failures = c.same_request_failures;
+  f.category_streak = c.category_streak;
+  f.proposals = c.proposals;
+  f.source = kiln_cstr("replicate");
+  Proposed out;
+  out.ok = s.plugin().strategy()->propose(s.handle(), &f, &out.r) == KILN_OK && !out.r.failed();
+  return out;
+}
+
+TEST(Strategies, BackoffJittersUnderACapWithTheServersHintAsFloor) {
+  Builtins b;
+  auto s = b.make("backoff");
+  FailureCase c;
+  for (uint32_t n = 1; n <= 3; ++n) {
+    c.same_request_failures = n;
+    for (int i = 0; i < 50; ++i) {
+      Proposed p = propose(*s, c);
+      ASSERT_TRUE(p.ok);
+      EXPECT_GE(p.r.retry_after_ms, 0);
+      EXPECT_LE(p.r.retry_after_ms, 1000 << (n - 1));    // full jitter under the doubling cap
+      EXPECT_FALSE(p.r.prompt || p.r.model || p.r.seed); // the same request
+    }
+  }
+  c.same_request_failures = 1;
+  c.retry_after_ms = 7000;
+  EXPECT_GE(propose(*s, c).r.retry_after_ms, 7000);
+  c.retry_after_ms = 301000; // over max_retry_after_s: gives up, saying why
+  Proposed too_long = propose(*s, c);
+  EXPECT_FALSE(too_long.ok);
+  EXPECT_EQ(too_long.r.message, "the server asks to wait 301 s; not waiting that long");
+  c.retry_after_ms = -1;
+  c.same_request_failures = 4;
+  EXPECT_EQ(propose(*s, c).r.message, "gave up after 4 attempts of this request");
+  c.same_request_failures = 1;
+  for (uint32_t category :
+       {KILN_ERROR_PERMANENT, KILN_ERROR_VALIDATION, KILN_ERROR_CONTENT_POLICY}) {
+    c.category = category;
+    Proposed p = propose(*s, c);
+    EXPECT_FALSE(p.ok);
+    EXPECT_FALSE(p.r.failed()); // not its business: passes without a word
+  }
+}
+
+TEST(Strategies, SimplifyKeepsTheFirstClauseOfTheManifestPrompt) {
+  Builtins b;
+  auto s = b.make("simplify-prompt");
+  FailureCase c;
+  c.category = KILN_ERROR_CONTENT_POLICY;
+  Proposed p = propose(*s, c);
+  ASSERT_TRUE(p.ok);
+  EXPECT_EQ(p.r.prompt, "a bloody axe");
+  c.proposals = 1; // once per asset
+  EXPECT_FALSE(propose(*s, c).ok);
+  c.proposals = 0;
+  c.prompt = "a bloody axe"; // already the subject
+  EXPECT_FALSE(propose(*s, c).ok);
+  c.prompt = "x";
+  c.category = KILN_ERROR_VALIDATION; // validation: only when repeated
+  EXPECT_FALSE(propose(*s, c).ok);
+  c.category_streak = 2;
+  EXPECT_TRUE(propose(*s, c).ok);
+  c.asset_prompt = "one two three four five six seven eight nine ten eleven twelve thirteen";
+  EXPECT_EQ(propose(*s, c).r.prompt,
+            "one two three four five six seven eight nine ten eleven twelve");
+}
+
+TEST(Strategies, AlternateModelWalksFallbackModelsInOrder) {
+  Builtins b;
+  auto s = b.make("alternate-model");
+  FailureCase c;
+  c.category = KILN_ERROR_CONTENT_POLICY;
+  c.params = R"({"num_inference_steps":4})";
+  Proposed p = propose(*s, c);
+  ASSERT_TRUE(p.ok);
+  EXPECT_EQ(p.r.model, "stability-ai/sdxl:abc");
+  EXPECT_EQ(p.r.params_json, "{}"); // params are the old model's
+  c.model = "stability-ai/sdxl:abc";
+  EXPECT_EQ(propose(*s, c).r.model, "other/model");
+  c.model = "other/model";
+  EXPECT_FALSE(propose(*s, c).ok);
+  c.model = "black-forest-labs/flux-schnell";
+  c.category = KILN_ERROR_VALIDATION;
+  c.category_streak = 2;
+  EXPECT_FALSE(propose(*s, c).ok);
+  c.category_streak = 3;
+  EXPECT_TRUE(propose(*s, c).ok);
+  c.fallback_models.clear();
+  EXPECT_FALSE(propose(*s, c).ok);
+}
+
+TEST(Strategies, AdjustParametersPicksReproducibleSeedsAndMoreSteps) {
+  Builtins b;
+  auto s = b.make("adjust-parameters");
+  FailureCase c;
+  c.category = KILN_ERROR_VALIDATION;
+  c.params = R"({"guidance":3.5,"num_inference_steps":20})";
+  Proposed first = propose(*s, c);
+  ASSERT_TRUE(first.ok && first.r.seed);
+  EXPECT_EQ(propose(*s, c).r.seed, first.r.seed); // same failure, same choice
+  EXPECT_LT(*first.r.seed, 1ull << 31);
+  EXPECT_EQ(first.r.params_json, R"({"guidance":3.5,"num_inference_steps":30})");
+  c.proposals = 1;
+  Proposed second = propose(*s, c);
+  EXPECT_NE(second.r.seed, first.r.seed);
+  c.proposals = 2; // max_tries
+  EXPECT_FALSE(propose(*s, c).ok);
+  c.proposals = 0;
+  c.category = KILN_ERROR_CONTENT_POLICY; // a refusal: a new seed only
+  Proposed refused = propose(*s, c);
+  EXPECT_TRUE(refused.r.seed && !refused.r.params_json);
+  c.category = KILN_ERROR_RETRYABLE;
+  EXPECT_FALSE(propose(*s, c).ok);
+}
+
+TEST(Strategies, FallbackSwitchesToThePlaceholderOnceAndFlagsIt) {
+  Builtins b;
+  auto s = b.make("fallback");
+  FailureCase c;
+  c.category = KILN_ERROR_PERMANENT;
+  Proposed p = propose(*s, c);
+  ASSERT_TRUE(p.ok);
+  EXPECT_EQ(p.r.backend, "placeholder");
+  EXPECT_TRUE(p.r.fallback);
+  c.backend = "placeholder"; // the placeholder itself failed: nothing left
+  EXPECT_FALSE(propose(*s, c).ok);
 }
 
 } // namespace

@@ -220,3 +220,76 @@ TEST(Manifest, MissingFileIsAClearError) {
 
 } // namespace
 } // namespace kiln::host
+
+namespace kiln::host {
+namespace {
+
+TEST(Manifest, RetryChainsFallbackModelsAndPolicy) {
+  Manifest m = parse(R"([project]
+allow_fallback = true
+
+[defaults]
+retry = ["backoff", "fallback"]
+
+[retry_policy]
+max_attempts = 6
+budget_ratio = 0.25
+breaker_cooldown_s = 5
+
+[strategies.backoff]
+max_attempts = 2
+
+[types.icon]
+width = 64
+height = 64
+fallback_models = ["stability-ai/sdxl"]
+
+[[asset]]
+name = "a"
+type = "icon"
+prompt = "a"
+modifiers = ["glowing"]
+
+[[asset]]
+name = "b"
+type = "icon"
+prompt = "b"
+retry = []
+)");
+  EXPECT_TRUE(m.allow_fallback);
+  EXPECT_EQ(m.retry_policy.max_attempts, 6u);
+  EXPECT_EQ(m.retry_policy.budget_ratio, 0.25);
+  EXPECT_EQ(m.retry_policy.breaker_cooldown_s, 5.0);
+  EXPECT_EQ(m.retry_policy.breaker_failures, 8u); // the default
+  EXPECT_EQ(m.strategy_settings.at("backoff").values.at("max_attempts").int_value, 2);
+  EXPECT_EQ(m.assets[0].retry, (std::vector<std::string>{"backoff", "fallback"}));
+  EXPECT_EQ(m.assets[0].fallback_models, std::vector<std::string>{"stability-ai/sdxl"});
+  EXPECT_EQ(m.assets[0].modifiers, std::vector<std::string>{"glowing"});
+  EXPECT_TRUE(m.assets[1].retry.empty()); // an empty chain: no retries at all
+  EXPECT_EQ(parse(std::string(k_head) + "[[asset]]\nname = \"c\"\ntype = \"icon\"\n"
+                                        "prompt = \"c\"\n")
+                .assets[0]
+                .retry,
+            k_default_retry_chain);
+}
+
+TEST(Manifest, RetryPolicyMistakesAreLocated) {
+  EXPECT_EQ(error_of("[retry_policy]\nmax_attempts = 0\nbudget_ratio = -1\nbreaker_failure = 3\n"),
+            "assets.toml:4:1: unknown key 'breaker_failure' in [retry_policy] (did you mean "
+            "'breaker_failures'?)\n"
+            "    breaker_failure = 3\n"
+            "    ^\n"
+            "assets.toml:2:16: max_attempts must be a whole number from 1 to 1000000\n"
+            "    max_attempts = 0\n"
+            "                   ^\n"
+            "assets.toml:3:16: budget_ratio must be zero or more\n"
+            "    budget_ratio = -1\n"
+            "                   ^");
+  EXPECT_EQ(error_of("[project]\nallow_fallback = \"yes\"\n"),
+            "assets.toml:2:18: allow_fallback must be true or false, not a string\n"
+            "    allow_fallback = \"yes\"\n"
+            "                     ^");
+}
+
+} // namespace
+} // namespace kiln::host

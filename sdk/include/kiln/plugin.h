@@ -465,7 +465,9 @@ typedef struct kiln_validator_functions {
   uint32_t struct_size;
   /**
    * Judges `file` against `asset`: KILN_OK to accept, or fail(result, KILN_ERROR_VALIDATION,
-   * reason) and KILN_FAILED to reject. Required. @since 1
+   * reason) and KILN_FAILED to reject. Fail with KILN_ERROR_PERMANENT when no image could pass
+   * (the asset's settings contradict the check), so that no new image is paid for. Required.
+   * @since 1
    */
   kiln_status (*validate)(void* instance, const kiln_asset* asset, const kiln_image_file* file,
                           kiln_result* result);
