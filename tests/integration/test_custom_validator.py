@@ -12,7 +12,8 @@ import subprocess
 import tempfile
 import unittest
 
-BUILD_DIR = os.environ.get("KILN_BUILD_DIR", "build")
+from test_install import install_kiln
+
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
                        "custom-validator")
 
@@ -22,8 +23,7 @@ class CustomValidatorTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="kiln-validator-")
         cls.prefix = os.path.join(cls.tmp, "prefix")
-        subprocess.run(["cmake", "--install", BUILD_DIR, "--prefix", cls.prefix], check=True,
-                       capture_output=True)
+        install_kiln(cls.prefix)
         cls.kiln_exe = os.path.join(cls.prefix, "bin", "kiln")
         # Only the installed package: a copy of the example, built in its own tree.
         cls.src = os.path.join(cls.tmp, "max-colours")

@@ -10,12 +10,17 @@ import unittest
 BUILD_DIR = os.environ.get("KILN_BUILD_DIR", "build")
 
 
+def install_kiln(prefix):
+    """`cmake --install` of the build tree under test into `prefix`."""
+    subprocess.run(["cmake", "--install", BUILD_DIR, "--prefix", prefix], check=True,
+                   capture_output=True)
+
+
 class InstallTest(unittest.TestCase):
     def test_installed_layout_works_without_configuration(self):
         prefix = tempfile.mkdtemp(prefix="kiln-install-")
         try:
-            subprocess.run(["cmake", "--install", BUILD_DIR, "--prefix", prefix], check=True,
-                           capture_output=True)
+            install_kiln(prefix)
             for rel in ["bin/kiln", "include/kiln/plugin.h", "include/kiln/kiln.hpp",
                         "lib/cmake/Kiln/KilnConfig.cmake", "lib/cmake/Kiln/KilnPlugin.cmake",
                         "lib/kiln/plugins/kiln-backend-placeholder.so",
