@@ -291,7 +291,8 @@ int cmd_build(int argc, char** argv) {
         inputs.push_back(instance->plugin().path);
     write_depfile(depfile, stamp, inputs);
   }
-  if (a.only.empty()) {
+  // A fallback stand-in is tried again by the next build: no shortcut past it.
+  if (a.only.empty() && summary.fallbacks == 0) {
     std::vector<fs::path> inputs{key.manifest, s->state->path(),
                                  fs::read_symlink("/proc/self/exe", ec)};
     for (auto* plugin : s->registry.all())

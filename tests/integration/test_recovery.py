@@ -188,6 +188,12 @@ class RecoveryTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(by_name(report)["icons/axe"]["fallback"])
         self.assertEqual(by_name(report)["icons/shield"]["status"], "up_to_date")
+        # No shortcut past a stand-in: a plain rebuild tries the real image again.
+        before = len(self.server.stats()["creates"])
+        r = self.kiln("build", "-j", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("no work to do", r.stdout)
+        self.assertEqual(len(self.server.stats()["creates"]), before + 5)
 
     def test_no_credit_stops_creating_at_once_and_keeps_what_was_paid(self):
         # Must show 3: 402 after three images; the chain does not fall back around a person.
