@@ -7,8 +7,8 @@
 //   cancels first (timeout, Ctrl-C);
 // - a resumed request (resume_job_id) re-attaches to its prediction and only creates a new one
 //   when that prediction can no longer deliver (failed, cancelled, outputs removed);
-// - downloads are free, predictions are not: a failed download is retried here, against the
-//   same prediction, before the asset is given up.
+// - downloads are free, predictions are not: a failed download is a retryable failure whose
+//   retry (the host's one retry loop) re-attaches to the same prediction and downloads again.
 #include "protocol.hpp"
 
 #include <atomic>
@@ -363,7 +363,8 @@ private:
   }
 
   // Downloads the first output into the work folder. Outputs expire an hour after the
-  // prediction ends, so this happens at once; failures are retried here, for free.
+  // prediction ends, so this happens at once. A transient failure is retryable: the host's
+  // retry re-attaches to this prediction (resume_job_id) and downloads again, for free.
   std::string download(const Prediction& p) {
     const std::string& url = p.output.front();
     std::string ext = "img";
@@ -372,33 +373,24 @@ private:
           url.compare(url.size() - std::strlen(e), std::string::npos, e) == 0)
         ext = e + 1;
     std::string path = std::string(m_request.work_dir) + "/output." + ext;
-    std::string problem;
-    for (int attempt = 1; attempt <= 3; ++attempt) {
-      kiln::HttpRequest get;
-      get.url = url; // no Authorization: delivery URLs are public, the token stays with the API
-      get.output_path = path;
-      get.max_bytes = m_s.max_download_bytes;
-      get.timeout_ms = 120000;
-      kiln::HttpResponse r = m_out.http().send(get);
-      if (r.status == 200)
-        return path;
-      if (r.status == 404 || r.status == 410)
-        throw Error("the output of prediction " + p.id + " is gone (HTTP " +
-                        std::to_string(r.status) + "); outputs expire an hour after completion",
-                    KILN_ERROR_RETRYABLE);
-      problem = r.status ? "HTTP " + std::to_string(r.status) : r.error;
-      bool transient = r.status == 429 || r.status >= 500 ||
-                       (r.status == 0 && r.error_category == KILN_ERROR_RETRYABLE);
-      if (!transient)
-        throw Error("downloading the output of prediction " + p.id + ": " + problem);
-      m_out.log(KILN_LOG_DEBUG,
-                "download of " + p.id + " output failed (" + problem + "); trying again");
-      if (!m_out.wait_ms(uint32_t(500 * attempt)))
-        throw Error("interrupted while downloading the output of prediction " + p.id,
-                    KILN_ERROR_INTERRUPTED);
-    }
-    throw Error("downloading the output of prediction " + p.id + " failed 3 times: " + problem,
-                KILN_ERROR_RETRYABLE);
+    kiln::HttpRequest get;
+    get.url = url; // no Authorization: delivery URLs are public, the token stays with the API
+    get.output_path = path;
+    get.max_bytes = m_s.max_download_bytes;
+    get.timeout_ms = 120000;
+    kiln::HttpResponse r = m_out.http().send(get);
+    if (r.status == 200)
+      return path;
+    if (r.status == 404 || r.status == 410)
+      throw Error("the output of prediction " + p.id + " is gone (HTTP " +
+                      std::to_string(r.status) + "); outputs expire an hour after completion",
+                  KILN_ERROR_RETRYABLE);
+    std::string problem = r.status ? "HTTP " + std::to_string(r.status) : r.error;
+    bool transient = r.status == 429 || r.status >= 500 ||
+                     (r.status == 0 && r.error_category == KILN_ERROR_RETRYABLE);
+    throw Error("downloading the output of prediction " + p.id + ": " + problem +
+                    (transient ? " (the prediction is kept: a retry downloads it again)" : ""),
+                transient ? KILN_ERROR_RETRYABLE : KILN_ERROR_PERMANENT);
   }
 
   std::string describe_model() const {

@@ -241,6 +241,10 @@ class ReplicateTest(unittest.TestCase):
     # Must show 4: throttling and server errors; waits honour the hint.
     def test_throttling_and_server_errors_are_retried_honouring_retry_after(self):
         self.write(EIGHT[:4])
+        # Six faults over four assets: with full jitter one asset may meet four in a row,
+        # which the default backoff (4 attempts of a request) would rightly give up on.
+        with open(os.path.join(self.tmp, "assets.toml"), "a") as f:
+            f.write("\n[strategies.backoff]\nmax_attempts = 7\n")
         self.server.control(faults={"create": [
             {"status": 429, "retry_after": 1}, {"status": 500}, {"status": 429, "retry_after": 2},
             {"status": 502}, {"drop": True}, {"status": 503}]})
