@@ -3,6 +3,7 @@
 #include "fatal.hpp"
 #include "image.hpp"
 #include "interrupt.hpp"
+#include "rate_limit.hpp"
 #include "resilience.hpp"
 
 #include <atomic>
@@ -471,11 +472,21 @@ struct RunGuards {
   std::mutex stop_mutex;
   std::map<std::string, Fault> stopped_backends;
 
-  explicit RunGuards(const RetryPolicy& policy)
-      : breakers(policy.breaker_failures,
+  // The pace of new jobs per backend, shared by every worker.
+  std::map<std::string, std::unique_ptr<RateLimiter>, std::less<>> limiters;
+
+  explicit RunGuards(const Workspace& ws)
+      : breakers(ws.manifest.retry_policy.breaker_failures,
                  std::chrono::duration_cast<Clock::duration>(
-                     std::chrono::duration<double>(policy.breaker_cooldown_s))),
-        budget(policy.budget_ratio, policy.budget_min) {}
+                     std::chrono::duration<double>(ws.manifest.retry_policy.breaker_cooldown_s))),
+        budget(ws.manifest.retry_policy.budget_ratio, ws.manifest.retry_policy.budget_min) {
+    for (auto& [id, backend] : ws.plugins.backends) {
+      BackendPacing pacing;
+      if (auto it = ws.manifest.backend_pacing.find(id); it != ws.manifest.backend_pacing.end())
+        pacing = it->second;
+      limiters.emplace(id, std::make_unique<RateLimiter>(pacing.requests_per_second, pacing.burst));
+    }
+  }
 
   void stop_backend(const std::string& backend, const Fault& why) {
     std::lock_guard lock(stop_mutex);
@@ -673,7 +684,23 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
       fault = Fault{KILN_ERROR_RETRYABLE, why, -1};
       rec.source = "kiln";
     } else {
+      RateLimiter* limiter = guards.limiters.count(req.backend)
+                                 ? guards.limiters.find(req.backend)->second.get()
+                                 : nullptr;
+      if (limiter) {
+        auto wait = std::chrono::ceil<std::chrono::milliseconds>(limiter->reserve());
+        if (wait.count() > 0 && !sleep_unless_interrupted(uint32_t(wait.count()))) {
+          out.attempts.pop_back();
+          return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
+        }
+      }
       auto g = generate_once(ws, p, req, attempt, resume, rec);
+      if (limiter && g)
+        limiter->succeeded();
+      // Throttled: the whole backend slows down, and waits for the server's hint.
+      if (limiter && !g && rec.source == req.backend &&
+          g.error().category == KILN_ERROR_RETRYABLE && g.error().retry_after_ms >= 0)
+        limiter->throttled(g.error().retry_after_ms);
       out.cost_usd += rec.cost_usd;
       if (!rec.remote_id.empty())
         out.remote_id = rec.remote_id;
@@ -822,7 +849,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     }
   }
 
-  RunGuards guards(ws.manifest.retry_policy);
+  RunGuards guards(ws);
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t k = next++; k < to_generate.size(); k = next++) {

@@ -339,6 +339,27 @@ private:
     }
   }
 
+  static bool is_pacing_key(std::string_view key) {
+    return key == "requests_per_second" || key == "burst";
+  }
+
+  void parse_pacing(const toml::table& t, BackendPacing& out) {
+    if (auto v = get_number(t, "requests_per_second")) {
+      if (!(*v > 0) || !std::isfinite(*v))
+        m_d.error(loc_of(*t.get("requests_per_second")),
+                  "requests_per_second must be more than zero (leave it out to learn the rate "
+                  "from the provider's 429s)");
+      else
+        out.requests_per_second = *v;
+    }
+    if (auto v = get_number(t, "burst")) {
+      if (*v < 1 || *v != std::floor(*v) || *v > 1e6)
+        m_d.error(loc_of(*t.get("burst")), "burst must be a whole number of at least 1");
+      else
+        out.burst = *v;
+    }
+  }
+
   void parse_plugin_tables(const toml::table& root, const std::string& kind,
                            std::map<std::string, PluginSettings>& out) {
     auto n = root.get(kind);
@@ -352,10 +373,14 @@ private:
       auto pt = expect_table(v, where);
       if (!pt)
         continue;
+      if (kind == "backends")
+        parse_pacing(*pt, m_m.backend_pacing[std::string(k.str())]);
       PluginSettings s;
       s.id = std::string(k.str());
       s.loc = loc_of(k.source());
       for (auto&& [ok, ov] : *pt) {
+        if (kind == "backends" && is_pacing_key(ok.str()))
+          continue; // Kiln's, not the plugin's
         SettingValue sv;
         sv.key_loc = loc_of(ok.source());
         sv.value_loc = loc_of(ov);

@@ -74,6 +74,13 @@ struct RetryPolicy {
 // changing what the prompt asks for.
 inline const std::vector<std::string> k_default_retry_chain = {"backoff", "adjust-parameters"};
 
+// Kiln's own keys in a `[backends.X]` table (not the plugin's options): how fast and how much
+// at once the backend is used.
+struct BackendPacing {
+  double requests_per_second = 0; // new remote jobs per second; 0: learn it from 429s
+  double burst = 1;               // jobs that may start at once after a quiet spell
+};
+
 struct Manifest {
   fs::path path;       // absolute
   fs::path dir;        // absolute folder of the manifest
@@ -87,6 +94,7 @@ struct Manifest {
   std::map<std::string, PluginSettings> enhancer_settings;
   std::map<std::string, PluginSettings> validator_settings;
   std::map<std::string, PluginSettings> strategy_settings;
+  std::map<std::string, BackendPacing> backend_pacing;
   std::vector<AssetSpec> assets;
   Diagnostics diagnostics; // for errors found later (unknown plugins, bad options)
 };

@@ -33,6 +33,8 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
                    body, as from a gateway), {"drop": true}, {"truncate": true} (downloads),
                    {"lose_answer": true} (create the prediction, then drop the connection),
                    {"ok": true} (answer normally)
+  create_limit     {"rate": 8, "burst": 4}: a token bucket on create requests, as Replicate
+                   limits creates per account; over it, 429 with a whole-second `retry_after`
   image_faults     {"blank_rate": 0.3, "truncate_rate": 0.1, "seed": 1}: that share of
                    succeeded predictions deliver an all-black image (as safety filters do) or a
                    file cut in half (served whole, with a matching Content-Length). Decided by
@@ -50,6 +52,7 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -198,6 +201,22 @@ class Fake:
         with self.lock:
             queue = self.config["faults"].get(kind) or []
             return queue.pop(0) if queue else None
+
+    def take_create_token(self):
+        """None when a create may go ahead, else the whole seconds to wait (config create_limit)."""
+        limit = self.config.get("create_limit")
+        if not limit:
+            return None
+        now = time.time()
+        with self.lock:
+            rate, burst = limit["rate"], limit.get("burst", 1)
+            tokens, last = getattr(self, "bucket", (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens >= 1:
+                self.bucket = (tokens - 1, now)
+                return None
+            self.bucket = (tokens, now)
+            return max(1, math.ceil((1 - tokens) / rate))
 
     def fate_for(self, prompt):
         with self.lock:
@@ -514,6 +533,13 @@ class Handler(BaseHTTPRequestHandler):
 
         if not self.authorised():
             return answer(401)
+        wait = FAKE.take_create_token()
+        if wait is not None:
+            record["retry_after"] = wait
+            answer(429)
+            return self.problem(429, "Request was throttled.",
+                                f"Request was throttled. Your rate limit resets in ~{wait}s.",
+                                retry_after=wait)
         fault = FAKE.next_fault("create")
         if fault and not fault.get("ok") and not fault.get("lose_answer"):
             answer(fault.get("status", 0))

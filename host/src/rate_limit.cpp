@@ -1,0 +1,82 @@
+#include "rate_limit.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace kiln::host {
+
+namespace {
+
+Clock::duration seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+} // namespace
+
+RateLimiter::RateLimiter(double rate, double burst, Clock::time_point now)
+    : m_ceiling(rate > 0 ? rate : k_unlimited), m_rate(m_ceiling), m_burst(std::max(1.0, burst)),
+      m_next(now), m_last_change(now) {
+  if (!std::isinf(m_rate))
+    m_next = now - seconds((m_burst - 1) / m_rate); // the bucket starts full
+}
+
+Clock::duration RateLimiter::reserve(Clock::time_point now) {
+  std::lock_guard lock(m_mutex);
+  m_recent.push_back(now);
+  while (!m_recent.empty() && m_recent.front() < now - std::chrono::seconds(1))
+    m_recent.pop_front();
+  if (std::isinf(m_rate))
+    return Clock::duration::zero();
+  // The schedule may lag `now` by at most a burst's worth of slots (the bucket's capacity).
+  Clock::duration interval = seconds(1.0 / m_rate);
+  Clock::time_point earliest = now - seconds((m_burst - 1) / m_rate);
+  Clock::time_point slot = std::max(m_next, earliest);
+  m_next = slot + interval;
+  return slot > now ? slot - now : Clock::duration::zero();
+}
+
+double RateLimiter::observed_rate(Clock::time_point now) {
+  while (!m_recent.empty() && m_recent.front() < now - std::chrono::seconds(1))
+    m_recent.pop_front();
+  return double(m_recent.size());
+}
+
+void RateLimiter::throttled(int64_t retry_after_ms, Clock::time_point now) {
+  std::lock_guard lock(m_mutex);
+  // Every request in flight may come back 429 at once: one decrease per window of the
+  // current interval (at least 1 s), so a burst of refusals counts once.
+  double window = std::isinf(m_rate) ? 1.0 : std::max(1.0, 1.0 / m_rate);
+  bool decreased_recently =
+      now - m_last_change < seconds(window) && !std::isinf(m_rate) && m_rate < m_ceiling;
+  bool unknown = std::isinf(m_rate);
+  if (!decreased_recently) {
+    m_rate = std::max(k_min_rate, std::isinf(m_rate)
+                                      ? std::max(1.0, observed_rate(now)) * k_first_decrease
+                                      : m_rate * k_decrease);
+    m_last_change = now;
+  }
+  // The refused request itself waits for the server's hint (the backoff strategy's floor). With
+  // no rate known yet, every request did go at once: nothing new starts before the hint either.
+  // Once a rate is known, the slower pace is enough; pausing the whole backend for each late
+  // refusal would waste a second of every slot.
+  if (unknown && retry_after_ms > 0)
+    m_next = std::max(m_next, now + std::chrono::milliseconds(retry_after_ms));
+}
+
+void RateLimiter::succeeded(Clock::time_point now) {
+  std::lock_guard lock(m_mutex);
+  if (std::isinf(m_rate) || m_rate >= m_ceiling)
+    return;
+  double elapsed = std::chrono::duration<double>(now - m_last_change).count();
+  if (elapsed <= 0)
+    return;
+  m_rate = std::min(m_ceiling, m_rate + k_increase_per_s * elapsed);
+  m_last_change = now;
+}
+
+double RateLimiter::rate() const {
+  std::lock_guard lock(m_mutex);
+  return m_rate;
+}
+
+} // namespace kiln::host
