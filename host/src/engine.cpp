@@ -192,6 +192,7 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
 
   Plan plan;
   std::map<std::string, size_t> generating; // fingerprint -> the asset that generates it
+  std::map<std::string, std::string> checks_by_validators; // validator ids -> checks_of()
   for (auto& spec : ws.manifest.assets) {
     if (!selected(spec.name, options.only))
       continue;
@@ -221,7 +222,11 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
     bool unchanged = current && stamp && stamp->size == rec->size &&
                      stamp->mtime_ns == rec->mtime_ns && rec->output == spec.relative_output();
     p.fallback_on_disk = unchanged && rec->fallback;
-    p.checks = checks_of(ws, spec);
+    // Assets of one type share their validators: hash each list once.
+    auto [known, fresh] = checks_by_validators.try_emplace(join(spec.validators, "\n"));
+    if (fresh)
+      known->second = checks_of(ws, spec);
+    p.checks = known->second;
     if (p.prepare_error) {
       p.reason = "cannot prepare the request";
     } else if (options.force) {
@@ -384,6 +389,12 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
   return std::nullopt;
 }
 
+// The running instance of backend `id`, or null.
+const PluginInstance* find_backend(const Workspace& ws, const std::string& id) {
+  auto it = ws.plugins.backends.find(id);
+  return it == ws.plugins.backends.end() ? nullptr : it->second.get();
+}
+
 // A private scratch folder, removed with this object.
 struct WorkDir {
   fs::path path;
@@ -410,14 +421,14 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
                                 AttemptRecord& record) {
   const AssetSpec& spec = *p.spec;
   record.source = req.backend;
-  auto found = ws.plugins.backends.find(req.backend);
-  if (found == ws.plugins.backends.end())
+  const PluginInstance* found = find_backend(ws, req.backend);
+  if (!found)
     return Fault{KILN_ERROR_PERMANENT,
                  "backend '" + req.backend +
                      "' is not started in this run (a strategy may switch to a backend that an "
                      "asset names, or to an offline one)",
                  -1};
-  const PluginInstance& backend = *found->second;
+  const PluginInstance& backend = *found;
   std::string fingerprint = fingerprint_of(fingerprint_fields(req));
   WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
   const fs::path& work = scratch.path;
@@ -488,6 +499,11 @@ struct RunGuards {
     }
   }
 
+  RateLimiter* limiter(const std::string& backend) {
+    auto it = limiters.find(backend);
+    return it == limiters.end() ? nullptr : it->second.get();
+  }
+
   void stop_backend(const std::string& backend, const Fault& why) {
     std::lock_guard lock(stop_mutex);
     stopped_backends.emplace(backend, why);
@@ -509,9 +525,8 @@ std::string breaker_key(const GenerationRequest& req) {
 }
 
 bool offline_backend(Workspace& ws, const std::string& id) {
-  auto it = ws.plugins.backends.find(id);
-  return it != ws.plugins.backends.end() &&
-         (it->second->plugin().backend()->capabilities & KILN_BACKEND_OFFLINE);
+  const PluginInstance* backend = find_backend(ws, id);
+  return backend && (backend->plugin().backend()->capabilities & KILN_BACKEND_OFFLINE);
 }
 
 // What a strategy proposed for the next attempt.
@@ -594,12 +609,12 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
     GenerationRequest& next = step.request;
     if (r.backend && *r.backend != next.backend) {
       next.backend = *r.backend;
-      auto it = ws.plugins.backends.find(next.backend);
-      if (it == ws.plugins.backends.end()) {
+      const PluginInstance* backend = find_backend(ws, next.backend);
+      if (!backend) {
         passed.push_back(id + ": backend '" + next.backend + "' is not running");
         continue;
       }
-      next.backend_version = it->second->plugin().version;
+      next.backend_version = backend->plugin().version;
     }
     if (r.model)
       next.model = *r.model;
@@ -684,9 +699,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
       fault = Fault{KILN_ERROR_RETRYABLE, why, -1};
       rec.source = "kiln";
     } else {
-      RateLimiter* limiter = guards.limiters.count(req.backend)
-                                 ? guards.limiters.find(req.backend)->second.get()
-                                 : nullptr;
+      RateLimiter* limiter = guards.limiter(req.backend);
       if (limiter) {
         auto wait = std::chrono::ceil<std::chrono::milliseconds>(limiter->reserve());
         if (wait.count() > 0 && !sleep_unless_interrupted(uint32_t(wait.count()))) {
@@ -739,13 +752,8 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     }
     // A retry of the same request on the same backend re-attaches to the remote job when the
     // job itself failed: its result may be paid for already. After a bad image, a new job.
-    bool same = next->request.backend == req.backend && next->request.model == req.model &&
-                next->request.prompt == req.prompt && next->request.seed == req.seed &&
-                next->request.params_json == req.params_json &&
-                next->request.negative_prompt == req.negative_prompt;
-    const PluginInstance* backend = ws.plugins.backends.count(req.backend)
-                                        ? ws.plugins.backends.at(req.backend).get()
-                                        : nullptr;
+    bool same = fingerprint_fields(next->request) == fingerprint_fields(req);
+    const PluginInstance* backend = find_backend(ws, req.backend);
     bool can_resume =
         backend && (backend->plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME);
     resume = same && can_resume && rec.source == req.backend ? rec.remote_id : std::string();

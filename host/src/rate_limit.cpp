@@ -23,8 +23,7 @@ RateLimiter::RateLimiter(double rate, double burst, Clock::time_point now)
 Clock::duration RateLimiter::reserve(Clock::time_point now) {
   std::lock_guard lock(m_mutex);
   m_recent.push_back(now);
-  while (!m_recent.empty() && m_recent.front() < now - std::chrono::seconds(1))
-    m_recent.pop_front();
+  observed_rate(now); // drops what is older than a second
   if (std::isinf(m_rate))
     return Clock::duration::zero();
   // The schedule may lag `now` by at most a burst's worth of slots (the bucket's capacity).

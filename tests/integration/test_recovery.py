@@ -6,13 +6,10 @@ Run by ctest with KILN_EXE, KILN_TEST_IMAGE and KILN_FAKE_REPLICATE set; standar
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import unittest
 
-from test_cli import KILN, by_name, image_size
-from test_replicate import FLUX, SDXL, TOKEN, FakeReplicate
+from test_cli import by_name, image_size
+from test_replicate import FLUX, SDXL, FakeReplicateCase
 
 # The chain of the issue, every built-in strategy in order.
 FULL_CHAIN = '["backoff", "simplify-prompt", "alternate-model", "adjust-parameters", "fallback"]'
@@ -62,33 +59,10 @@ format = "{fmt}"
     return text
 
 
-class RecoveryTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="kiln-recovery-")
-        self.server = FakeReplicate()
-        self.env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
-        self.env["KILN_CACHE_DIR"] = os.path.join(self.tmp, "cache")
-        self.env["REPLICATE_API_TOKEN"] = TOKEN
-
-    def tearDown(self):
-        self.server.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
+class RecoveryTest(FakeReplicateCase):
     def write(self, assets, extra=""):
         with open(os.path.join(self.tmp, "assets.toml"), "w") as f:
             f.write(manifest(self.server, assets, extra))
-
-    def kiln(self, *args):
-        return subprocess.run([KILN, *args], cwd=self.tmp, env=self.env, capture_output=True,
-                              text=True, timeout=240)
-
-    def build(self, *args):
-        report = os.path.join(self.tmp, "report.json")
-        if os.path.exists(report):
-            os.remove(report)
-        r = self.kiln("build", "--report", report, *args)
-        with open(report) as f:
-            return r, json.load(f)
 
     def output(self, name, fmt):
         return os.path.join(self.tmp, "out", name + "." + fmt)

@@ -85,7 +85,9 @@ format = "{fmt}"
     return text
 
 
-class ReplicateTest(unittest.TestCase):
+class FakeReplicateCase(unittest.TestCase):
+    """A temporary project and its own fake server per test; kiln with a test token."""
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="kiln-replicate-")
         self.server = FakeReplicate()
@@ -98,13 +100,9 @@ class ReplicateTest(unittest.TestCase):
         self.server.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def write(self, assets, backend_options=""):
-        with open(os.path.join(self.tmp, "assets.toml"), "w") as f:
-            f.write(manifest(self.server, assets, backend_options))
-
     def kiln(self, *args, env=None):
         return subprocess.run([KILN, *args], cwd=self.tmp, env=env or self.env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=240)
 
     def build(self, *args, env=None):
         report = os.path.join(self.tmp, "report.json")
@@ -113,6 +111,12 @@ class ReplicateTest(unittest.TestCase):
         r = self.kiln("build", "--report", report, *args, env=env)
         with open(report) as f:
             return r, json.load(f)
+
+
+class ReplicateTest(FakeReplicateCase):
+    def write(self, assets, backend_options=""):
+        with open(os.path.join(self.tmp, "assets.toml"), "w") as f:
+            f.write(manifest(self.server, assets, backend_options))
 
     def creates_for(self, stats, name):
         prompt = name.split("/")[-1] + " for a fantasy game"

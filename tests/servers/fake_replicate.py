@@ -192,6 +192,7 @@ class Fake:
                        "output_mode": "url", "expire_after_s": 3600, "predict_time_s": None,
                        "faults": {}, "prompt_rules": [], "image_faults": {}}
         self.inputs_seen = {}
+        self.bucket = None  # create_limit's (tokens, time), from the first create
         self.predictions = {}
         self.stats = {"create_requests": [], "creates": [], "gets": 0, "cancels": [],
                       "downloads": 0, "auth_on_delivery": 0, "account_checks": 0,
@@ -210,7 +211,7 @@ class Fake:
         now = time.time()
         with self.lock:
             rate, burst = limit["rate"], limit.get("burst", 1)
-            tokens, last = getattr(self, "bucket", (burst, now))
+            tokens, last = self.bucket or (burst, now)
             tokens = min(burst, tokens + (now - last) * rate)
             if tokens >= 1:
                 self.bucket = (tokens - 1, now)

@@ -198,7 +198,8 @@ typedef struct kiln_asset {
   uint64_t seed;
   /** The asset's `params` table as a JSON object (keys sorted), "{}" when there is none. */
   kiln_str params_json;
-  /** The asset's `fallback_models`, in the order the alternate-model strategy tries them. @since 1 */
+  /** The asset's `fallback_models`, in the order the alternate-model strategy tries them. @since 1
+   */
   const kiln_str* fallback_models;
   size_t fallback_model_count;
   /** The asset's `modifiers`: words the style enhancer appends after the type's style. @since 1 */
@@ -441,7 +442,8 @@ typedef struct kiln_failure {
   int64_t retry_after_ms;
   /** Failures in a row of exactly this request, this one included (1 = first time). @since 1 */
   uint32_t same_request_failures;
-  /** Failures in a row of this category for the asset, whatever the request (1 = this one). @since 1 */
+  /** Failures in a row of this category for the asset, whatever the request (1 = this one). @since
+   * 1 */
   uint32_t category_streak;
   /** How many retries this strategy has already proposed for this asset in this run. @since 1 */
   uint32_t proposals;
