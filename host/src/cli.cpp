@@ -190,12 +190,13 @@ int cmd_build(int argc, char** argv) {
       "  kiln build --only 'icons/*' --force # regenerate the icons, even if up to date\n"
       "  kiln build --backend placeholder    # offline, free images (CI)\n"};
   CommonArgs a;
-  unsigned jobs = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+  int jobs = -1; // not given
   std::string report, stamp, depfile;
   bool force = false;
   po::options_description d = common_options(a, true);
   d.add_options()("jobs,j", po::value(&jobs)->value_name("N"),
-                  "assets generated at once (default: CPU count, at most 8)")(
+                  "jobs in flight per backend (default: [backends.X] concurrency, else 8 for a "
+                  "remote backend, the CPU count for an offline one)")(
       "report", po::value(&report)->value_name("FILE"), "write a JSON report of the run")(
       "force", po::bool_switch(&force), "regenerate even up-to-date and cached assets (costs)")(
       "stamp", po::value(&stamp)->value_name("FILE"),
@@ -204,7 +205,7 @@ int cmd_build(int argc, char** argv) {
       "write the files this run read (manifest, plugins) as a Makefile rule for --stamp's FILE");
   if (!parse(cmd, d, argc, argv, a.help))
     return k_exit_ok;
-  if (jobs == 0)
+  if (jobs == 0 || jobs < -1)
     throw Fatal("kiln build: --jobs must be at least 1");
   if (!depfile.empty() && stamp.empty())
     throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
@@ -236,7 +237,8 @@ int cmd_build(int argc, char** argv) {
     s->state->retain(names);
   }
   install_interrupt_handlers();
-  BuildSummary summary = build(ws, plan, BuildOptions{jobs, verbosity(a)});
+  BuildSummary summary = build(
+      ws, plan, BuildOptions{jobs > 0 ? unsigned(jobs) : 0u, verbosity(a), Progress::detect()});
   if (!report.empty())
     write_file_atomic(report, report_json(summary));
 

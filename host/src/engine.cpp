@@ -5,17 +5,21 @@
 #include "interrupt.hpp"
 #include "rate_limit.hpp"
 #include "resilience.hpp"
+#include "scheduler.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <fnmatch.h>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
+#include <set>
 #include <thread>
 
 namespace kiln::host {
@@ -275,43 +279,6 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
 
 namespace {
 
-// Ninja-style lines: [done/total] counts the assets that need work, not the up-to-date ones.
-class Progress {
-public:
-  Progress(size_t total, kiln_log_level verbosity) : m_total(total), m_verbosity(verbosity) {}
-
-  void done(bool is_error, const std::string& text, Log& log) {
-    std::lock_guard lock(m_mutex);
-    ++m_done;
-    if (is_error) {
-      log.error(text);
-      return;
-    }
-    if (m_verbosity > KILN_LOG_INFO)
-      return;
-    std::printf("[%zu/%zu] %s\n", m_done, m_total, log.redact(text).c_str());
-    std::fflush(stdout);
-  }
-
-  void add_work(size_t n) {
-    std::lock_guard lock(m_mutex);
-    m_total += n;
-  }
-
-  // Not counted: up-to-date assets under -v.
-  void note(const std::string& text) {
-    std::lock_guard lock(m_mutex);
-    std::printf("%s\n", text.c_str());
-    std::fflush(stdout);
-  }
-
-private:
-  std::mutex m_mutex;
-  size_t m_done = 0;
-  size_t m_total;
-  kiln_log_level m_verbosity;
-};
-
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -416,9 +383,11 @@ struct Generated {
 
 // One attempt: backend → decode/convert → encode → validators. A failure comes back with its
 // category, and `record.source` says who failed.
+// `slot` is the backend's job slot, held by the caller and given back here as soon as the
+// backend has delivered an image.
 Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const GenerationRequest& req,
-                                uint32_t attempt, const std::string& resume,
-                                AttemptRecord& record) {
+                                uint32_t attempt, const std::string& resume, AttemptRecord& record,
+                                SlotLease& slot) {
   const AssetSpec& spec = *p.spec;
   record.source = req.backend;
   const PluginInstance* found = find_backend(ws, req.backend);
@@ -448,7 +417,10 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
     return f;
   }
 
-  // From here on the backend delivered: a failure is the image's, not the job's.
+  // From here on the backend delivered: a failure is the image's, not the job's, and the
+  // backend's slot is free for the next job. (A failed job keeps it until the caller has
+  // recorded what the failure means for the others: a stopped backend, a cooling model.)
+  slot.release();
   record.source = "kiln";
   Image image;
   if (r.image) {
@@ -485,8 +457,10 @@ struct RunGuards {
 
   // The pace of new jobs per backend, shared by every worker.
   std::map<std::string, std::unique_ptr<RateLimiter>, std::less<>> limiters;
+  // Which asset starts next, and the jobs each backend may have in flight at once.
+  Scheduler scheduler;
 
-  explicit RunGuards(const Workspace& ws)
+  RunGuards(const Workspace& ws, unsigned jobs)
       : breakers(ws.manifest.retry_policy.breaker_failures,
                  std::chrono::duration_cast<Clock::duration>(
                      std::chrono::duration<double>(ws.manifest.retry_policy.breaker_cooldown_s))),
@@ -496,8 +470,18 @@ struct RunGuards {
       if (auto it = ws.manifest.backend_pacing.find(id); it != ws.manifest.backend_pacing.end())
         pacing = it->second;
       limiters.emplace(id, std::make_unique<RateLimiter>(pacing.requests_per_second, pacing.burst));
+      unsigned concurrency = jobs ? jobs : pacing.concurrency;
+      if (!concurrency)
+        concurrency = backend->plugin().backend()->capabilities & KILN_BACKEND_OFFLINE
+                          ? std::max(1u, std::thread::hardware_concurrency())
+                          : k_default_remote_concurrency;
+      scheduler.set_limit(id, concurrency);
     }
   }
+
+  // A remote backend's jobs in flight when neither -j nor `concurrency` says: enough to keep a
+  // provider's queue busy at a few seconds a job, few enough not to trip its limits at once.
+  static constexpr unsigned k_default_remote_concurrency = 8;
 
   RateLimiter* limiter(const std::string& backend) {
     auto it = limiters.find(backend);
@@ -664,8 +648,9 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
 // Makes one asset: the planned request, then whatever its strategy chain proposes after each
 // failure, until an attempt succeeds or nothing more can be tried. Every attempt goes into
 // `out.attempts`.
+// `slot_held`: the scheduler took a job slot of the asset's backend for its first attempt.
 Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const PlannedAsset& p,
-                                 AssetOutcome& out) {
+                                 AssetOutcome& out, bool slot_held) {
   const RetryPolicy& policy = ws.manifest.retry_policy;
   Step step{"initial", p.request, 0, false};
   ChainCounters counters;
@@ -682,58 +667,73 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     rec.waited_s = double(step.delay_ms) / 1000.0;
 
     Fault fault;
-    if (auto why = guards.stopped(req.backend)) {
-      fault = *why;
-      if (attempt == 1) {
+    {
+      // The job slot first: whatever happened while this asset waited for it (its backend
+      // stopped, its model cooled down) is seen before it sends anything.
+      SlotLease slot(guards.scheduler, req.backend, slot_held && attempt == 1);
+      if (!slot.acquire()) {
         out.attempts.pop_back();
-        return fault; // not started: the caller reports it skipped
+        return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
       }
-      fault.message = "not retried: " + fault.message;
-      rec.error = fault;
-      return fault;
-    }
-    if (double left = guards.breakers.open_for(breaker_key(req)); left > 0) {
-      char why[160];
-      std::snprintf(why, sizeof why, "%s is cooling down after failing repeatedly (%.0f s left)",
-                    req.model.empty() ? req.backend.c_str() : req.model.c_str(), left);
-      fault = Fault{KILN_ERROR_RETRYABLE, why, -1};
-      rec.source = "kiln";
-    } else {
-      RateLimiter* limiter = guards.limiter(req.backend);
-      if (limiter) {
-        auto wait = std::chrono::ceil<std::chrono::milliseconds>(limiter->reserve());
-        if (wait.count() > 0 && !sleep_unless_interrupted(uint32_t(wait.count()))) {
+      if (auto why = guards.stopped(req.backend)) {
+        fault = *why;
+        if (attempt == 1) {
           out.attempts.pop_back();
-          return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
+          return fault; // not started: the caller reports it skipped
         }
+        fault.message = "not retried: " + fault.message;
+        rec.error = fault;
+        return fault;
       }
-      auto g = generate_once(ws, p, req, attempt, resume, rec);
-      if (limiter && g)
-        limiter->succeeded();
-      // Throttled: the whole backend slows down, and waits for the server's hint.
-      if (limiter && !g && rec.source == req.backend &&
-          g.error().category == KILN_ERROR_RETRYABLE && g.error().retry_after_ms >= 0)
-        limiter->throttled(g.error().retry_after_ms);
-      out.cost_usd += rec.cost_usd;
-      if (!rec.remote_id.empty())
-        out.remote_id = rec.remote_id;
-      if (g) {
-        guards.breakers.success(breaker_key(req));
-        out.fallback = step.fallback;
-        out.backend = req.backend;
-        out.model = req.model;
-        out.final_prompt = req.prompt;
-        out.final_negative_prompt = req.negative_prompt;
-        return g;
+      if (double left = guards.breakers.open_for(breaker_key(req)); left > 0) {
+        char why[160];
+        std::snprintf(why, sizeof why, "%s is cooling down after failing repeatedly (%.0f s left)",
+                      req.model.empty() ? req.backend.c_str() : req.model.c_str(), left);
+        fault = Fault{KILN_ERROR_RETRYABLE, why, -1};
+        rec.source = "kiln";
+      } else {
+        RateLimiter* limiter = guards.limiter(req.backend);
+        if (limiter) {
+          auto wait = std::chrono::ceil<std::chrono::milliseconds>(limiter->reserve());
+          if (wait.count() > 0 && !sleep_unless_interrupted(uint32_t(wait.count()))) {
+            out.attempts.pop_back();
+            return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
+          }
+        }
+        auto g = generate_once(ws, p, req, attempt, resume, rec, slot);
+        if (limiter && g)
+          limiter->succeeded();
+        // Throttled: the whole backend slows down, and waits for the server's hint.
+        if (limiter && !g && rec.source == req.backend &&
+            g.error().category == KILN_ERROR_RETRYABLE && g.error().retry_after_ms >= 0)
+          limiter->throttled(g.error().retry_after_ms);
+        out.cost_usd += rec.cost_usd;
+        if (!rec.remote_id.empty())
+          out.remote_id = rec.remote_id;
+        if (g) {
+          guards.breakers.success(breaker_key(req));
+          out.fallback = step.fallback;
+          out.backend = req.backend;
+          out.model = req.model;
+          out.final_prompt = req.prompt;
+          out.final_negative_prompt = req.negative_prompt;
+          return g;
+        }
+        fault = g.error();
+        // A throttled request (the server said when to come back) is not a failing model.
+        if (rec.source == req.backend && fault.category == KILN_ERROR_RETRYABLE &&
+            fault.retry_after_ms < 0 && guards.breakers.failure(breaker_key(req)))
+          ws.log.warning(req.model + " on " + req.backend + " failed " +
+                         std::to_string(policy.breaker_failures) +
+                         " times in a row: cooling it down for every asset");
+        // Stopped while the slot is still held, so no asset waiting for it starts a job.
+        if (fault.category == KILN_ERROR_NEEDS_PERSON)
+          guards.stop_backend(
+              req.backend,
+              Fault{KILN_ERROR_NEEDS_PERSON,
+                    req.backend + " stopped creating: " + p.spec->name + " needs a person", -1});
       }
-      fault = g.error();
-      // A throttled request (the server said when to come back) is not a failing model.
-      if (rec.source == req.backend && fault.category == KILN_ERROR_RETRYABLE &&
-          fault.retry_after_ms < 0 && guards.breakers.failure(breaker_key(req)))
-        ws.log.warning(req.model + " on " + req.backend + " failed " +
-                       std::to_string(policy.breaker_failures) +
-                       " times in a row: cooling it down for every asset");
-    }
+    } // the slot is given back before any wait for a retry
     rec.error = fault;
     counters.failed(fault);
 
@@ -780,7 +780,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
   size_t work = 0;
   for (auto& p : plan.assets)
     work += p.action != Action::UpToDate || p.prepare_error;
-  Progress progress(work, options.verbosity);
+  Progress progress(ws.log, work, options.verbosity, options.progress);
+  using Outcome = Progress::Outcome;
 
   std::vector<size_t> to_generate, followers;
   for (size_t i = 0; i < plan.assets.size(); ++i) {
@@ -798,7 +799,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     if (p.prepare_error) {
       o.status = "failed";
       o.error = p.prepare_error;
-      progress.done(true, o.name + ": " + p.prepare_error->message, ws.log);
+      progress.finished(Outcome::Failed, o.name + ": " + p.prepare_error->message);
     } else if (p.action == Action::UpToDate && p.recheck) {
       // The validators changed since the output was checked: check it again (free), and make
       // it again only if it no longer passes.
@@ -846,45 +847,48 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       try {
         install_output(ws, state_mutex, p, *bytes);
         o.status = "cached";
-        progress.done(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
+        progress.finished(Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
       } catch (const std::exception& e) {
         o.status = "failed";
         o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
-        progress.done(true, o.name + ": " + e.what(), ws.log);
+        progress.finished(Outcome::Failed, o.name + ": " + e.what());
       }
     } else {
       to_generate.push_back(i);
     }
   }
 
-  RunGuards guards(ws);
-  std::atomic<size_t> next{0};
+  RunGuards guards(ws, options.jobs);
+  Scheduler& queue = guards.scheduler;
+  for (size_t i : to_generate)
+    queue.add(i, plan.assets[i].request.backend, plan.assets[i].request.model);
   auto worker = [&] {
-    for (size_t k = next++; k < to_generate.size(); k = next++) {
-      PlannedAsset& p = plan.assets[to_generate[k]];
-      AssetOutcome& o = summary.assets[to_generate[k]];
+    while (auto job = queue.next()) {
+      PlannedAsset& p = plan.assets[job->index];
+      AssetOutcome& o = summary.assets[job->index];
       auto t0 = std::chrono::steady_clock::now();
+      progress.started(o.name);
+      struct Done {
+        Scheduler& queue;
+        Scheduler::Job job;
+        ~Done() { queue.done(job); }
+      } done{queue, *job};
       auto fail = [&](Fault f) {
         o.status = "failed";
         o.error = std::move(f);
-        progress.done(true, o.name + ": " + o.error->message, ws.log);
+        progress.finished(Outcome::Failed, o.name + ": " + o.error->message, o.cost_usd, true);
       };
       try {
-        auto g = generate_asset(ws, guards, p, o);
+        auto g = generate_asset(ws, guards, p, o, job->holds_slot);
         if (!g && o.attempts.empty()) {
           o.status = "skipped";
           o.error = g.error();
           o.error->message = "not started: " + g.error().message;
-          progress.done(false, "skipped " + o.name + " (" + g.error().message + ")", ws.log);
+          progress.finished(Outcome::Skipped, "skipped " + o.name + " (" + g.error().message + ")",
+                            0, true);
           continue;
         }
         if (!g) {
-          if (g.error().category == KILN_ERROR_NEEDS_PERSON)
-            guards.stop_backend(o.attempts.back().backend,
-                                Fault{KILN_ERROR_NEEDS_PERSON,
-                                      o.attempts.back().backend + " stopped creating: " + o.name +
-                                          " needs a person",
-                                      -1});
           fail(g.error());
           continue;
         }
@@ -905,19 +909,25 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
           const AttemptRecord& last_failed = o.attempts[o.attempts.size() - 2];
           ws.log.warning(o.name + ": wrote a fallback stand-in; the last real attempt failed: " +
                          last_failed.error->message);
-          progress.done(false, "fallback " + o.name + " (" + how + ")", ws.log);
+          progress.finished(Outcome::Generated, "fallback " + o.name + " (" + how + ")", o.cost_usd,
+                            true);
         } else {
-          progress.done(false, "generated " + o.name + " (" + p.reason + "; " + how + ")", ws.log);
+          progress.finished(Outcome::Generated,
+                            "generated " + o.name + " (" + p.reason + "; " + how + ")", o.cost_usd,
+                            true);
         }
       } catch (const std::exception& e) {
         fail(Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1});
       }
     }
   };
-  unsigned threads = std::max(1u, std::min<unsigned>(options.jobs, unsigned(to_generate.size())));
+  // Every backend's slots busy with remote jobs, and as many threads again as there are cores
+  // for the CPU stages (decode, convert, validate, write) of the images already downloaded.
+  size_t threads = std::min(
+      to_generate.size(), queue.slots_in_use() + std::max(1u, std::thread::hardware_concurrency()));
   if (!to_generate.empty()) {
     std::vector<std::thread> pool;
-    for (unsigned t = 1; t < threads; ++t)
+    for (size_t t = 1; t < threads; ++t)
       pool.emplace_back(worker);
     worker();
     for (auto& t : pool)
@@ -939,7 +949,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         o.fallback = leader.fallback;
         install_output(ws, state_mutex, p, *bytes, o.fallback);
         o.status = "cached";
-        progress.done(false, "cached " + o.name + " (" + p.reason + ")", ws.log);
+        progress.finished(Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
         continue;
       } else {
         o.error = Fault{KILN_ERROR_PERMANENT,
@@ -949,8 +959,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
     }
     o.status = "failed";
-    progress.done(true, o.name + ": " + o.error->message, ws.log);
+    progress.finished(Outcome::Failed, o.name + ": " + o.error->message);
   }
+  progress.close();
 
   for (auto& o : summary.assets) {
     if (o.status == "failed" && o.error && o.error->category == KILN_ERROR_NEEDS_PERSON &&

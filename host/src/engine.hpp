@@ -5,6 +5,7 @@
 #include "log.hpp"
 #include "manifest.hpp"
 #include "plugins.hpp"
+#include "progress.hpp"
 #include "state.hpp"
 
 #include <optional>
@@ -107,8 +108,9 @@ struct BuildSummary {
 };
 
 struct BuildOptions {
-  unsigned jobs = 4;
+  unsigned jobs = 0; // jobs in flight per backend; 0: its `concurrency`, else its default
   kiln_log_level verbosity = KILN_LOG_INFO; // DEBUG = -v, ERROR = -q
+  Progress::Mode progress = Progress::Mode::Lines;
 };
 
 // Makes every planned asset exist: writes outputs atomically and only when their bytes change,

@@ -33,8 +33,17 @@ void Log::write(kiln_log_level level, std::string_view message, std::string_view
   line = redact(line);
   line += '\n';
   std::lock_guard lock(m_mutex);
+  if (m_status) {
+    m_status->print_above(m_out, line);
+    return;
+  }
   std::fwrite(line.data(), 1, line.size(), m_out);
   std::fflush(m_out);
+}
+
+void Log::set_status_line(StatusLine* status) {
+  std::lock_guard lock(m_mutex);
+  m_status = status;
 }
 
 } // namespace kiln::host

@@ -11,6 +11,13 @@
 
 namespace kiln::host {
 
+// A line kept at the bottom of the terminal (the build's progress): log lines print above it.
+class StatusLine {
+public:
+  virtual ~StatusLine() = default;
+  virtual void print_above(std::FILE* stream, std::string_view line) = 0;
+};
+
 class Log {
 public:
   explicit Log(kiln_log_level level = KILN_LOG_INFO, std::FILE* out = stderr)
@@ -31,11 +38,16 @@ public:
   void warning(std::string_view message) { write(KILN_LOG_WARNING, message); }
   void debug(std::string_view message) { write(KILN_LOG_DEBUG, message); }
 
+  // While set, every line goes through `status` so it lands above the status line; null to
+  // unset. The status line must outlive its registration.
+  void set_status_line(StatusLine* status);
+
 private:
   kiln_log_level m_level;
   std::FILE* m_out;
   mutable std::mutex m_mutex;
   std::vector<std::string> m_secrets;
+  StatusLine* m_status = nullptr;
 };
 
 } // namespace kiln::host

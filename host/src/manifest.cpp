@@ -340,7 +340,7 @@ private:
   }
 
   static bool is_pacing_key(std::string_view key) {
-    return key == "requests_per_second" || key == "burst";
+    return key == "requests_per_second" || key == "burst" || key == "concurrency";
   }
 
   void parse_pacing(const toml::table& t, BackendPacing& out) {
@@ -357,6 +357,13 @@ private:
         m_d.error(loc_of(*t.get("burst")), "burst must be a whole number of at least 1");
       else
         out.burst = *v;
+    }
+    if (auto v = get_number(t, "concurrency")) {
+      if (*v < 1 || *v != std::floor(*v) || *v > 1024)
+        m_d.error(loc_of(*t.get("concurrency")),
+                  "concurrency must be a whole number from 1 to 1024 (jobs in flight at once)");
+      else
+        out.concurrency = unsigned(*v);
     }
   }
 

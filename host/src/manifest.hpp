@@ -79,6 +79,7 @@ inline const std::vector<std::string> k_default_retry_chain = {"backoff", "adjus
 struct BackendPacing {
   double requests_per_second = 0; // new remote jobs per second; 0: learn it from 429s
   double burst = 1;               // jobs that may start at once after a quiet spell
+  unsigned concurrency = 0;       // jobs in flight at once; 0: the backend's default (-j wins)
 };
 
 struct Manifest {

@@ -3,12 +3,16 @@ built kiln binary and its built-in plugins, real image files checked byte by byt
 
 Run by ctest with KILN_EXE set; standard library only."""
 
+import fcntl
 import json
 import os
+import pty
+import re
 import shutil
 import struct
 import subprocess
 import tempfile
+import termios
 import unittest
 import zlib
 
@@ -149,6 +153,25 @@ class Project:
     def kiln(self, *args, env=None):
         return subprocess.run([KILN, *args], cwd=self.root, env=env or self.env,
                               capture_output=True, text=True, timeout=120)
+
+    def kiln_on_a_terminal(self, *args, columns=100):
+        """Runs kiln with stdout and stderr on a pseudo-terminal; returns (exit code, bytes)."""
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        p = subprocess.Popen([KILN, *args], cwd=self.root, env=dict(self.env, TERM="xterm"),
+                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        os.close(master)
+        return p.wait(timeout=120), out
 
     def build(self, *args):
         report = os.path.join(self.root, "report.json")
@@ -413,6 +436,40 @@ class CliTest(unittest.TestCase):
         with open(os.path.join(self.p.out, ".kiln", "state.json")) as f:
             self.assertEqual(sorted(json.load(f)["assets"]),
                              ["cover2", "icons/shield", "icons/sword", "textures/grass"])
+
+    def test_progress_updates_one_line_on_a_terminal_and_prints_lines_in_a_pipe(self):
+        n = len(EXPECTED)
+        rc, out = self.p.kiln_on_a_terminal("build", columns=70)
+        self.assertEqual(rc, 0, out)
+        text = out.decode()
+        # One line redrawn in place: carriage return, the status, erase to the end of the line.
+        frames = re.findall(r"\r(\[\d+/\d+\][^\r\n]*?)\x1b\[K", text)
+        self.assertGreaterEqual(len(frames), n, text)
+        for frame in frames:
+            self.assertRegex(frame, r"^\[\d+/%d\] .* · \d+ running · .*\$0\.00" % n)
+            self.assertLessEqual(len(frame) - frame.count("·"), 69, frame)  # never wraps
+        self.assertTrue(frames[-1].startswith("[%d/%d] " % (n, n)), frames[-1])
+        self.assertTrue(any("ETA" in f for f in frames), frames)
+        # The finished status stays; no per-asset lines scroll by; then the summary.
+        self.assertNotRegex(text, r"(^|\n)\[\d+/\d+\] generated")
+        self.assertRegex(text, r"\x1b\[K\r?\nkiln: %d assets: %d generated" % (n, n))
+
+        # Piped (CI): a plain line per asset, no escape codes.
+        r = self.p.kiln("build", "--force")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("\x1b", r.stdout + r.stderr)
+        self.assertNotIn("\r", r.stdout)
+        done = re.findall(r"^\[(\d+)/%d\] (?:generated|cached) (\S+)" % n, r.stdout, re.M)
+        self.assertEqual(sorted(int(k) for k, _ in done), list(range(1, n + 1)), r.stdout)
+        self.assertEqual(sorted(name for _, name in done),
+                         sorted(rel.rsplit(".", 1)[0] for rel in EXPECTED))
+        # -q: errors only; -v on a terminal: a line per asset above the status line.
+        r = self.p.kiln("build", "--force", "-q")
+        self.assertEqual((r.returncode, r.stdout), (0, ""))
+        rc, out = self.p.kiln_on_a_terminal("build", "--force", "-v")
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(len(re.findall(r"\r\n?\x1b\[K\[\d+/%d\] generated " % n, out.decode())),
+                         n, out)
 
     def test_help_and_usage_errors(self):
         for command in ("build", "plan", "outputs", "plugins"):

@@ -619,6 +619,9 @@ def main():
     parser.add_argument("--image-tool", required=True)
     args = parser.parse_args()
     FAKE = Fake(args.token, args.image_tool)
+    # A real service accepts many connections at once; the standard library's backlog of 5
+    # drops the rest of a burst of connects, and the client's TCP resends them a second later.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
