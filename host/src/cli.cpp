@@ -237,25 +237,29 @@ int cmd_build(int argc, char** argv) {
     s->state->retain(names);
   }
   install_interrupt_handlers();
-  BuildSummary summary = build(
-      ws, plan, BuildOptions{jobs > 0 ? unsigned(jobs) : 0u, verbosity(a), Progress::detect()});
+  std::optional<ReportWriter> report_writer;
   if (!report.empty())
-    write_file_atomic(report, report_json(summary));
+    report_writer.emplace(report);
+  BuildSummary summary = build(
+      ws, plan, BuildOptions{jobs > 0 ? unsigned(jobs) : 0u, verbosity(a), Progress::detect()},
+      report_writer ? &*report_writer : nullptr);
+  if (report_writer)
+    report_writer->finish(summary);
 
   if (!a.quiet) {
     char line[256];
     if (summary.generated + summary.cached + summary.failed + summary.skipped == 0)
       std::snprintf(line, sizeof line, "kiln: no work to do (%zu assets up to date)",
-                    summary.assets.size());
+                    summary.total);
     else
       std::snprintf(
           line, sizeof line,
           "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed%s%s; "
           "spent %s (predicted %s) in %.2f s",
-          summary.assets.size(), summary.generated, summary.cached, summary.up_to_date,
-          summary.failed,
+          summary.total, summary.generated, summary.cached, summary.up_to_date, summary.failed,
           summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
-          summary.fallbacks ? (", " + std::to_string(summary.fallbacks) + " fallback").c_str() : "",
+          summary.fallbacks() ? (", " + std::to_string(summary.fallbacks()) + " fallback").c_str()
+                              : "",
           format_usd(summary.cost_usd).c_str(), format_usd(summary.predicted_cost_usd).c_str(),
           summary.duration_s);
     std::printf("%s\n", line);
@@ -274,11 +278,8 @@ int cmd_build(int argc, char** argv) {
   }
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
-  if (summary.fallbacks > 0 && !s->manifest.allow_fallback) {
-    std::vector<std::string> names;
-    for (auto& o : summary.assets)
-      if (o.fallback)
-        names.push_back(o.name);
+  if (summary.fallbacks() > 0 && !s->manifest.allow_fallback) {
+    const std::vector<std::string>& names = summary.fallback_names;
     s->log.error(std::to_string(names.size()) + " asset" + (names.size() == 1 ? " is" : "s are") +
                  " a fallback stand-in, not the art asked for: " + join(names, ", ") +
                  " (see the report's attempts; set allow_fallback = true in [project] to accept "
@@ -294,7 +295,7 @@ int cmd_build(int argc, char** argv) {
     write_depfile(depfile, stamp, inputs);
   }
   // A fallback stand-in is tried again by the next build: no shortcut past it.
-  if (a.only.empty() && summary.fallbacks == 0) {
+  if (a.only.empty() && summary.fallbacks() == 0) {
     std::vector<fs::path> inputs{key.manifest, s->state->path(),
                                  fs::read_symlink("/proc/self/exe", ec)};
     for (auto* plugin : s->registry.all())

@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <fnmatch.h>
 #include <fstream>
@@ -771,22 +773,54 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
 
 } // namespace
 
-BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
+void BuildSummary::count(const AssetOutcome& o) {
+  if (o.status == "failed" && o.error && o.error->category == KILN_ERROR_NEEDS_PERSON &&
+      !o.attempts.empty())
+    stopped.push_back(o.attempts.back().backend + ": " + o.name + ": " + o.error->message);
+  cost_usd += o.cost_usd;
+  if (o.status == "generated")
+    ++generated;
+  else if (o.status == "cached")
+    ++cached;
+  else if (o.status == "up_to_date")
+    ++up_to_date;
+  else if (o.status == "skipped")
+    ++skipped;
+  else
+    ++failed;
+  if (o.fallback)
+    fallback_names.push_back(o.name);
+  if (o.error && o.error->category == KILN_ERROR_NEEDS_PERSON)
+    needs_a_person = true;
+  if (o.error && o.error->category == KILN_ERROR_INTERRUPTED)
+    interrupted = true;
+}
+
+BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, OutcomeSink* sink) {
   auto start = std::chrono::steady_clock::now();
   BuildSummary summary;
+  summary.total = plan.assets.size();
   summary.predicted_cost_usd = plan.predicted_cost_usd;
-  summary.assets.resize(plan.assets.size());
   std::mutex state_mutex;
-  size_t work = 0;
-  for (auto& p : plan.assets)
-    work += p.action != Action::UpToDate || p.prepare_error;
-  Progress progress(ws.log, work, options.verbosity, options.progress);
-  using Outcome = Progress::Outcome;
 
-  std::vector<size_t> to_generate, followers;
-  for (size_t i = 0; i < plan.assets.size(); ++i) {
-    PlannedAsset& p = plan.assets[i];
-    AssetOutcome& o = summary.assets[i];
+  // An asset's outcome is counted, handed to the sink (the report) and dropped: memory follows
+  // the assets in flight, not the assets in the manifest. Only the leaders of assets that take
+  // their image keep what those need.
+  std::mutex summary_mutex;
+  std::map<size_t, AssetOutcome> leaders;
+  for (auto& p : plan.assets)
+    if (p.same_as)
+      leaders.emplace(*p.same_as, AssetOutcome{});
+  auto emit = [&](size_t index, AssetOutcome& o) {
+    std::lock_guard lock(summary_mutex);
+    summary.count(o);
+    if (sink)
+      sink->add(index, o);
+    if (auto it = leaders.find(index); it != leaders.end())
+      it->second = std::move(o);
+  };
+  auto outcome_of = [&](const PlannedAsset& p) {
+    AssetOutcome o;
     o.name = p.spec->name;
     o.reason = p.reason;
     o.output = p.output;
@@ -796,6 +830,26 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     o.predicted_cost_usd = p.predicted_cost_usd;
     o.final_prompt = p.request.prompt;
     o.final_negative_prompt = p.request.negative_prompt;
+    return o;
+  };
+  size_t work = 0;
+  for (auto& p : plan.assets)
+    work += p.action != Action::UpToDate || p.prepare_error;
+  Progress progress(ws.log, work, options.verbosity, options.progress);
+  using Outcome = Progress::Outcome;
+
+  std::vector<size_t> to_generate, followers;
+  for (size_t i = 0; i < plan.assets.size(); ++i) {
+    PlannedAsset& p = plan.assets[i];
+    if (p.action == Action::Generate && !p.prepare_error) {
+      to_generate.push_back(i);
+      continue;
+    }
+    if (p.action == Action::Cached && p.same_as) {
+      followers.push_back(i); // after its leader has generated the image
+      continue;
+    }
+    AssetOutcome o = outcome_of(p);
     if (p.prepare_error) {
       o.status = "failed";
       o.error = p.prepare_error;
@@ -820,6 +874,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         o.reason = p.reason = "up to date; passes the changed validators";
         if (options.verbosity <= KILN_LOG_DEBUG)
           progress.note("up to date " + o.name + " (checked again)");
+        emit(i, o);
         continue;
       }
       // Made again, not taken from the cache: the cache holds these same rejected bytes.
@@ -828,13 +883,12 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
       p.reason = o.reason = "rejected by the changed validators";
       progress.add_work(1);
       to_generate.push_back(i);
+      continue;
     } else if (p.action == Action::UpToDate) {
       o.status = "up_to_date";
       if (options.verbosity <= KILN_LOG_DEBUG)
         progress.note("up to date " + o.name);
-    } else if (p.action == Action::Cached && p.same_as) {
-      followers.push_back(i); // after its leader has generated the image
-    } else if (p.action == Action::Cached) {
+    } else {
       auto bytes = ws.cache.get(p.fingerprint, p.spec->format);
       if (!bytes || structural_problem(*bytes)) {
         ws.log.warning("cache entry for " + o.name + " is unreadable or damaged; generating");
@@ -853,19 +907,68 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
         progress.finished(Outcome::Failed, o.name + ": " + e.what());
       }
-    } else {
-      to_generate.push_back(i);
     }
+    emit(i, o);
   }
 
   RunGuards guards(ws, options.jobs);
   Scheduler& queue = guards.scheduler;
   for (size_t i : to_generate)
     queue.add(i, plan.assets[i].request.backend, plan.assets[i].request.model);
+  // One asset of the queue, start to end: its outcome is filled in `o`.
+  auto generate_one = [&](PlannedAsset& p, AssetOutcome& o, const Scheduler::Job& job,
+                          std::chrono::steady_clock::time_point t0) {
+    auto fail = [&](Fault f) {
+      o.status = "failed";
+      o.error = std::move(f);
+      progress.finished(Outcome::Failed, o.name + ": " + o.error->message, o.cost_usd, true);
+    };
+    try {
+      auto g = generate_asset(ws, guards, p, o, job.holds_slot);
+      if (!g && o.attempts.empty()) {
+        o.status = "skipped";
+        o.error = g.error();
+        o.error->message = "not started: " + g.error().message;
+        progress.finished(Outcome::Skipped, "skipped " + o.name + " (" + g.error().message + ")", 0,
+                          true);
+        return;
+      }
+      if (!g) {
+        fail(g.error());
+        return;
+      }
+      // The cache first: once it holds the image, a crash loses nothing that was paid for. A
+      // fallback stand-in is not the image asked for, so it is never cached.
+      if (!o.fallback)
+        ws.cache.put(p.fingerprint, p.spec->format, g->bytes);
+      install_output(ws, state_mutex, p, g->bytes, o.fallback);
+      o.status = "generated";
+      char timing[64];
+      std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
+      std::string how = o.backend +
+                        (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " +
+                        timing;
+      if (o.attempts.size() > 1)
+        how += ", " + std::to_string(o.attempts.size()) + " attempts";
+      if (o.fallback) {
+        const AttemptRecord& last_failed = o.attempts[o.attempts.size() - 2];
+        ws.log.warning(o.name + ": wrote a fallback stand-in; the last real attempt failed: " +
+                       last_failed.error->message);
+        progress.finished(Outcome::Generated, "fallback " + o.name + " (" + how + ")", o.cost_usd,
+                          true);
+      } else {
+        progress.finished(Outcome::Generated,
+                          "generated " + o.name + " (" + p.reason + "; " + how + ")", o.cost_usd,
+                          true);
+      }
+    } catch (const std::exception& e) {
+      fail(Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1});
+    }
+  };
   auto worker = [&] {
     while (auto job = queue.next()) {
       PlannedAsset& p = plan.assets[job->index];
-      AssetOutcome& o = summary.assets[job->index];
+      AssetOutcome o = outcome_of(p);
       auto t0 = std::chrono::steady_clock::now();
       progress.started(o.name);
       struct Done {
@@ -873,52 +976,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         Scheduler::Job job;
         ~Done() { queue.done(job); }
       } done{queue, *job};
-      auto fail = [&](Fault f) {
-        o.status = "failed";
-        o.error = std::move(f);
-        progress.finished(Outcome::Failed, o.name + ": " + o.error->message, o.cost_usd, true);
-      };
-      try {
-        auto g = generate_asset(ws, guards, p, o, job->holds_slot);
-        if (!g && o.attempts.empty()) {
-          o.status = "skipped";
-          o.error = g.error();
-          o.error->message = "not started: " + g.error().message;
-          progress.finished(Outcome::Skipped, "skipped " + o.name + " (" + g.error().message + ")",
-                            0, true);
-          continue;
-        }
-        if (!g) {
-          fail(g.error());
-          continue;
-        }
-        // The cache first: once it holds the image, a crash loses nothing that was paid for. A
-        // fallback stand-in is not the image asked for, so it is never cached.
-        if (!o.fallback)
-          ws.cache.put(p.fingerprint, p.spec->format, g->bytes);
-        install_output(ws, state_mutex, p, g->bytes, o.fallback);
-        o.status = "generated";
-        char timing[64];
-        std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
-        std::string how = o.backend +
-                          (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " +
-                          timing;
-        if (o.attempts.size() > 1)
-          how += ", " + std::to_string(o.attempts.size()) + " attempts";
-        if (o.fallback) {
-          const AttemptRecord& last_failed = o.attempts[o.attempts.size() - 2];
-          ws.log.warning(o.name + ": wrote a fallback stand-in; the last real attempt failed: " +
-                         last_failed.error->message);
-          progress.finished(Outcome::Generated, "fallback " + o.name + " (" + how + ")", o.cost_usd,
-                            true);
-        } else {
-          progress.finished(Outcome::Generated,
-                            "generated " + o.name + " (" + p.reason + "; " + how + ")", o.cost_usd,
-                            true);
-        }
-      } catch (const std::exception& e) {
-        fail(Fault{KILN_ERROR_PERMANENT, ws.log.redact(e.what()), -1});
-      }
+      generate_one(p, o, *job, t0);
+      emit(job->index, o);
     }
   };
   // Every backend's slots busy with remote jobs, and as many threads again as there are cores
@@ -936,8 +995,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
 
   for (size_t i : followers) {
     const PlannedAsset& p = plan.assets[i];
-    AssetOutcome& o = summary.assets[i];
-    const AssetOutcome& leader = summary.assets[*p.same_as];
+    AssetOutcome o = outcome_of(p);
+    const AssetOutcome& leader = leaders.at(*p.same_as);
     try {
       auto bytes =
           leader.fallback ? read_file(leader.output) : ws.cache.get(p.fingerprint, p.spec->format);
@@ -950,6 +1009,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
         install_output(ws, state_mutex, p, *bytes, o.fallback);
         o.status = "cached";
         progress.finished(Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
+        emit(i, o);
         continue;
       } else {
         o.error = Fault{KILN_ERROR_PERMANENT,
@@ -960,49 +1020,124 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options) {
     }
     o.status = "failed";
     progress.finished(Outcome::Failed, o.name + ": " + o.error->message);
+    emit(i, o);
   }
   progress.close();
 
-  for (auto& o : summary.assets) {
-    if (o.status == "failed" && o.error && o.error->category == KILN_ERROR_NEEDS_PERSON &&
-        !o.attempts.empty())
-      summary.stopped.push_back(o.attempts.back().backend + ": " + o.name + ": " +
-                                o.error->message);
-    summary.cost_usd += o.cost_usd;
-    if (o.status == "generated")
-      ++summary.generated;
-    else if (o.status == "cached")
-      ++summary.cached;
-    else if (o.status == "up_to_date")
-      ++summary.up_to_date;
-    else if (o.status == "skipped")
-      ++summary.skipped;
-    else
-      ++summary.failed;
-    summary.fallbacks += o.fallback;
-    if (o.error && o.error->category == KILN_ERROR_NEEDS_PERSON)
-      summary.needs_a_person = true;
-    if (o.error && o.error->category == KILN_ERROR_INTERRUPTED)
-      summary.interrupted = true;
-  }
   if (ws.state.dirty())
     ws.state.save();
   summary.duration_s = seconds_since(start);
   return summary;
 }
 
-std::string report_json(const BuildSummary& s) {
+namespace {
+
+using JsonWriter = rapidjson::PrettyWriter<rapidjson::StringBuffer>;
+
+void write_string(JsonWriter& w, const std::string& v) {
+  w.String(v.c_str(), rapidjson::SizeType(v.size()));
+}
+
+// `json` with `pad` after every line break, to sit inside an enclosing object.
+std::string indented(const char* json, const char* pad) {
+  std::string out;
+  for (const char* c = json; *c; ++c) {
+    out += *c;
+    if (*c == '\n')
+      out += pad;
+  }
+  return out;
+}
+
+// One entry of the report's "assets", indented to sit in it.
+std::string asset_json(const AssetOutcome& o) {
   rapidjson::StringBuffer buf;
-  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+  JsonWriter w(buf);
   w.SetIndent(' ', 2);
   auto str = [&](const std::string& v) {
-    w.String(v.c_str(), rapidjson::SizeType(v.size()));
+    write_string(w, v);
+  };
+  auto str_or_null = [&](const std::optional<Fault>& set, const std::string& v) {
+    if (set)
+      str(v);
+    else
+      w.Null();
   };
   w.StartObject();
-  w.Key("summary");
+  w.Key("name");
+  str(o.name);
+  w.Key("status");
+  str(o.status);
+  w.Key("reason");
+  str(o.reason);
+  w.Key("output");
+  str(o.output.string());
+  w.Key("fingerprint");
+  str(o.fingerprint);
+  w.Key("backend");
+  str(o.backend);
+  w.Key("model");
+  str(o.model);
+  w.Key("fallback");
+  w.Bool(o.fallback);
+  w.Key("attempts");
+  w.StartArray();
+  for (auto& t : o.attempts) {
+    w.StartObject();
+    w.Key("strategy");
+    str(t.strategy);
+    w.Key("backend");
+    str(t.backend);
+    w.Key("model");
+    str(t.model);
+    w.Key("prompt");
+    str(t.prompt);
+    w.Key("seed");
+    if (t.seed)
+      w.Uint64(*t.seed);
+    else
+      w.Null();
+    w.Key("waited_s");
+    w.Double(t.waited_s);
+    w.Key("remote_id");
+    str(t.remote_id);
+    w.Key("cost_usd");
+    w.Double(t.cost_usd);
+    w.Key("error_category");
+    str_or_null(t.error, t.error ? category_name(t.error->category) : "");
+    w.Key("error");
+    str_or_null(t.error, t.error ? t.error->message : "");
+    w.Key("source");
+    str_or_null(t.error, t.source);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("remote_id");
+  str(o.remote_id);
+  w.Key("cost_usd");
+  w.Double(o.cost_usd);
+  w.Key("predicted_cost_usd");
+  w.Double(o.predicted_cost_usd);
+  w.Key("prompt");
+  str(o.final_prompt);
+  w.Key("negative_prompt");
+  str(o.final_negative_prompt);
+  w.Key("error");
+  str_or_null(o.error, o.error ? o.error->message : "");
+  w.Key("error_category");
+  str_or_null(o.error, o.error ? category_name(o.error->category) : "");
+  w.EndObject();
+  return "    " + indented(buf.GetString(), "    ");
+}
+
+// The report's "summary" object, indented to sit in it.
+std::string summary_json(const BuildSummary& s) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.SetIndent(' ', 2);
   w.StartObject();
   w.Key("total");
-  w.Uint64(s.assets.size());
+  w.Uint64(s.total);
   w.Key("generated");
   w.Int(s.generated);
   w.Key("cached");
@@ -1014,7 +1149,7 @@ std::string report_json(const BuildSummary& s) {
   w.Key("skipped");
   w.Int(s.skipped);
   w.Key("fallback");
-  w.Int(s.fallbacks);
+  w.Int(s.fallbacks());
   w.Key("cost_usd");
   w.Double(s.cost_usd);
   w.Key("predicted_cost_usd");
@@ -1022,93 +1157,57 @@ std::string report_json(const BuildSummary& s) {
   w.Key("duration_s");
   w.Double(s.duration_s);
   w.EndObject();
-  w.Key("assets");
-  w.StartArray();
-  for (auto& a : s.assets) {
-    w.StartObject();
-    w.Key("name");
-    str(a.name);
-    w.Key("status");
-    str(a.status);
-    w.Key("reason");
-    str(a.reason);
-    w.Key("output");
-    str(a.output.string());
-    w.Key("fingerprint");
-    str(a.fingerprint);
-    w.Key("backend");
-    str(a.backend);
-    w.Key("model");
-    str(a.model);
-    w.Key("fallback");
-    w.Bool(a.fallback);
-    w.Key("attempts");
-    w.StartArray();
-    for (auto& t : a.attempts) {
-      w.StartObject();
-      w.Key("strategy");
-      str(t.strategy);
-      w.Key("backend");
-      str(t.backend);
-      w.Key("model");
-      str(t.model);
-      w.Key("prompt");
-      str(t.prompt);
-      w.Key("seed");
-      if (t.seed)
-        w.Uint64(*t.seed);
-      else
-        w.Null();
-      w.Key("waited_s");
-      w.Double(t.waited_s);
-      w.Key("remote_id");
-      str(t.remote_id);
-      w.Key("cost_usd");
-      w.Double(t.cost_usd);
-      w.Key("error_category");
-      if (t.error)
-        w.String(category_name(t.error->category));
-      else
-        w.Null();
-      w.Key("error");
-      if (t.error)
-        str(t.error->message);
-      else
-        w.Null();
-      w.Key("source");
-      if (t.error)
-        str(t.source);
-      else
-        w.Null();
-      w.EndObject();
-    }
-    w.EndArray();
-    w.Key("remote_id");
-    str(a.remote_id);
-    w.Key("cost_usd");
-    w.Double(a.cost_usd);
-    w.Key("predicted_cost_usd");
-    w.Double(a.predicted_cost_usd);
-    w.Key("prompt");
-    str(a.final_prompt);
-    w.Key("negative_prompt");
-    str(a.final_negative_prompt);
-    w.Key("error");
-    if (a.error)
-      str(a.error->message);
-    else
-      w.Null();
-    w.Key("error_category");
-    if (a.error) {
-      w.String(category_name(a.error->category));
-    } else {
-      w.Null();
-    }
-    w.EndObject();
+  return indented(buf.GetString(), "  ");
+}
+
+} // namespace
+
+ReportWriter::ReportWriter(fs::path path) : m_path(std::move(path)) {
+  m_spool = m_path;
+  m_spool += ".kiln-spool";
+  std::error_code ec;
+  if (!m_path.parent_path().empty())
+    fs::create_directories(m_path.parent_path(), ec);
+  m_file = std::fopen(m_spool.c_str(), "w+b");
+  if (!m_file)
+    throw Fatal("cannot write the report's spool '" + m_spool.string() +
+                "': " + std::strerror(errno));
+}
+
+ReportWriter::~ReportWriter() {
+  if (m_file)
+    std::fclose(m_file);
+  std::error_code ec;
+  fs::remove(m_spool, ec);
+}
+
+void ReportWriter::add(size_t index, const AssetOutcome& outcome) {
+  std::string entry = asset_json(outcome);
+  if (m_entries.size() <= index)
+    m_entries.resize(index + 1, {0, 0});
+  m_entries[index] = {uint64_t(std::ftell(m_file)), uint32_t(entry.size())};
+  std::fwrite(entry.data(), 1, entry.size(), m_file);
+}
+
+void ReportWriter::finish(const BuildSummary& summary) {
+  std::fflush(m_file);
+  AtomicFile out(m_path);
+  out.write("{\n  \"summary\": " + summary_json(summary) + ",\n  \"assets\": [");
+  std::string entry;
+  bool first = true;
+  for (auto [offset, length] : m_entries) {
+    if (length == 0)
+      continue; // an asset with no outcome (none today)
+    entry.resize(length);
+    if (std::fseek(m_file, long(offset), SEEK_SET) != 0 ||
+        std::fread(entry.data(), 1, length, m_file) != length)
+      throw Fatal("cannot read back the report's spool '" + m_spool.string() + "'");
+    out.write(first ? "\n" : ",\n");
+    out.write(entry);
+    first = false;
   }
-  w.EndArray();
-  w.EndObject();
-  return std::string(buf.GetString(), buf.GetSize()) + "\n";
+  out.write(first ? "]\n}\n" : "\n  ]\n}\n");
+  out.commit();
 }
 
 } // namespace kiln::host

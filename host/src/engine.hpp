@@ -95,9 +95,9 @@ struct AssetOutcome {
 };
 
 struct BuildSummary {
-  std::vector<AssetOutcome> assets;
+  size_t total = 0; // assets in the plan
   int generated = 0, cached = 0, up_to_date = 0, failed = 0, skipped = 0;
-  int fallbacks = 0;           // generated assets whose image is a fallback stand-in
+  std::vector<std::string> fallback_names; // generated assets whose image is a fallback stand-in
   bool needs_a_person = false; // an asset needs a person (credit, billing): new work stopped
   // "backend: asset: why" for each asset that made its backend stop creating
   std::vector<std::string> stopped;
@@ -105,6 +105,17 @@ struct BuildSummary {
   double cost_usd = 0;
   double predicted_cost_usd = 0;
   double duration_s = 0;
+
+  int fallbacks() const { return int(fallback_names.size()); }
+  void count(const AssetOutcome& outcome);
+};
+
+// Where each asset's outcome goes once it is final. build() keeps no outcome after handing it
+// over; calls come from worker threads, one at a time.
+class OutcomeSink {
+public:
+  virtual ~OutcomeSink() = default;
+  virtual void add(size_t index, const AssetOutcome& outcome) = 0; // index: in the plan
 };
 
 struct BuildOptions {
@@ -114,10 +125,29 @@ struct BuildOptions {
 };
 
 // Makes every planned asset exist: writes outputs atomically and only when their bytes change,
-// fills the cache, records the state.
-BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options);
+// fills the cache, records the state. Each outcome goes to `sink` (if any) as it is final.
+BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options,
+                   OutcomeSink* sink = nullptr);
 
-// The JSON report (`--report`): a pinned format, extended never renamed.
-std::string report_json(const BuildSummary& summary);
+// The JSON report (`--report`): a pinned format, extended never renamed. Written as the run
+// goes: each asset's entry is appended to a spool file beside the report when it is final, and
+// finish() writes the report atomically with the entries in manifest order, so a run of any
+// size keeps no outcome in memory.
+class ReportWriter : public OutcomeSink {
+public:
+  explicit ReportWriter(fs::path path);
+  ~ReportWriter() override; // removes the spool
+  ReportWriter(const ReportWriter&) = delete;
+  ReportWriter& operator=(const ReportWriter&) = delete;
+
+  void add(size_t index, const AssetOutcome& outcome) override;
+  void finish(const BuildSummary& summary);
+
+private:
+  fs::path m_path;
+  fs::path m_spool;
+  std::FILE* m_file = nullptr;
+  std::vector<std::pair<uint64_t, uint32_t>> m_entries; // by plan index: spool offset, length
+};
 
 } // namespace kiln::host

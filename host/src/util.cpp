@@ -53,8 +53,8 @@ std::string temp_suffix() {
 
 } // namespace
 
-void write_file_atomic(const fs::path& path, std::string_view data) {
-  fs::path dir = path.parent_path();
+AtomicFile::AtomicFile(fs::path path) : m_path(std::move(path)) {
+  fs::path dir = m_path.parent_path();
   if (!dir.empty()) {
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -62,40 +62,68 @@ void write_file_atomic(const fs::path& path, std::string_view data) {
       throw std::runtime_error("cannot create folder '" + dir.string() + "': " + ec.message());
   }
   // The ".kiln-tmp" marker lets a later run recognise and remove leftovers of a killed one.
-  fs::path tmp = path;
-  tmp += ".kiln-tmp" + temp_suffix();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0)
-    io_error("create", tmp);
+  m_tmp = m_path;
+  m_tmp += ".kiln-tmp" + temp_suffix();
+  m_fd = ::open(m_tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (m_fd < 0)
+    io_error("create", m_tmp);
+}
+
+AtomicFile::~AtomicFile() {
+  if (m_fd >= 0) {
+    ::close(m_fd);
+    ::unlink(m_tmp.c_str());
+  }
+}
+
+void AtomicFile::fail(const std::string& what, const fs::path& path) {
+  int saved = errno;
+  if (m_fd >= 0)
+    ::close(m_fd);
+  m_fd = -1;
+  ::unlink(m_tmp.c_str());
+  errno = saved;
+  io_error(what, path);
+}
+
+void AtomicFile::write(std::string_view data) {
   const char* p = data.data();
   size_t left = data.size();
   while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
+    ssize_t n = ::write(m_fd, p, left);
     if (n < 0) {
       if (errno == EINTR)
         continue;
-      int saved = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      errno = saved;
-      io_error("write", tmp);
+      fail("write", m_tmp);
     }
     p += n;
     left -= size_t(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int saved = errno;
-    ::unlink(tmp.c_str());
-    errno = saved;
-    io_error("write", tmp);
+}
+
+void AtomicFile::commit() {
+  if (::fsync(m_fd) != 0)
+    fail("write", m_tmp);
+  int fd = m_fd;
+  m_fd = -1;
+  if (::close(fd) != 0) {
+    ::unlink(m_tmp.c_str());
+    io_error("write", m_tmp);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::rename(m_tmp.c_str(), m_path.c_str()) != 0) {
     int saved = errno;
-    ::unlink(tmp.c_str());
+    ::unlink(m_tmp.c_str());
     errno = saved;
-    io_error("rename into", path);
+    io_error("rename into", m_path);
   }
+  fs::path dir = m_path.parent_path();
   fsync_dir(dir.empty() ? fs::path(".") : dir);
+}
+
+void write_file_atomic(const fs::path& path, std::string_view data) {
+  AtomicFile file(path);
+  file.write(data);
+  file.commit();
 }
 
 std::string sha256_hex(std::string_view data) {

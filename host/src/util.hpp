@@ -17,6 +17,26 @@ std::optional<std::string> read_file(const fs::path& path);
 // Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename, fsync the
 // folder. Creates missing parent folders. Throws std::runtime_error naming the path on failure.
 void write_file_atomic(const fs::path& path, std::string_view data);
+
+// The same, written in pieces: the file appears, whole, at commit(); destroyed uncommitted, it
+// never appears and its temp file is removed.
+class AtomicFile {
+public:
+  explicit AtomicFile(fs::path path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(std::string_view data);
+  void commit();
+
+private:
+  [[noreturn]] void fail(const std::string& what, const fs::path& path);
+
+  fs::path m_path;
+  fs::path m_tmp;
+  int m_fd = -1;
+};
 // Creates the file (and its folder) if missing and sets its modification time to now.
 void touch_file(const fs::path& path);
 
