@@ -8,7 +8,6 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
