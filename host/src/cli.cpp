@@ -6,13 +6,13 @@
 #include "noop.hpp"
 #include "version.hpp"
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 #include <sstream>
-#include <thread>
 #include <unistd.h>
 
 namespace po = boost::program_options;
@@ -279,7 +279,8 @@ int cmd_build(int argc, char** argv) {
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
   if (summary.fallbacks() > 0 && !s->manifest.allow_fallback) {
-    const std::vector<std::string>& names = summary.fallback_names;
+    std::vector<std::string> names = summary.fallback_names; // in the order they finished
+    std::sort(names.begin(), names.end());
     s->log.error(std::to_string(names.size()) + " asset" + (names.size() == 1 ? " is" : "s are") +
                  " a fallback stand-in, not the art asked for: " + join(names, ", ") +
                  " (see the report's attempts; set allow_fallback = true in [project] to accept "
