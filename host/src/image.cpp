@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <png.h>
 #include <stb_image.h>
 #include <stb_image_resize.h>
 #include <stb_image_write.h>
@@ -57,6 +58,37 @@ Image fit_image(const Image& in, uint32_t width, uint32_t height) {
 
 namespace {
 
+// PNG through libpng: zlib's deflate state is a few fixed-size blocks per image, where stb's
+// writer makes thousands of growing allocations per image; over 10,000 images those fragmented
+// each worker's malloc arena and peak memory grew with the number of assets.
+std::string encode_png(const Image& image) {
+  std::string out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!info) {
+    png_destroy_write_struct(&png, nullptr);
+    throw std::runtime_error("PNG encoding failed: out of memory");
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    throw std::runtime_error("PNG encoding failed");
+  }
+  png_set_write_fn(
+      png, &out,
+      [](png_structp p, png_bytep data, png_size_t size) {
+        static_cast<std::string*>(png_get_io_ptr(p))->append(reinterpret_cast<char*>(data), size);
+      },
+      nullptr);
+  png_set_IHDR(png, info, image.width, image.height, 8, PNG_COLOR_TYPE_RGBA, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  for (uint32_t y = 0; y < image.height; ++y)
+    png_write_row(png, const_cast<png_bytep>(image.rgba.data() + size_t(y) * image.width * 4));
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
 void append(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data), size_t(size));
 }
@@ -67,8 +99,7 @@ std::string encode_image(const Image& image, std::string_view format) {
   std::string out;
   int w = int(image.width), h = int(image.height);
   if (format == "png") {
-    if (!stbi_write_png_to_func(append, &out, w, h, 4, image.rgba.data(), w * 4))
-      throw std::runtime_error("PNG encoding failed");
+    out = encode_png(image);
   } else if (format == "jpg") {
     std::vector<uint8_t> rgb(size_t(w) * h * 3);
     for (size_t i = 0, n = size_t(w) * h; i < n; ++i) {
