@@ -10,6 +10,7 @@
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
+#include <rapidjson/filewritestream.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 #include <sstream>
@@ -169,12 +170,10 @@ std::unique_ptr<Session> open_session(const CommonArgs& a) {
         msg += " (available: " + join(ids, ", ") + ")";
       throw Fatal(msg);
     }
-    for (auto& asset : s->manifest.assets) {
-      asset.backend = a.backend;
-      asset.field_locs["backend"] = SourceLoc{}; // set on the command line
-    }
+    s->manifest.override_backend(a.backend);
   }
   s->plugins = instantiate_manifest_plugins(s->registry, s->manifest);
+  s->manifest.keep_text_on_disk(); // checked: from here on assets are read again one at a time
   s->state = std::make_unique<StateFile>(s->manifest.output_dir);
   if (auto warning = s->state->load())
     s->log.warning(*warning);
@@ -231,11 +230,13 @@ int cmd_build(int argc, char** argv) {
   Workspace ws = s->workspace();
   Plan plan = make_plan(ws, PlanOptions{force, a.only});
   if (a.only.empty()) {
-    std::vector<std::string> names;
-    for (auto& asset : s->manifest.assets)
-      names.push_back(asset.name);
+    std::vector<std::string_view> names;
+    names.reserve(s->manifest.size());
+    for (size_t i = 0; i < s->manifest.size(); ++i)
+      names.push_back(s->manifest.name(i));
     s->state->retain(names);
   }
+  s->state->reserve(s->state->size() + plan.size());
   install_interrupt_handlers();
   std::optional<ReportWriter> report_writer;
   if (!report.empty())
@@ -302,12 +303,17 @@ int cmd_build(int argc, char** argv) {
     for (auto* plugin : s->registry.all())
       inputs.push_back(plugin->path);
     // Every asset is in the state now, with the stamp its output was written or checked with.
-    std::vector<std::pair<fs::path, FileStamp>> outputs;
-    for (auto& p : plan.assets)
-      if (const OutputRecord* rec = s->state->find(p.spec->name))
-        outputs.emplace_back(p.output, FileStamp{rec->size, rec->mtime_ns});
-    if (outputs.size() == plan.assets.size())
-      noop_record(key, inputs, std::move(outputs));
+    NoopRecorder record(key, inputs);
+    const Manifest& m = s->manifest;
+    bool all = true;
+    for (size_t i = 0; i < m.size() && all; ++i) {
+      auto rec = s->state->find(m.name(i));
+      all = rec.has_value();
+      if (rec)
+        record.output(m.output_dir / m.relative_output(i), FileStamp{rec->size, rec->mtime_ns});
+    }
+    if (all)
+      record.commit();
   }
   // Last, and only on success: a build system re-runs kiln until it succeeds.
   if (!stamp.empty())
@@ -333,16 +339,18 @@ int cmd_plan(int argc, char** argv) {
   Plan plan = make_plan(ws, PlanOptions{false, a.only});
   int counts[3] = {0, 0, 0};
   int unplannable = 0;
-  for (auto& p : plan.assets) {
-    if (p.prepare_error)
+  for (auto& e : plan.entries) {
+    if (e.prepare_failed)
       ++unplannable;
     else
-      ++counts[int(p.action)];
+      ++counts[int(e.action)];
   }
 
+  // Streamed, one asset at a time: a plan of any size is printed in constant memory.
   if (json) {
-    rapidjson::StringBuffer buf;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+    char out_buf[1 << 16];
+    rapidjson::FileWriteStream out(stdout, out_buf, sizeof out_buf);
+    rapidjson::PrettyWriter<rapidjson::FileWriteStream> w(out);
     w.SetIndent(' ', 2);
     auto str = [&](const std::string& v) {
       w.String(v.c_str(), rapidjson::SizeType(v.size()));
@@ -351,7 +359,7 @@ int cmd_plan(int argc, char** argv) {
     w.Key("summary");
     w.StartObject();
     w.Key("total");
-    w.Uint64(plan.assets.size());
+    w.Uint64(plan.size());
     w.Key("generate");
     w.Int(counts[int(Action::Generate)]);
     w.Key("cached");
@@ -365,10 +373,11 @@ int cmd_plan(int argc, char** argv) {
     w.EndObject();
     w.Key("assets");
     w.StartArray();
-    for (auto& p : plan.assets) {
+    for (size_t i = 0; i < plan.size(); ++i) {
+      PlannedAsset p = plan.asset(ws, i);
       w.StartObject();
       w.Key("name");
-      str(p.spec->name);
+      str(p.spec.name);
       w.Key("action");
       str(p.prepare_error ? "failed" : std::string(action_name(p.action)));
       w.Key("reason");
@@ -378,15 +387,15 @@ int cmd_plan(int argc, char** argv) {
       w.Key("fingerprint");
       str(p.fingerprint);
       w.Key("backend");
-      str(p.spec->backend);
+      str(p.spec.backend);
       w.Key("model");
-      str(p.spec->model);
+      str(p.spec.model);
       w.Key("width");
-      w.Uint(p.spec->width);
+      w.Uint(p.spec.width);
       w.Key("height");
-      w.Uint(p.spec->height);
+      w.Uint(p.spec.height);
       w.Key("format");
-      str(p.spec->format);
+      str(p.spec.format);
       w.Key("prompt");
       str(p.request.prompt);
       w.Key("negative_prompt");
@@ -397,25 +406,27 @@ int cmd_plan(int argc, char** argv) {
       w.Bool(p.fallback_on_disk);
       w.Key("retry");
       w.StartArray();
-      for (auto& id : p.spec->retry)
+      for (auto& id : p.spec.retry)
         str(id);
       w.EndArray();
       w.EndObject();
     }
     w.EndArray();
     w.EndObject();
-    std::printf("%s\n", buf.GetString());
+    out.Put('\n');
+    out.Flush();
   } else {
     size_t width = 5;
-    for (auto& p : plan.assets)
-      width = std::max(width, p.spec->name.size());
-    for (auto& p : plan.assets) {
+    for (auto& e : plan.entries)
+      width = std::max(width, s->manifest.name(e.asset).size());
+    for (size_t i = 0; i < plan.size(); ++i) {
+      PlannedAsset p = plan.asset(ws, i);
       const char* action = p.prepare_error                ? "failed"
                            : p.action == Action::Generate ? "generate"
                            : p.action == Action::Cached   ? "cached"
                                                           : "up to date";
       std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
-      std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec->name.c_str(),
+      std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
                   (p.prepare_error ? p.prepare_error->message : p.reason).c_str(), cost.c_str());
     }
     std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
@@ -438,8 +449,8 @@ int cmd_outputs(int argc, char** argv) {
   // run at every configure.
   Manifest m = read_manifest(a);
   std::string out;
-  for (auto& asset : m.assets)
-    out += (m.output_dir / asset.relative_output()).string() + "\n";
+  for (size_t i = 0; i < m.size(); ++i)
+    out += (m.output_dir / m.relative_output(i)).string() + "\n";
   std::fwrite(out.data(), 1, out.size(), stdout);
   return k_exit_ok;
 }

@@ -2,22 +2,35 @@
 
 #include "fatal.hpp"
 
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <optional>
+
 namespace kiln::host {
 
-Diagnostics::Diagnostics(std::string display_path, std::string_view source)
-    : m_display_path(std::move(display_path)) {
+Diagnostics::Diagnostics(std::string display_path, std::shared_ptr<const std::string> source)
+    : m_display_path(std::move(display_path)), m_source(std::move(source)) {}
+
+namespace {
+
+// Line `number` (1-based) of `text` without its line break; nullopt past the end.
+std::optional<std::string_view> line_of(std::string_view text, uint32_t number) {
   size_t start = 0;
-  while (start <= source.size()) {
-    size_t end = source.find('\n', start);
-    if (end == std::string_view::npos)
-      end = source.size();
-    std::string_view line = source.substr(start, end - start);
-    if (!line.empty() && line.back() == '\r')
-      line.remove_suffix(1);
-    m_lines.emplace_back(line);
-    start = end + 1;
+  for (uint32_t n = 1; n < number; ++n) {
+    start = text.find('\n', start);
+    if (start == std::string_view::npos)
+      return std::nullopt;
+    ++start;
   }
+  size_t end = std::min(text.find('\n', start), text.size());
+  std::string_view line = text.substr(start, end - start);
+  if (!line.empty() && line.back() == '\r')
+    line.remove_suffix(1);
+  return line;
 }
+
+} // namespace
 
 std::string Diagnostics::format(SourceLoc loc, const std::string& message) const {
   std::string out = m_display_path;
@@ -27,9 +40,19 @@ std::string Diagnostics::format(SourceLoc loc, const std::string& message) const
       out += ':' + std::to_string(loc.column);
   }
   out += ": " + message;
-  if (loc.line > 0 && loc.line <= m_lines.size()) {
-    const std::string& line = m_lines[loc.line - 1];
-    out += "\n    " + line;
+  std::optional<std::string_view> found;
+  std::string reread;
+  if (loc.line > 0 && m_source) {
+    found = line_of(*m_source, loc.line);
+  } else if (loc.line > 0 && !m_file.empty()) {
+    std::ifstream in(m_file, std::ios::binary);
+    reread.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    found = line_of(reread, loc.line);
+  }
+  if (found) {
+    std::string_view line = *found;
+    out += "\n    ";
+    out += line;
     if (loc.column > 0) {
       out += "\n    ";
       // Keep tabs so the caret lines up under tab-indented text.

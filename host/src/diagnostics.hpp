@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,7 +18,15 @@ struct SourceLoc {
 class Diagnostics {
 public:
   Diagnostics() = default;
-  Diagnostics(std::string display_path, std::string_view source);
+  // `source` is shared, not copied: a manifest of 10,000 assets is held once.
+  Diagnostics(std::string display_path, std::shared_ptr<const std::string> source);
+
+  // Drops the text: lines shown later are read from `file` again (a manifest of 10,000 assets
+  // is not kept in memory for a rare late error).
+  void read_lines_from(std::string file) {
+    m_source.reset();
+    m_file = std::move(file);
+  }
 
   void error(SourceLoc loc, const std::string& message);
   bool has_errors() const { return !m_errors.empty(); }
@@ -31,7 +40,8 @@ public:
 
 private:
   std::string m_display_path;
-  std::vector<std::string> m_lines;
+  std::shared_ptr<const std::string> m_source;
+  std::string m_file;
   std::vector<std::string> m_errors;
 };
 

@@ -176,62 +176,80 @@ std::string checks_of(const Workspace& ws, const AssetSpec& spec) {
   return sha256_hex(text);
 }
 
+// The asset's request, fingerprint, output and checks: what planning an asset and working on
+// it share. `checks_memo` spares hashing the same validator list again.
+PlannedAsset prepare(Workspace& ws, size_t asset,
+                     std::map<std::string, std::string>* checks_memo = nullptr) {
+  PlannedAsset p;
+  p.spec = ws.manifest.asset(asset);
+  const AssetSpec& spec = p.spec;
+  p.output = ws.manifest.output_dir / spec.relative_output();
+  const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
+  GenerationRequest& req = p.request;
+  req.prompt = spec.prompt;
+  // The asset's own negative prompt, with or without enhancers (style's append is idempotent).
+  req.negative_prompt = spec.negative;
+  req.backend = backend.plugin().id;
+  req.backend_version = backend.plugin().version;
+  req.model = spec.model;
+  req.width = spec.width;
+  req.height = spec.height;
+  req.format = spec.format;
+  req.seed = spec.seed;
+  req.params_json = spec.params_json;
+  p.prepare_error = enhance(ws, spec, req);
+  p.fields = fingerprint_fields(req);
+  p.fingerprint = fingerprint_of(p.fields);
+  if (checks_memo) {
+    auto [known, fresh] = checks_memo->try_emplace(join(spec.validators, "\n"));
+    if (fresh)
+      known->second = checks_of(ws, spec);
+    p.checks = known->second;
+  } else {
+    p.checks = checks_of(ws, spec);
+  }
+  return p;
+}
+
 } // namespace
 
 Plan make_plan(Workspace& ws, const PlanOptions& options) {
+  const Manifest& m = ws.manifest;
   for (auto& pattern : options.only) {
     bool any = false;
-    std::vector<std::string> names;
-    for (auto& a : ws.manifest.assets) {
-      names.push_back(a.name);
-      any = any || selected(a.name, {pattern});
-    }
+    for (size_t i = 0; i < m.size(); ++i)
+      any = any || selected(std::string(m.name(i)), {pattern});
     if (!any) {
       std::string msg =
-          "--only '" + pattern + "' matches no asset of " + ws.manifest.diagnostics.display_path();
+          "--only '" + pattern + "' matches no asset of " + m.diagnostics.display_path();
+      std::vector<std::string> names;
+      for (size_t i = 0; i < m.size(); ++i)
+        names.push_back(std::string(m.name(i)));
       if (auto hint = did_you_mean(pattern, names))
         msg += " (did you mean '" + *hint + "'?)";
       throw Fatal(msg);
     }
   }
 
+  // Each asset is prepared, decided and reduced to its PlanEntry before the next: planning
+  // holds one asset's request at a time.
   Plan plan;
-  std::map<std::string, size_t> generating; // fingerprint -> the asset that generates it
-  std::map<std::string, std::string> checks_by_validators; // validator ids -> checks_of()
-  for (auto& spec : ws.manifest.assets) {
-    if (!selected(spec.name, options.only))
+  plan.entries.reserve(options.only.empty() ? m.size() : 0);
+  std::map<std::string, std::string> checks_memo; // validator ids -> checks_of()
+  std::map<std::pair<std::string, std::string>, uint16_t> group_ids;
+  for (size_t asset = 0; asset < m.size(); ++asset) {
+    if (!options.only.empty() && !selected(std::string(m.name(asset)), options.only))
       continue;
-    PlannedAsset p;
-    p.spec = &spec;
-    p.output = ws.manifest.output_dir / spec.relative_output();
-    const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
-    GenerationRequest& req = p.request;
-    req.prompt = spec.prompt;
-    // The asset's own negative prompt, with or without enhancers (style's append is idempotent).
-    req.negative_prompt = spec.negative;
-    req.backend = backend.plugin().id;
-    req.backend_version = backend.plugin().version;
-    req.model = spec.model;
-    req.width = spec.width;
-    req.height = spec.height;
-    req.format = spec.format;
-    req.seed = spec.seed;
-    req.params_json = spec.params_json;
-    p.prepare_error = enhance(ws, spec, req);
-    p.fields = fingerprint_fields(req);
-    p.fingerprint = fingerprint_of(p.fields);
-
-    const OutputRecord* rec = ws.state.find(spec.name);
+    PlannedAsset p = prepare(ws, asset, &checks_memo);
+    const AssetSpec& spec = p.spec;
+    auto rec = ws.state.find(spec.name);
+    auto digest = digest_of_hex(p.fingerprint).value();
     auto stamp = stat_file(p.output);
-    bool current = rec && rec->fingerprint == p.fingerprint;
+    bool current = rec && rec->fingerprint == digest;
     bool unchanged = current && stamp && stamp->size == rec->size &&
-                     stamp->mtime_ns == rec->mtime_ns && rec->output == spec.relative_output();
+                     stamp->mtime_ns == rec->mtime_ns &&
+                     ws.state.same_output(*rec, spec.relative_output());
     p.fallback_on_disk = unchanged && rec->fallback;
-    // Assets of one type share their validators: hash each list once.
-    auto [known, fresh] = checks_by_validators.try_emplace(join(spec.validators, "\n"));
-    if (fresh)
-      known->second = checks_of(ws, spec);
-    p.checks = known->second;
     if (p.prepare_error) {
       p.reason = "cannot prepare the request";
     } else if (options.force) {
@@ -240,12 +258,14 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.reason = "the output is a fallback stand-in";
     } else if (unchanged) {
       p.action = Action::UpToDate;
-      p.recheck = rec->checks != p.checks;
+      p.recheck = ws.state.checks(*rec) != p.checks;
       p.reason = p.recheck ? "up to date; validators changed, checking again" : "up to date";
     } else if (current) {
       p.reason = stamp ? "output modified" : "output missing";
     } else if (rec) {
-      auto changes = describe_changes(rec->fields, p.fields);
+      auto before = ws.state.record(*rec);
+      auto changes =
+          before ? describe_changes(before->fields, p.fields) : std::vector<std::string>{};
       p.reason = changes.empty() ? "fingerprint changed" : join(changes, ", ");
     } else {
       p.reason = stamp ? "untracked output" : "new";
@@ -257,25 +277,82 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.reason += "; in cache";
     }
     if (p.action == Action::Generate && !p.prepare_error) {
-      auto [leader, first] = generating.emplace(p.fingerprint, plan.assets.size());
-      if (!first) {
-        p.action = Action::Cached;
-        p.same_as = leader->second;
-        p.reason += "; same image as " + plan.assets[leader->second].spec->name;
-      }
-    }
-    if (p.action == Action::Generate && !p.prepare_error) {
+      const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
       if (auto estimate = backend.plugin().backend()->estimate_cost_usd) {
         AssetView view = asset_view(spec);
-        kiln_request q = request_view(req, view.get(), p.fingerprint, "");
+        kiln_request q = request_view(p.request, view.get(), p.fingerprint, "");
         double usd = estimate(backend.handle(), &q);
         p.predicted_cost_usd = usd > 0 ? usd : 0;
       }
     }
-    plan.predicted_cost_usd += p.predicted_cost_usd;
-    plan.assets.push_back(std::move(p));
+    auto [group, fresh] =
+        group_ids.try_emplace({p.request.backend, p.request.model}, uint16_t(plan.groups.size()));
+    if (fresh) {
+      if (plan.groups.size() == UINT16_MAX)
+        throw Fatal("more than 65535 backend and model pairs in one run");
+      plan.groups.push_back(group->first);
+    }
+    PlanEntry& e = plan.entries.emplace_back();
+    e.asset = uint32_t(asset);
+    e.group = group->second;
+    e.action = p.action;
+    e.prepare_failed = p.prepare_error.has_value();
+    e.recheck = p.recheck;
+    e.fallback_on_disk = p.fallback_on_disk;
+    e.predicted_cost_usd = p.predicted_cost_usd;
+    e.fingerprint = digest;
+    e.reason = plan.reason_id(std::move(p.reason));
   }
+
+  // Assets that make the same image (same fingerprint): the first generates it, the others
+  // take its bytes instead of paying again.
+  std::vector<uint32_t> generating;
+  for (size_t i = 0; i < plan.entries.size(); ++i)
+    if (plan.entries[i].action == Action::Generate && !plan.entries[i].prepare_failed)
+      generating.push_back(uint32_t(i));
+  std::stable_sort(generating.begin(), generating.end(), [&](uint32_t a, uint32_t b) {
+    return plan.entries[a].fingerprint < plan.entries[b].fingerprint;
+  });
+  for (size_t k = 1; k < generating.size(); ++k) {
+    PlanEntry& e = plan.entries[generating[k]];
+    PlanEntry& before = plan.entries[generating[k - 1]];
+    if (e.fingerprint != before.fingerprint)
+      continue;
+    e.same_as = before.same_as == PlanEntry::k_none ? generating[k - 1] : before.same_as;
+    e.action = Action::Cached;
+    e.predicted_cost_usd = 0;
+    e.reason = plan.reason_id(plan.reasons[e.reason] + "; same image as " +
+                              std::string(m.name(plan.entries[e.same_as].asset)));
+  }
+  for (auto& e : plan.entries)
+    plan.predicted_cost_usd += e.predicted_cost_usd;
   return plan;
+}
+
+uint32_t Plan::reason_id(std::string reason) {
+  auto [it, fresh] = m_reason_ids.try_emplace(std::move(reason), uint32_t(reasons.size()));
+  if (fresh)
+    reasons.push_back(it->first);
+  return it->second;
+}
+
+PlannedAsset Plan::asset(Workspace& ws, size_t i) const {
+  const PlanEntry& e = entries.at(i);
+  PlannedAsset p = prepare(ws, e.asset);
+  p.index = i;
+  p.action = e.action;
+  p.reason = reasons.at(e.reason);
+  p.predicted_cost_usd = e.predicted_cost_usd;
+  p.recheck = e.recheck;
+  p.fallback_on_disk = e.fallback_on_disk;
+  if (e.same_as != PlanEntry::k_none)
+    p.same_as = e.same_as;
+  if (!p.prepare_error && (e.prepare_failed || digest_of_hex(p.fingerprint) != e.fingerprint))
+    p.prepare_error = Fault{KILN_ERROR_PERMANENT,
+                            "its enhancers gave another request than when the run was planned "
+                            "(an enhancer must give the same prompt for the same asset)",
+                            -1};
+  return p;
 }
 
 namespace {
@@ -300,7 +377,7 @@ void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& 
   }
   if (!stamp)
     throw std::runtime_error("output '" + p.output.string() + "' vanished after writing");
-  OutputRecord rec{p.spec->relative_output(),
+  OutputRecord rec{p.spec.relative_output(),
                    p.fingerprint,
                    stamp->size,
                    stamp->mtime_ns,
@@ -308,7 +385,7 @@ void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& 
                    fallback,
                    p.checks};
   std::lock_guard lock(state_mutex);
-  ws.state.put(p.spec->name, std::move(rec));
+  ws.state.put(p.spec.name, std::move(rec));
 }
 
 // Runs the asset's validators on `bytes` (an encoded file of the asset's format), fully decoded
@@ -389,7 +466,7 @@ struct Generated {
 Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const GenerationRequest& req,
                                 uint32_t attempt, const std::string& resume, AttemptRecord& record,
                                 SlotLease& slot) {
-  const AssetSpec& spec = *p.spec;
+  const AssetSpec& spec = p.spec;
   record.source = req.backend;
   const PluginInstance* found = find_backend(ws, req.backend);
   if (!found)
@@ -567,7 +644,7 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
                               const GenerationRequest& current, const Fault& fault,
                               const std::string& source, uint32_t attempt, ChainCounters& counters,
                               std::vector<std::string>& passed) {
-  const AssetSpec& spec = *p.spec;
+  const AssetSpec& spec = p.spec;
   AssetView view = asset_view(spec, &current.model);
   kiln_request q = request_view(current, view.get(), p.fingerprint, "", attempt);
   for (auto& id : spec.retry) {
@@ -732,7 +809,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
           guards.stop_backend(
               req.backend,
               Fault{KILN_ERROR_NEEDS_PERSON,
-                    req.backend + " stopped creating: " + p.spec->name + " needs a person", -1});
+                    req.backend + " stopped creating: " + p.spec.name + " needs a person", -1});
       }
     } // the slot is given back before any wait for a retry
     rec.error = fault;
@@ -761,7 +838,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     if (!same)
       counters.same_request_failures = 0;
 
-    ws.log.warning(p.spec->name + ": " + fault.message + " (attempt " + std::to_string(attempt) +
+    ws.log.warning(p.spec.name + ": " + fault.message + " (attempt " + std::to_string(attempt) +
                    "); " + next->strategy + ": " + describe_change(req, *next));
     if (next->delay_ms > 0 && !sleep_unless_interrupted(uint32_t(next->delay_ms)))
       return Fault{KILN_ERROR_INTERRUPTED, "interrupted while waiting to retry: " + fault.message,
@@ -798,7 +875,7 @@ void BuildSummary::count(const AssetOutcome& o) {
 BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, OutcomeSink* sink) {
   auto start = std::chrono::steady_clock::now();
   BuildSummary summary;
-  summary.total = plan.assets.size();
+  summary.total = plan.size();
   summary.predicted_cost_usd = plan.predicted_cost_usd;
   std::mutex state_mutex;
 
@@ -807,9 +884,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   // their image keep what those need.
   std::mutex summary_mutex;
   std::map<size_t, AssetOutcome> leaders;
-  for (auto& p : plan.assets)
-    if (p.same_as)
-      leaders.emplace(*p.same_as, AssetOutcome{});
+  for (auto& e : plan.entries)
+    if (e.same_as != PlanEntry::k_none)
+      leaders.emplace(e.same_as, AssetOutcome{});
   auto emit = [&](size_t index, AssetOutcome& o) {
     std::lock_guard lock(summary_mutex);
     summary.count(o);
@@ -820,34 +897,42 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   };
   auto outcome_of = [&](const PlannedAsset& p) {
     AssetOutcome o;
-    o.name = p.spec->name;
+    o.name = p.spec.name;
     o.reason = p.reason;
     o.output = p.output;
     o.fingerprint = p.fingerprint;
-    o.backend = p.spec->backend;
-    o.model = p.spec->model;
+    o.backend = p.spec.backend;
+    o.model = p.spec.model;
     o.predicted_cost_usd = p.predicted_cost_usd;
     o.final_prompt = p.request.prompt;
     o.final_negative_prompt = p.request.negative_prompt;
     return o;
   };
   size_t work = 0;
-  for (auto& p : plan.assets)
-    work += p.action != Action::UpToDate || p.prepare_error;
+  for (auto& e : plan.entries)
+    work += e.action != Action::UpToDate || e.prepare_failed;
   Progress progress(ws.log, work, options.verbosity, options.progress);
   using Outcome = Progress::Outcome;
 
   std::vector<size_t> to_generate, followers;
-  for (size_t i = 0; i < plan.assets.size(); ++i) {
-    PlannedAsset& p = plan.assets[i];
-    if (p.action == Action::Generate && !p.prepare_error) {
+  for (size_t i = 0; i < plan.size(); ++i) {
+    PlanEntry& entry = plan.entries[i];
+    if (entry.action == Action::Generate && !entry.prepare_failed) {
       to_generate.push_back(i);
       continue;
     }
-    if (p.action == Action::Cached && p.same_as) {
+    if (entry.action == Action::Cached && entry.same_as != PlanEntry::k_none) {
       followers.push_back(i); // after its leader has generated the image
       continue;
     }
+    // A change made here to what the asset needs goes into its entry: the asset is made again
+    // from the entry when its turn comes.
+    auto generate_instead = [&](std::string reason) {
+      entry.action = Action::Generate;
+      entry.reason = plan.reason_id(std::move(reason));
+      to_generate.push_back(i);
+    };
+    PlannedAsset p = plan.asset(ws, i);
     AssetOutcome o = outcome_of(p);
     if (p.prepare_error) {
       o.status = "failed";
@@ -861,14 +946,16 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       if (auto bytes = read_file(p.output)) {
         WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" /
                         ("check-" + p.fingerprint));
-        rejected = run_validators(ws, *p.spec, *bytes, scratch.path, source);
+        rejected = run_validators(ws, p.spec, *bytes, scratch.path, source);
       } else {
         rejected = Fault{KILN_ERROR_PERMANENT, "cannot read it", -1};
       }
-      if (!rejected) {
-        OutputRecord rec = *ws.state.find(p.spec->name);
-        rec.checks = p.checks;
-        ws.state.put(p.spec->name, std::move(rec));
+      std::optional<OutputRecord> rec;
+      if (auto known = ws.state.find(p.spec.name))
+        rec = ws.state.record(*known);
+      if (!rejected && rec) {
+        rec->checks = p.checks;
+        ws.state.put(p.spec.name, *rec);
         o.status = "up_to_date";
         o.reason = p.reason = "up to date; passes the changed validators";
         if (options.verbosity <= KILN_LOG_DEBUG)
@@ -877,24 +964,21 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
         continue;
       }
       // Made again, not taken from the cache: the cache holds these same rejected bytes.
-      ws.log.warning(o.name + ": the output no longer passes: " + rejected->message);
-      p.action = Action::Generate;
-      p.reason = o.reason = "rejected by the changed validators";
+      if (rejected)
+        ws.log.warning(o.name + ": the output no longer passes: " + rejected->message);
       progress.add_work(1);
-      to_generate.push_back(i);
+      generate_instead(rejected ? "rejected by the changed validators"
+                                : "its state record cannot be read");
       continue;
     } else if (p.action == Action::UpToDate) {
       o.status = "up_to_date";
       if (options.verbosity <= KILN_LOG_DEBUG)
         progress.note("up to date " + o.name);
     } else {
-      auto bytes = ws.cache.get(p.fingerprint, p.spec->format);
+      auto bytes = ws.cache.get(p.fingerprint, p.spec.format);
       if (!bytes || structural_problem(*bytes)) {
         ws.log.warning("cache entry for " + o.name + " is unreadable or damaged; generating");
-        p.action = Action::Generate;
-        p.reason += " (cache entry damaged)";
-        o.reason = p.reason;
-        to_generate.push_back(i);
+        generate_instead(p.reason + " (cache entry damaged)");
         continue;
       }
       try {
@@ -913,7 +997,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   RunGuards guards(ws, options.jobs);
   Scheduler& queue = guards.scheduler;
   for (size_t i : to_generate)
-    queue.add(i, plan.assets[i].request.backend, plan.assets[i].request.model);
+    queue.add(i, plan.groups[plan.entries[i].group].first,
+              plan.groups[plan.entries[i].group].second);
   // One asset of the queue, start to end: its outcome is filled in `o`.
   auto generate_one = [&](PlannedAsset& p, AssetOutcome& o, const Scheduler::Job& job,
                           std::chrono::steady_clock::time_point t0) {
@@ -922,6 +1007,10 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       o.error = std::move(f);
       progress.finished(Outcome::Failed, o.name + ": " + o.error->message, o.cost_usd, true);
     };
+    if (p.prepare_error) {
+      fail(*p.prepare_error);
+      return;
+    }
     try {
       auto g = generate_asset(ws, guards, p, o, job.holds_slot);
       if (!g && o.attempts.empty()) {
@@ -939,7 +1028,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       // The cache first: once it holds the image, a crash loses nothing that was paid for. A
       // fallback stand-in is not the image asked for, so it is never cached.
       if (!o.fallback)
-        ws.cache.put(p.fingerprint, p.spec->format, g->bytes);
+        ws.cache.put(p.fingerprint, p.spec.format, g->bytes);
       install_output(ws, state_mutex, p, g->bytes, o.fallback);
       o.status = "generated";
       char timing[64];
@@ -966,7 +1055,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   };
   auto worker = [&] {
     while (auto job = queue.next()) {
-      PlannedAsset& p = plan.assets[job->index];
+      PlannedAsset p = plan.asset(ws, job->index);
       AssetOutcome o = outcome_of(p);
       auto t0 = std::chrono::steady_clock::now();
       progress.started(o.name);
@@ -993,12 +1082,12 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   }
 
   for (size_t i : followers) {
-    const PlannedAsset& p = plan.assets[i];
+    PlannedAsset p = plan.asset(ws, i);
     AssetOutcome o = outcome_of(p);
     const AssetOutcome& leader = leaders.at(*p.same_as);
     try {
       auto bytes =
-          leader.fallback ? read_file(leader.output) : ws.cache.get(p.fingerprint, p.spec->format);
+          leader.fallback ? read_file(leader.output) : ws.cache.get(p.fingerprint, p.spec.format);
       if (leader.status != "generated") {
         o.error = leader.error.value_or(Fault{});
         o.error->message =

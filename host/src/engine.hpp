@@ -10,15 +10,21 @@
 
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace kiln::host {
 
+struct Workspace;
+
 enum class Action { UpToDate, Cached, Generate };
 std::string_view action_name(Action action); // "up_to_date", "cached", "generate"
 
+// One asset with everything a run needs to work on it. Made when the asset's turn comes
+// (Plan::asset()) and dropped when it is done: only the PlanEntry is kept for every asset.
 struct PlannedAsset {
-  const AssetSpec* spec = nullptr;
+  size_t index = 0; // in the plan
+  AssetSpec spec;
   GenerationRequest request;
   FingerprintFields fields;
   std::string fingerprint;
@@ -34,13 +40,43 @@ struct PlannedAsset {
   // The file on disk is a fallback stand-in from an earlier run: it is made again.
   bool fallback_on_disk = false;
   // Another asset of this run makes the same image (same fingerprint): this one takes its bytes
-  // instead of paying again. Index into Plan::assets.
+  // instead of paying again. Index into the plan.
   std::optional<size_t> same_as;
 };
 
-struct Plan {
-  std::vector<PlannedAsset> assets;
+// What the plan keeps for every asset for the whole run: a few dozen bytes, so a manifest of
+// 10,000 assets plans in about a megabyte.
+struct PlanEntry {
+  static constexpr uint32_t k_none = UINT32_MAX;
+  uint32_t asset = 0; // index in the manifest
+  uint32_t same_as = k_none;
+  uint16_t group = 0; // index into Plan::groups: its backend and model
+  Action action = Action::Generate;
+  bool prepare_failed = false;
+  bool recheck = false;
+  bool fallback_on_disk = false;
   double predicted_cost_usd = 0;
+  uint32_t reason = 0; // index into Plan::reasons: most assets share a few
+  Digest fingerprint{};
+};
+
+class Plan {
+public:
+  std::vector<PlanEntry> entries;
+  std::vector<std::pair<std::string, std::string>> groups; // backend id, model
+  std::vector<std::string> reasons;                        // "new", "prompt changed"...
+  double predicted_cost_usd = 0;
+
+  uint32_t reason_id(std::string reason); // an index into reasons, added if new
+
+  size_t size() const { return entries.size(); }
+  // Entry i with its request made again (enhancers run again: they must be deterministic, as
+  // the fingerprint already requires). An asset whose request no longer matches its planned
+  // fingerprint gets a prepare_error.
+  PlannedAsset asset(Workspace& ws, size_t i) const;
+
+private:
+  std::unordered_map<std::string, uint32_t> m_reason_ids;
 };
 
 struct PlanOptions {

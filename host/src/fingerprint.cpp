@@ -67,4 +67,34 @@ std::vector<std::string> describe_changes(const FingerprintFields& before,
   return out;
 }
 
+std::optional<Digest> digest_of_hex(std::string_view hex) {
+  if (hex.size() != 64)
+    return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9')
+      return c - '0';
+    if (c >= 'a' && c <= 'f')
+      return c - 'a' + 10;
+    return -1;
+  };
+  Digest d;
+  for (size_t i = 0; i < d.size(); ++i) {
+    int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0)
+      return std::nullopt;
+    d[i] = uint8_t(hi << 4 | lo);
+  }
+  return d;
+}
+
+std::string hex_of(const Digest& d) {
+  static const char k_digits[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (size_t i = 0; i < d.size(); ++i) {
+    out[2 * i] = k_digits[d[i] >> 4];
+    out[2 * i + 1] = k_digits[d[i] & 15];
+  }
+  return out;
+}
+
 } // namespace kiln::host

@@ -2,9 +2,11 @@
 // image, so that formatting, comments, key order and other assets never change it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,12 @@ using FingerprintFields = std::vector<std::pair<std::string, std::string>>;
 
 FingerprintFields fingerprint_fields(const GenerationRequest& request);
 std::string fingerprint_of(const FingerprintFields& fields);
+
+// A fingerprint as its 32 bytes, for what is kept per asset for a whole run (half the size of
+// its hex text, and no allocation).
+using Digest = std::array<uint8_t, 32>;
+std::optional<Digest> digest_of_hex(std::string_view hex); // nullopt unless 64 hex digits
+std::string hex_of(const Digest& digest);
 
 // "prompt changed", "model changed", "size changed"... for fields that differ; empty if none.
 std::vector<std::string> describe_changes(const FingerprintFields& before,

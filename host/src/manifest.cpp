@@ -1,15 +1,22 @@
 #include "manifest.hpp"
 
 #include "fatal.hpp"
+#include "state.hpp"
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fcntl.h>
 #include <set>
 #include <sstream>
+#include <sys/stat.h>
 #include <toml++/toml.h>
+#include <unistd.h>
+#include <unordered_map>
 
 namespace kiln::host {
 
@@ -32,13 +39,6 @@ const std::vector<std::string> k_field_keys = {
 const std::vector<std::string> k_list_keys = {"enhancers", "validators", "retry", "fallback_models",
                                               "modifiers"};
 const std::vector<std::string> k_formats = {"png", "webp", "jpg"};
-
-SourceLoc loc_of(const toml::source_region& r) {
-  return {r.begin.line, r.begin.column};
-}
-SourceLoc loc_of(const toml::node& n) {
-  return loc_of(n.source());
-}
 
 std::string type_name(const toml::node& n) {
   switch (n.type()) {
@@ -155,43 +155,75 @@ void to_json(std::string& out, const toml::node& n) {
 struct Layer {
   const toml::table* table = nullptr;
   std::string where;
+  bool own = false; // the asset's table: its lines are offset, the others' are not
 };
 
 class Parser {
 public:
-  Parser(Manifest& m, Diagnostics& d) : m_m(m), m_d(d) {}
+  // `line_offset`: lines before the text toml++ parsed (an asset is parsed on its own).
+  Parser(Manifest* m, Diagnostics& d, uint32_t line_offset = 0)
+      : m_m(m), m_d(d), m_line_offset(line_offset) {}
 
-  void run(const toml::table& root) {
+  void set_line_offset(uint32_t offset) { m_line_offset = offset; }
+
+  // Everything but the assets: the manifest with its [[asset]] tables blanked.
+  void header(const toml::table& root) {
     check_keys(root, k_top_keys, "at the top level");
     parse_project(root);
     parse_plugins(root);
-    parse_plugin_tables(root, "backends", m_m.backend_settings);
-    parse_plugin_tables(root, "enhancers", m_m.enhancer_settings);
-    parse_plugin_tables(root, "validators", m_m.validator_settings);
-    parse_plugin_tables(root, "strategies", m_m.strategy_settings);
+    parse_plugin_tables(root, "backends", m_m->backend_settings);
+    parse_plugin_tables(root, "enhancers", m_m->enhancer_settings);
+    parse_plugin_tables(root, "validators", m_m->validator_settings);
+    parse_plugin_tables(root, "strategies", m_m->strategy_settings);
     parse_retry_policy(root);
+    use_layers(root, true);
+    // [[asset]] tables never reach here: an `asset` left is of another kind.
+    if (auto n = root.get("asset"))
+      m_d.error(loc_of(*n), "'asset' must be an array of tables: write each as [[asset]]");
+  }
 
+  // [defaults] and [types.X] of `root`, checked when `check`.
+  void use_layers(const toml::table& root, bool check) {
     if (auto n = root.get("defaults")) {
-      if (auto t = expect_table(*n, "[defaults]")) {
-        check_keys(*t, k_field_keys, "in [defaults]");
-        check_fields(*t);
+      if (auto t = check ? expect_table(*n, "[defaults]") : n->as_table()) {
+        if (check) {
+          check_keys(*t, k_field_keys, "in [defaults]");
+          check_fields(*t);
+        }
         m_defaults = Layer{t, "[defaults]"};
       }
     }
     if (auto n = root.get("types")) {
-      if (auto t = expect_table(*n, "[types]")) {
+      if (auto t = check ? expect_table(*n, "[types]") : n->as_table()) {
         for (auto&& [k, v] : *t) {
           std::string where = "[types." + std::string(k.str()) + "]";
-          if (auto tt = expect_table(v, where)) {
-            check_keys(*tt, k_field_keys, "in " + where);
-            check_fields(*tt);
+          if (auto tt = check ? expect_table(v, where) : v.as_table()) {
+            if (check) {
+              check_keys(*tt, k_field_keys, "in " + where);
+              check_fields(*tt);
+            }
             m_types.emplace(std::string(k.str()), Layer{tt, where});
           }
         }
       }
     }
-    parse_assets(root);
   }
+
+  // The root of one asset's own text (`[[asset]]` and its sub-tables): checks and resolves it.
+  // False when it has errors. `name_loc` gets where its name is.
+  bool asset(const toml::table& root, AssetSpec& spec, SourceLoc& name_loc) {
+    const toml::array* arr = root.get("asset") ? root.get("asset")->as_array() : nullptr;
+    if (!arr || arr->size() != 1 || !arr->get(0)->is_table()) {
+      m_d.error({m_line_offset + 1, 1}, "expected one [[asset]] table here");
+      return false;
+    }
+    return parse_asset(*arr->get(0)->as_table(), spec, name_loc);
+  }
+
+  SourceLoc loc_of(const toml::source_region& r) const {
+    return {r.begin.line ? r.begin.line + m_line_offset : 0, r.begin.column};
+  }
+  SourceLoc loc_of(const toml::node& n) const { return loc_of(n.source()); }
 
 private:
   void check_keys(const toml::table& t, const std::vector<std::string>& allowed,
@@ -242,7 +274,7 @@ private:
   }
 
   void parse_project(const toml::table& root) {
-    m_m.output_dir = m_m.dir / "generated";
+    m_m->output_dir = m_m->dir / "generated";
     auto n = root.get("project");
     if (!n)
       return;
@@ -254,11 +286,11 @@ private:
       if (dir->empty())
         m_d.error(loc_of(*t->get("output_dir")), "output_dir must not be empty");
       else
-        m_m.output_dir = (m_m.dir / *dir).lexically_normal();
+        m_m->output_dir = (m_m->dir / *dir).lexically_normal();
     }
     if (auto fb = t->get("allow_fallback")) {
       if (auto b = fb->as_boolean())
-        m_m.allow_fallback = b->get();
+        m_m->allow_fallback = b->get();
       else
         m_d.error(loc_of(*fb), "allow_fallback must be true or false, not " + type_name(*fb));
     }
@@ -273,7 +305,7 @@ private:
       else if (!(*v >= 0) || !std::isfinite(*v))
         m_d.error(loc_of(*b), "budget_usd must be zero or more");
       else
-        m_m.budget_usd = v;
+        m_m->budget_usd = v;
     }
   }
 
@@ -297,7 +329,7 @@ private:
     if (!t)
       return;
     check_keys(*t, k_retry_policy_keys, "in [retry_policy]");
-    RetryPolicy& p = m_m.retry_policy;
+    RetryPolicy& p = m_m->retry_policy;
     auto count = [&](std::string_view key, uint32_t& out, double lowest) {
       if (auto v = get_number(*t, key)) {
         if (*v != std::floor(*v) || *v < lowest || *v > 1e6)
@@ -332,8 +364,8 @@ private:
       if (auto list = get_string_list(*p, "paths")) {
         auto a = p->as_array();
         for (size_t i = 0; i < list->size(); ++i) {
-          m_m.plugin_paths.push_back((m_m.dir / (*list)[i]).lexically_normal());
-          m_m.plugin_path_locs.push_back(loc_of(*a->get(i)));
+          m_m->plugin_paths.push_back((m_m->dir / (*list)[i]).lexically_normal());
+          m_m->plugin_path_locs.push_back(loc_of(*a->get(i)));
         }
       }
     }
@@ -381,7 +413,7 @@ private:
       if (!pt)
         continue;
       if (kind == "backends")
-        parse_pacing(*pt, m_m.backend_pacing[std::string(k.str())]);
+        parse_pacing(*pt, m_m->backend_pacing[std::string(k.str())]);
       PluginSettings s;
       s.id = std::string(k.str());
       s.loc = loc_of(k.source());
@@ -491,88 +523,75 @@ private:
                            AssetSpec& spec) {
     for (const Layer& l : layers) {
       if (auto n = l.table->get(key)) {
-        spec.field_locs[std::string(key)] = loc_of(*n);
+        SourceLoc loc = loc_of(*n);
+        if (!l.own && loc.line)
+          loc.line -= m_line_offset; // [defaults] or [types.X]: parsed with the whole file
+        spec.field_locs[std::string(key)] = loc;
         return n;
       }
     }
     return nullptr;
   }
 
-  void parse_assets(const toml::table& root) {
-    auto n = root.get("asset");
-    if (!n)
-      return;
-    auto arr = n->as_array();
-    if (!arr || !arr->is_array_of_tables()) {
-      m_d.error(loc_of(*n), "'asset' must be an array of tables: write each as [[asset]]");
-      return;
-    }
-    std::map<std::string, SourceLoc> seen;
+  bool parse_asset(const toml::table& t, AssetSpec& spec, SourceLoc& name_loc) {
     std::vector<std::string> type_names;
     for (auto& [k, v] : m_types)
       type_names.push_back(k);
-    std::vector<std::string> asset_keys = {"name", "type", "prompt"};
-    asset_keys.insert(asset_keys.end(), k_field_keys.begin(), k_field_keys.end());
+    static const std::vector<std::string> asset_keys = [] {
+      std::vector<std::string> keys = {"name", "type", "prompt"};
+      keys.insert(keys.end(), k_field_keys.begin(), k_field_keys.end());
+      return keys;
+    }();
 
-    for (auto&& node : *arr) {
-      const toml::table& t = *node.as_table();
-      size_t errors_before = m_d.error_count();
-      check_keys(t, asset_keys, "in [[asset]]");
-      check_fields(t);
-      AssetSpec spec;
-      spec.loc = loc_of(t);
+    size_t errors_before = m_d.error_count();
+    check_keys(t, asset_keys, "in [[asset]]");
+    check_fields(t);
+    spec.loc = loc_of(t);
 
-      auto name = get_string(t, "name", "name");
-      if (!t.get("name"))
-        m_d.error(spec.loc, "[[asset]] has no name");
-      else if (name) {
-        check_name(*t.get("name"), *name);
-        spec.name = *name;
-        spec.field_locs["name"] = loc_of(*t.get("name"));
-        auto [it, inserted] = seen.emplace(*name, loc_of(*t.get("name")));
-        if (!inserted)
-          m_d.error(loc_of(*t.get("name")), "duplicate asset name " + in_quotes(*name) +
-                                                " (first declared at " + m_d.display_path() + ":" +
-                                                std::to_string(it->second.line) + ")");
-      }
-      std::string label = spec.name.empty() ? "[[asset]]" : "asset " + in_quotes(spec.name);
-
-      auto prompt = get_string(t, "prompt", "prompt");
-      if (!t.get("prompt"))
-        m_d.error(spec.loc, label + " has no prompt");
-      else if (prompt && prompt->find_first_not_of(" \t\r\n") == std::string::npos)
-        m_d.error(loc_of(*t.get("prompt")), label + " has an empty prompt");
-      else if (prompt)
-        spec.prompt = *prompt;
-
-      std::vector<Layer> layers{Layer{&t, "asset"}};
-      auto type = get_string(t, "type", "type");
-      if (!t.get("type")) {
-        m_d.error(spec.loc,
-                  label + " has no type" +
-                      (type_names.empty() ? std::string(": declare one in [types]")
-                                          : " (declared types: " + join(type_names, ", ") + ")"));
-      } else if (type) {
-        spec.type = *type;
-        spec.field_locs["type"] = loc_of(*t.get("type"));
-        auto it = m_types.find(*type);
-        if (it == m_types.end())
-          m_d.error(loc_of(*t.get("type")),
-                    with_hint("unknown type " + in_quotes(*type) + " (no [types." + *type + "])",
-                              *type, type_names));
-        else
-          layers.push_back(it->second);
-      }
-      if (m_defaults.table)
-        layers.push_back(m_defaults);
-
-      // With its type unknown, the asset's missing fields are noise: report the type only.
-      bool type_known = spec.type.empty() || m_types.count(spec.type);
-      resolve(spec, layers, label, type_known);
-      // Only a fully checked asset is kept: later stages may trust every field.
-      if (m_d.error_count() == errors_before)
-        m_m.assets.push_back(std::move(spec));
+    auto name = get_string(t, "name", "name");
+    if (!t.get("name"))
+      m_d.error(spec.loc, "[[asset]] has no name");
+    else if (name) {
+      check_name(*t.get("name"), *name);
+      spec.name = *name;
+      name_loc = spec.field_locs["name"] = loc_of(*t.get("name"));
     }
+    std::string label = spec.name.empty() ? "[[asset]]" : "asset " + in_quotes(spec.name);
+
+    auto prompt = get_string(t, "prompt", "prompt");
+    if (!t.get("prompt"))
+      m_d.error(spec.loc, label + " has no prompt");
+    else if (prompt && prompt->find_first_not_of(" \t\r\n") == std::string::npos)
+      m_d.error(loc_of(*t.get("prompt")), label + " has an empty prompt");
+    else if (prompt)
+      spec.prompt = *prompt;
+
+    std::vector<Layer> layers{Layer{&t, "asset", true}};
+    auto type = get_string(t, "type", "type");
+    if (!t.get("type")) {
+      m_d.error(spec.loc,
+                label + " has no type" +
+                    (type_names.empty() ? std::string(": declare one in [types]")
+                                        : " (declared types: " + join(type_names, ", ") + ")"));
+    } else if (type) {
+      spec.type = *type;
+      spec.field_locs["type"] = loc_of(*t.get("type"));
+      auto it = m_types.find(*type);
+      if (it == m_types.end())
+        m_d.error(loc_of(*t.get("type")),
+                  with_hint("unknown type " + in_quotes(*type) + " (no [types." + *type + "])",
+                            *type, type_names));
+      else
+        layers.push_back(it->second);
+    }
+    if (m_defaults.table)
+      layers.push_back(m_defaults);
+
+    // With its type unknown, the asset's missing fields are noise: report the type only.
+    bool type_known = spec.type.empty() || m_types.count(spec.type);
+    resolve(spec, layers, label, type_known);
+    // Only a fully checked asset is kept: later stages may trust every field.
+    return m_d.error_count() == errors_before;
   }
 
   void resolve(AssetSpec& spec, const std::vector<Layer>& layers, const std::string& label,
@@ -632,41 +651,343 @@ private:
     to_json(spec.params_json, params);
   }
 
-  Manifest& m_m;
+  Manifest* m_m; // null when only assets are parsed
   Diagnostics& m_d;
+  uint32_t m_line_offset = 0;
   Layer m_defaults;
   std::map<std::string, Layer> m_types;
 };
+
+// A manifest split at its top-level table headers, so each asset can be parsed on its own and
+// none is kept parsed: the asset tables (an `[[asset]]` header up to the next header that is
+// not one of its `[asset.x]` sub-tables), and the rest with those tables blanked to spaces, so
+// every line and column stays where it was.
+struct Split {
+  struct Chunk {
+    size_t begin = 0, end = 0;
+    uint32_t line = 0;
+  };
+  std::vector<Chunk> assets;
+  std::string header;
+};
+
+// The first key of a table header's text (between the brackets), unquoted, and whether more
+// keys follow it: `asset.params` -> {"asset", true}; ` "asset" ` -> {"asset", false}.
+std::pair<std::string, bool> first_key(std::string_view inner) {
+  size_t i = inner.find_first_not_of(" \t");
+  if (i == std::string_view::npos)
+    return {"", false};
+  std::string key;
+  if (inner[i] == '"' || inner[i] == '\'') {
+    char q = inner[i];
+    size_t end = inner.find(q, i + 1);
+    if (end == std::string_view::npos)
+      return {"", false};
+    key = inner.substr(i + 1, end - i - 1);
+    i = end + 1;
+  } else {
+    size_t end = inner.find_first_of(" \t.", i);
+    key = inner.substr(i, std::min(end, inner.size()) - i);
+    i = std::min(end, inner.size());
+  }
+  i = inner.find_first_not_of(" \t", i);
+  return {key, i != std::string_view::npos && inner[i] == '.'};
+}
+
+Split split_manifest(std::string_view text) {
+  Split out;
+  out.header.assign(text);
+  size_t n = text.size(), i = 0;
+  uint32_t line = 1;
+  int depth = 0;          // open [ and { of values
+  bool line_start = true; // only blanks so far on this line
+  std::optional<Split::Chunk> chunk;
+  auto close_chunk = [&](size_t at) {
+    if (!chunk)
+      return;
+    chunk->end = at;
+    for (size_t k = chunk->begin; k < at; ++k)
+      if (out.header[k] != '\n')
+        out.header[k] = ' ';
+    out.assets.push_back(*chunk);
+    chunk.reset();
+  };
+  auto skip_string = [&](char q) { // at the opening quote; leaves i after the closing one
+    bool multi = i + 2 < n && text[i + 1] == q && text[i + 2] == q;
+    i += multi ? 3 : 1;
+    while (i < n) {
+      char c = text[i];
+      if (c == '\\' && q == '"') {
+        if (i + 1 < n && text[i + 1] == '\n')
+          ++line;
+        i += 2;
+        continue;
+      }
+      if (c == '\n' && !multi)
+        return; // unterminated: toml++ reports it
+      if (c == '\n')
+        ++line;
+      if (c == q && !multi) {
+        ++i;
+        return;
+      }
+      if (c == q) { // """a""""" : a run of 3 to 5 quotes closes, the extra ones are content
+        size_t run = 0;
+        while (i + run < n && text[i + run] == q)
+          ++run;
+        i += run;
+        if (run >= 3)
+          return;
+        continue;
+      }
+      ++i;
+    }
+  };
+  while (i < n) {
+    char c = text[i];
+    if (c == '\n') {
+      ++line;
+      ++i;
+      line_start = true;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\r') {
+      ++i;
+      continue;
+    }
+    if (c == '#') {
+      while (i < n && text[i] != '\n')
+        ++i;
+      continue;
+    }
+    if (line_start && depth == 0 && c == '[') {
+      size_t line_begin = text.rfind('\n', i);
+      line_begin = line_begin == std::string_view::npos ? 0 : line_begin + 1;
+      bool array = i + 1 < n && text[i + 1] == '[';
+      size_t inner = i + (array ? 2 : 1), k = inner;
+      while (k < n && text[k] != ']' && text[k] != '\n') {
+        if (text[k] == '"' || text[k] == '\'') {
+          size_t end = text.find(text[k], k + 1);
+          k = end == std::string_view::npos ? n : end;
+        }
+        ++k;
+      }
+      auto [key, more] = first_key(text.substr(inner, std::min(k, n) - inner));
+      if (key == "asset" && array && !more) {
+        close_chunk(line_begin);
+        chunk = Split::Chunk{line_begin, 0, line};
+      } else if (!(key == "asset" && more && chunk)) {
+        close_chunk(line_begin);
+      }
+      i = k;
+      line_start = false;
+      while (i < n && text[i] != '\n' && text[i] != '#')
+        ++i;
+      continue;
+    }
+    line_start = false;
+    if (c == '"' || c == '\'') {
+      skip_string(c);
+      continue;
+    }
+    if (c == '[' || c == '{')
+      ++depth;
+    else if ((c == ']' || c == '}') && depth > 0)
+      --depth;
+    ++i;
+  }
+  close_chunk(n);
+  return out;
+}
+
+} // namespace
+
+struct LayerTables {
+  toml::table root; // the manifest without its assets
+};
+
+struct Manifest::Source {
+  struct Fd {
+    int fd = -1;
+    ~Fd() {
+      if (fd >= 0)
+        ::close(fd);
+    }
+  };
+  std::shared_ptr<const std::string> text; // null: read from the file
+  std::shared_ptr<Fd> file;
+  FileStamp stamp; // the file's, when it was read
+  std::string display_path;
+
+  std::string read(AssetIndex::Place place) const {
+    if (text)
+      return text->substr(place.offset, place.length);
+    struct stat st;
+    if (::fstat(file->fd, &st) != 0 || uint64_t(st.st_size) != stamp.size ||
+        int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec != stamp.mtime_ns)
+      throw Fatal(display_path + " changed during the run: run kiln again");
+    auto out = pread_exact(file->fd, place.offset, place.length);
+    if (!out)
+      throw Fatal("cannot read " + display_path + " again: " + std::strerror(errno));
+    return std::move(*out);
+  }
+};
+
+std::string_view AssetIndex::format(size_t i) const {
+  return k_formats.at(m_entries[i].format);
+}
+
+void AssetIndex::add(Place place, std::string_view name, std::string_view format) {
+  Entry e;
+  e.place = place;
+  e.name_offset = uint32_t(m_names.size());
+  e.name_length = uint16_t(std::min<size_t>(name.size(), UINT16_MAX));
+  auto f = std::find(k_formats.begin(), k_formats.end(), format);
+  e.format = uint8_t(f == k_formats.end() ? 0 : f - k_formats.begin());
+  m_names.append(name.substr(0, e.name_length));
+  m_entries.push_back(e);
+}
+
+namespace {
+
+Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& path,
+                    const std::string& display_path) {
+  Manifest m;
+  m.path = fs::absolute(path).lexically_normal();
+  m.dir = m.path.parent_path();
+  m.diagnostics = Diagnostics(display_path, text);
+  Diagnostics& d = m.diagnostics;
+  auto parse_error = [&](const toml::parse_error& e, uint32_t line_offset) {
+    SourceLoc loc{e.source().begin.line, e.source().begin.column};
+    if (loc.line)
+      loc.line += line_offset;
+    d.error(loc, std::string(e.description()));
+  };
+  if (text->size() > UINT32_MAX)
+    throw Fatal(display_path + ": larger than 4 GiB");
+
+  Split split = split_manifest(*text);
+  auto layers = std::make_shared<LayerTables>();
+  try {
+    layers->root = toml::parse(split.header, display_path);
+  } catch (const toml::parse_error& e) {
+    parse_error(e, 0);
+    d.throw_if_errors();
+  }
+  split.header = std::string();
+  Parser parser(&m, d);
+  parser.header(layers->root);
+  m.layers = layers;
+
+  // Each asset is parsed, checked and dropped: only its place and name are kept.
+  std::unordered_multimap<uint64_t, std::pair<uint32_t, uint32_t>> seen; // name hash -> index, line
+  m.assets.reserve(split.assets.size());
+  for (auto& chunk : split.assets) {
+    AssetIndex::Place place{uint32_t(chunk.begin), uint32_t(chunk.end - chunk.begin), chunk.line};
+    toml::table root;
+    try {
+      root = toml::parse(std::string_view(*text).substr(place.offset, place.length), display_path);
+    } catch (const toml::parse_error& e) {
+      parse_error(e, chunk.line - 1);
+      continue;
+    }
+    parser.set_line_offset(chunk.line - 1);
+    AssetSpec spec;
+    SourceLoc name_loc;
+    bool ok = parser.asset(root, spec, name_loc);
+    if (!spec.name.empty()) {
+      uint64_t hash = std::hash<std::string_view>{}(spec.name);
+      auto [first, last] = seen.equal_range(hash);
+      for (auto it = first; it != last; ++it)
+        if (m.assets.name(it->second.first) == spec.name) {
+          d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) +
+                                " (first declared at " + d.display_path() + ":" +
+                                std::to_string(it->second.second) + ")");
+          ok = false;
+          break;
+        }
+      if (ok)
+        seen.emplace(hash, std::pair{uint32_t(m.assets.size()), name_loc.line});
+    }
+    if (!ok)
+      continue;
+    m.assets.add(place, spec.name, spec.format);
+    auto use = [&](const char* field, const std::vector<std::string>& ids) {
+      auto& uses = m.plugin_uses[field];
+      for (auto& id : ids)
+        uses.emplace(id, spec.field_locs[field]);
+    };
+    use("backend", {spec.backend});
+    use("enhancers", spec.enhancers);
+    use("validators", spec.validators);
+    use("retry", spec.retry);
+  }
+  d.throw_if_errors();
+  auto source = std::make_shared<Manifest::Source>();
+  source->text = std::move(text);
+  source->display_path = display_path;
+  m.source = std::move(source);
+  return m;
+}
 
 } // namespace
 
 Manifest parse_manifest(std::string_view text, const fs::path& path,
                         const std::string& display_path) {
-  Manifest m;
-  m.path = fs::absolute(path).lexically_normal();
-  m.dir = m.path.parent_path();
-  m.diagnostics = Diagnostics(display_path, text);
-  toml::table root;
-  try {
-    root = toml::parse(text, display_path);
-  } catch (const toml::parse_error& e) {
-    m.diagnostics.error(loc_of(e.source()), std::string(e.description()));
-    m.diagnostics.throw_if_errors();
+  return parse_text(std::make_shared<const std::string>(text), path, display_path);
+}
+
+AssetSpec Manifest::asset(size_t i) const {
+  AssetIndex::Place place = assets.place(i);
+  toml::table root = toml::parse(source->read(place), path.string());
+  Diagnostics scratch;
+  Parser parser(nullptr, scratch, place.line - 1);
+  parser.use_layers(layers->root, false);
+  AssetSpec spec;
+  SourceLoc name_loc;
+  if (!parser.asset(root, spec, name_loc))
+    throw Fatal(source->display_path + " changed during the run: run kiln again");
+  if (!m_backend_override.empty()) {
+    spec.backend = m_backend_override;
+    spec.field_locs["backend"] = SourceLoc{}; // set on the command line
   }
-  Parser(m, m.diagnostics).run(root);
-  m.diagnostics.throw_if_errors();
-  return m;
+  return spec;
+}
+
+void Manifest::override_backend(const std::string& id) {
+  m_backend_override = id;
+  plugin_uses["backend"] = {{id, SourceLoc{}}};
+}
+
+void Manifest::keep_text_on_disk() {
+  if (!source || !source->file)
+    return;
+  auto on_disk = std::make_shared<Source>(*source);
+  on_disk->text.reset();
+  source = std::move(on_disk);
+  diagnostics.read_lines_from(path.string());
 }
 
 Manifest load_manifest(const fs::path& path, const std::string& display_path) {
-  auto text = read_file(path);
-  if (!text) {
-    std::error_code ec;
-    if (!fs::exists(path, ec))
-      throw Fatal(display_path + ": no such manifest (pass one with -m FILE)");
+  auto file = std::make_shared<Manifest::Source::Fd>();
+  file->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  std::error_code ec;
+  if (file->fd < 0 && !fs::exists(path, ec))
+    throw Fatal(display_path + ": no such manifest (pass one with -m FILE)");
+  struct stat st;
+  if (file->fd < 0 || ::fstat(file->fd, &st) != 0 || !S_ISREG(st.st_mode))
     throw Fatal(display_path + ": cannot read the manifest");
-  }
-  return parse_manifest(*text, path, display_path);
+  auto text = pread_exact(file->fd, 0, size_t(st.st_size));
+  if (!text)
+    throw Fatal(display_path + ": cannot read the manifest");
+  Manifest m =
+      parse_text(std::make_shared<const std::string>(std::move(*text)), path, display_path);
+  auto source = std::make_shared<Manifest::Source>(*m.source);
+  source->file = std::move(file);
+  source->stamp =
+      FileStamp{uint64_t(st.st_size), int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  m.source = std::move(source);
+  return m;
 }
 
 } // namespace kiln::host

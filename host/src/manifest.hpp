@@ -6,6 +6,7 @@
 #include "util.hpp"
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -82,6 +83,42 @@ struct BackendPacing {
   unsigned concurrency = 0;       // jobs in flight at once; 0: the backend's default (-j wins)
 };
 
+// Where each [[asset]] table sits in the manifest, with its name and format: the manifest keeps
+// this, not the assets, so 10,000 assets cost about 40 bytes each; Manifest::asset() reads one
+// again on demand.
+class AssetIndex {
+public:
+  struct Place {
+    uint32_t offset = 0; // of its `[[asset]]` line in the file
+    uint32_t length = 0; // up to the next table that is not one of its own
+    uint32_t line = 0;   // of its `[[asset]]` line, 1-based
+  };
+  size_t size() const { return m_entries.size(); }
+  Place place(size_t i) const { return m_entries[i].place; }
+  std::string_view name(size_t i) const {
+    return std::string_view(m_names).substr(m_entries[i].name_offset, m_entries[i].name_length);
+  }
+  std::string_view format(size_t i) const; // "png", "webp" or "jpg"
+  void add(Place place, std::string_view name, std::string_view format);
+  void reserve(size_t n) { m_entries.reserve(n); }
+
+private:
+  struct Entry {
+    Place place;
+    uint32_t name_offset = 0;
+    uint16_t name_length = 0;
+    uint8_t format = 0;
+  };
+  std::vector<Entry> m_entries;
+  std::string m_names; // every name, back to back
+};
+
+// The plugins the assets name: kind field ("backend", "enhancers", "validators", "retry") ->
+// plugin id -> where it was first named.
+using PluginUses = std::map<std::string, std::map<std::string, SourceLoc>>;
+
+struct LayerTables; // [defaults] and [types.X], parsed once
+
 struct Manifest {
   fs::path path;       // absolute
   fs::path dir;        // absolute folder of the manifest
@@ -96,8 +133,31 @@ struct Manifest {
   std::map<std::string, PluginSettings> validator_settings;
   std::map<std::string, PluginSettings> strategy_settings;
   std::map<std::string, BackendPacing> backend_pacing;
-  std::vector<AssetSpec> assets;
+  PluginUses plugin_uses;
+  AssetIndex assets; // every asset, checked, in manifest order
+  std::shared_ptr<const LayerTables> layers;
   Diagnostics diagnostics; // for errors found later (unknown plugins, bad options)
+
+  size_t size() const { return assets.size(); }
+  std::string_view name(size_t i) const { return assets.name(i); }
+  // AssetSpec::relative_output() of asset i, without parsing it.
+  std::string relative_output(size_t i) const {
+    return std::string(assets.name(i)) + "." + std::string(assets.format(i));
+  }
+  // The manifest's text is not kept: assets are read again from its file, which must not
+  // change during the run (checked by size and modification time).
+  void keep_text_on_disk();
+  // Asset i, resolved against [defaults] and its type (parsed again: it was checked when the
+  // manifest was loaded, so this cannot fail).
+  AssetSpec asset(size_t i) const;
+  // Every asset uses this backend (`--backend`): set by override_backend().
+  void override_backend(const std::string& id);
+
+  struct Source; // the text, or the file it was read from
+  std::shared_ptr<const Source> source;
+
+private:
+  std::string m_backend_override;
 };
 
 // Parses and resolves `path` (shown in messages as `display_path`). Throws Fatal (exit 2) with

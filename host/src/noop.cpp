@@ -78,30 +78,44 @@ std::optional<size_t> noop_check(const NoopKey& key) {
   return assets;
 }
 
-void noop_record(const NoopKey& key, const std::vector<fs::path>& inputs,
-                 std::vector<std::pair<fs::path, FileStamp>> outputs) {
-  std::string text = std::string(k_magic) + "\nenv " + plugin_path_env() + "\n";
-  auto add = [&](char kind, const FileStamp& stamp, const std::string& name) {
-    text += kind + (" " + std::to_string(stamp.size) + " " + std::to_string(stamp.mtime_ns) + " ") +
-            name + "\n";
-  };
+namespace {
+
+void add_line(std::string& text, char kind, const FileStamp& stamp, const std::string& name) {
+  text += kind;
+  text += ' ' + std::to_string(stamp.size) + ' ' + std::to_string(stamp.mtime_ns) + ' ';
+  text += name;
+  text += '\n';
+}
+
+} // namespace
+
+NoopRecorder::NoopRecorder(NoopKey key, const std::vector<fs::path>& inputs)
+    : m_key(std::move(key)), m_text(std::string(k_magic) + "\nenv " + plugin_path_env() + "\n") {
   for (auto& p : inputs) {
     auto stamp = stat_file(p);
-    if (!stamp)
+    if (!stamp) {
+      m_ok = false;
       return;
-    add('i', *stamp, p.string());
-  }
-  std::sort(outputs.begin(), outputs.end(), [](auto& a, auto& b) { return a.first < b.first; });
-  fs::path folder;
-  for (auto& [path, stamp] : outputs) {
-    if (path.parent_path() != folder) {
-      folder = path.parent_path();
-      text += "d " + folder.string() + "\n";
     }
-    add('o', stamp, path.filename().string());
+    add_line(m_text, 'i', *stamp, p.string());
   }
+}
+
+void NoopRecorder::output(const fs::path& path, const FileStamp& stamp) {
+  if (!m_ok)
+    return;
+  if (path.parent_path() != m_folder) {
+    m_folder = path.parent_path();
+    m_text += "d " + m_folder.string() + "\n";
+  }
+  add_line(m_text, 'o', stamp, path.filename().string());
+}
+
+void NoopRecorder::commit() {
+  if (!m_ok)
+    return;
   try {
-    write_file_atomic(noop_record_path(key), text);
+    write_file_atomic(noop_record_path(m_key), m_text);
   } catch (const std::exception&) {
   }
 }

@@ -29,10 +29,21 @@ fs::path noop_record_path(const NoopKey& key);
 std::optional<size_t> noop_check(const NoopKey& key);
 
 // Records a fully successful run: the inputs are stat'ed here, the outputs come with the stamps
-// the run already holds (the state file's). Failures to write are ignored: the record is only
-// a shortcut.
-void noop_record(const NoopKey& key, const std::vector<fs::path>& inputs,
-                 std::vector<std::pair<fs::path, FileStamp>> outputs);
+// the run already holds (the state's), one at a time and in any order (a folder change starts a
+// new "d" line), so a run of any size keeps no list of them. Failures to write are ignored: the
+// record is only a shortcut.
+class NoopRecorder {
+public:
+  NoopRecorder(NoopKey key, const std::vector<fs::path>& inputs);
+  void output(const fs::path& path, const FileStamp& stamp);
+  void commit();
+
+private:
+  NoopKey m_key;
+  std::string m_text;
+  fs::path m_folder;
+  bool m_ok = true;
+};
 
 // Forgets the record (a run that did not end cleanly).
 void noop_forget(const NoopKey& key);

@@ -644,26 +644,14 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
 
   // Plugins named by assets, in first-use order, with where they were named.
   for (auto& use : uses) {
+    static const std::map<kiln_plugin_kind, const char*> k_field = {
+        {KILN_KIND_BACKEND, "backend"},
+        {KILN_KIND_ENHANCER, "enhancers"},
+        {KILN_KIND_RETRY_STRATEGY, "retry"},
+        {KILN_KIND_VALIDATOR, "validators"}};
     std::map<std::string, SourceLoc> wanted;
-    for (auto& asset : manifest.assets) {
-      std::vector<std::string> ids;
-      std::string field;
-      if (use.kind == KILN_KIND_BACKEND) {
-        ids = {asset.backend};
-        field = "backend";
-      } else if (use.kind == KILN_KIND_ENHANCER) {
-        ids = asset.enhancers;
-        field = "enhancers";
-      } else if (use.kind == KILN_KIND_RETRY_STRATEGY) {
-        ids = asset.retry;
-        field = "retry";
-      } else {
-        ids = asset.validators;
-        field = "validators";
-      }
-      for (auto& id : ids)
-        wanted.emplace(id, asset.field_locs[field]);
-    }
+    if (auto it = manifest.plugin_uses.find(k_field.at(use.kind)); it != manifest.plugin_uses.end())
+      wanted = it->second;
     for (auto& [id, loc] : wanted) {
       const Plugin* p = registry.find(id, use.kind);
       if (!p) {

@@ -1,125 +1,433 @@
 #include "state.hpp"
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
-#include <set>
 #include <sys/stat.h>
+#include <tuple>
+#include <unistd.h>
+#include <unordered_set>
+#include <utility>
 
 namespace kiln::host {
 
 namespace {
-constexpr int k_state_version = 1;
+
+constexpr const char* k_state_header = "{\"kiln_state\":2}";
+
+uint64_t name_hash(std::string_view name) {
+  uint64_t h = std::hash<std::string_view>{}(name);
+  return h ? h : 1; // 0 marks a free slot
 }
 
-StateFile::StateFile(fs::path output_dir) : m_path(kiln_dir(output_dir) / "state.json") {}
-
-std::optional<std::string> StateFile::load() {
-  m_records.clear();
-  m_dirty = false;
-  auto text = read_file(m_path);
-  if (!text)
-    return std::nullopt;
-  rapidjson::Document doc;
-  doc.Parse(text->data(), text->size());
-  auto corrupt = [&](const std::string& why) {
-    m_records.clear();
-    m_dirty = true; // rewrite it whole at the end of the run
-    return std::optional<std::string>("state file '" + m_path.string() + "' " + why +
-                                      "; rebuilding it (images come back from the cache)");
-  };
-  if (doc.HasParseError() || !doc.IsObject() || !doc.HasMember("assets") ||
-      !doc["assets"].IsObject())
-    return corrupt("is not valid");
-  if (!doc.HasMember("version") || !doc["version"].IsInt() ||
-      doc["version"].GetInt() != k_state_version)
-    return corrupt("has another version");
-  for (auto& m : doc["assets"].GetObject()) {
-    const auto& v = m.value;
-    if (!v.IsObject() || !v.HasMember("output") || !v["output"].IsString() ||
-        !v.HasMember("fingerprint") || !v["fingerprint"].IsString() || !v.HasMember("size") ||
-        !v["size"].IsUint64() || !v.HasMember("mtime_ns") || !v["mtime_ns"].IsInt64())
-      return corrupt("has a malformed entry");
-    OutputRecord r;
-    r.output = v["output"].GetString();
-    r.fingerprint = v["fingerprint"].GetString();
-    r.size = v["size"].GetUint64();
-    r.mtime_ns = v["mtime_ns"].GetInt64();
-    if (v.HasMember("fields") && v["fields"].IsArray())
-      for (auto& f : v["fields"].GetArray())
-        if (f.IsArray() && f.Size() == 2 && f[0].IsString() && f[1].IsString())
-          r.fields.emplace_back(f[0].GetString(), f[1].GetString());
-    if (v.HasMember("checks") && v["checks"].IsString())
-      r.checks = v["checks"].GetString();
-    r.fallback = v.HasMember("fallback") && v["fallback"].IsBool() && v["fallback"].GetBool();
-    m_records.emplace(m.name.GetString(), std::move(r));
+// Calls f(line, offset, complete) for each line of the open file `fd`, reading it in blocks;
+// `complete` is false for a last line without its line break (a torn write). Stops early when
+// f returns false.
+template <class F> void for_each_line(int fd, F&& f) {
+  std::string buf;
+  uint64_t buf_offset = 0; // file offset of buf[0]
+  char block[1 << 16];
+  size_t start = 0;
+  for (;;) {
+    ssize_t n = ::read(fd, block, sizeof block);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    buf.append(block, size_t(n));
+    size_t eol;
+    while ((eol = buf.find('\n', start)) != std::string::npos) {
+      if (!f(std::string_view(buf).substr(start, eol - start), buf_offset + start, true))
+        return;
+      start = eol + 1;
+    }
+    buf.erase(0, start);
+    buf_offset += start;
+    start = 0;
   }
-  return std::nullopt;
+  if (!buf.empty())
+    f(std::string_view(buf), buf_offset, false);
 }
 
-void StateFile::save() {
+void write_all(int fd, std::string_view data, const fs::path& path) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      throw std::runtime_error("cannot write '" + path.string() + "': " + std::strerror(errno));
+    data.remove_prefix(size_t(n));
+  }
+}
+
+void json_str(rapidjson::Writer<rapidjson::StringBuffer>& w, const std::string& s) {
+  w.String(s.c_str(), rapidjson::SizeType(s.size()));
+}
+
+std::string record_line(const std::string& name, const OutputRecord& r) {
   rapidjson::StringBuffer buf;
   rapidjson::Writer<rapidjson::StringBuffer> w(buf);
   w.StartObject();
-  w.Key("version");
-  w.Int(k_state_version);
-  w.Key("assets");
-  w.StartObject();
-  for (auto& [name, r] : m_records) {
-    w.Key(name.c_str(), rapidjson::SizeType(name.size()));
-    w.StartObject();
-    w.Key("output");
-    w.String(r.output.c_str(), rapidjson::SizeType(r.output.size()));
-    w.Key("fingerprint");
-    w.String(r.fingerprint.c_str(), rapidjson::SizeType(r.fingerprint.size()));
-    w.Key("size");
-    w.Uint64(r.size);
-    w.Key("mtime_ns");
-    w.Int64(r.mtime_ns);
-    w.Key("checks");
-    w.String(r.checks.c_str(), rapidjson::SizeType(r.checks.size()));
-    if (r.fallback) {
-      w.Key("fallback");
-      w.Bool(true);
-    }
-    w.Key("fields");
-    w.StartArray();
-    for (auto& [k, v] : r.fields) {
-      w.StartArray();
-      w.String(k.c_str(), rapidjson::SizeType(k.size()));
-      w.String(v.c_str(), rapidjson::SizeType(v.size()));
-      w.EndArray();
-    }
-    w.EndArray();
-    w.EndObject();
+  w.Key("t");
+  w.String("written");
+  w.Key("name");
+  json_str(w, name);
+  w.Key("output");
+  json_str(w, r.output);
+  w.Key("fingerprint");
+  json_str(w, r.fingerprint);
+  w.Key("size");
+  w.Uint64(r.size);
+  w.Key("mtime_ns");
+  w.Int64(r.mtime_ns);
+  w.Key("checks");
+  json_str(w, r.checks);
+  if (r.fallback) {
+    w.Key("fallback");
+    w.Bool(true);
   }
+  w.Key("fields");
+  w.StartArray();
+  for (auto& [k, v] : r.fields) {
+    w.StartArray();
+    json_str(w, k);
+    json_str(w, v);
+    w.EndArray();
+  }
+  w.EndArray();
   w.EndObject();
-  w.EndObject();
-  write_file_atomic(m_path, std::string_view(buf.GetString(), buf.GetSize()));
+  return std::string(buf.GetString(), buf.GetSize()) + "\n";
+}
+
+struct Parsed {
+  std::string name;
+  OutputRecord record;
+};
+
+// A "written" record line; nullopt if it is not one or is malformed.
+std::optional<Parsed> parse_record(std::string_view line) {
+  rapidjson::Document v;
+  v.Parse(line.data(), line.size());
+  if (v.HasParseError() || !v.IsObject())
+    return std::nullopt;
+  auto str = [&](const char* key) -> const rapidjson::Value* {
+    auto it = v.FindMember(key);
+    return it != v.MemberEnd() && it->value.IsString() ? &it->value : nullptr;
+  };
+  if (auto t = str("t"); !t || std::string_view(t->GetString()) != "written")
+    return std::nullopt;
+  auto name = str("name"), output = str("output"), fp = str("fingerprint");
+  auto size = v.FindMember("size"), mtime = v.FindMember("mtime_ns");
+  if (!name || !output || !fp || size == v.MemberEnd() || !size->value.IsUint64() ||
+      mtime == v.MemberEnd() || !mtime->value.IsInt64() || !digest_of_hex(fp->GetString()))
+    return std::nullopt;
+  Parsed p;
+  p.name = name->GetString();
+  p.record.output = output->GetString();
+  p.record.fingerprint = fp->GetString();
+  p.record.size = size->value.GetUint64();
+  p.record.mtime_ns = mtime->value.GetInt64();
+  if (auto c = str("checks"))
+    p.record.checks = c->GetString();
+  auto fb = v.FindMember("fallback");
+  p.record.fallback = fb != v.MemberEnd() && fb->value.IsBool() && fb->value.GetBool();
+  if (auto f = v.FindMember("fields"); f != v.MemberEnd() && f->value.IsArray())
+    for (auto& e : f->value.GetArray())
+      if (e.IsArray() && e.Size() == 2 && e[0].IsString() && e[1].IsString())
+        p.record.fields.emplace_back(e[0].GetString(), e[1].GetString());
+  return p;
+}
+
+} // namespace
+
+StateFile::StateFile(fs::path output_dir)
+    : m_path(kiln_dir(output_dir) / "state.jsonl"),
+      m_journal_path(kiln_dir(output_dir) / "journal.jsonl") {}
+
+StateFile::~StateFile() {
+  for (int fd : {m_fd[0], m_fd[1], m_append})
+    if (fd >= 0)
+      ::close(fd);
+}
+
+const StateEntry* StateFile::slot(uint64_t hash) const {
+  if (m_keys.empty())
+    return nullptr;
+  size_t mask = m_keys.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    if (m_keys[i] == hash)
+      return &m_values[i];
+    if (m_keys[i] == 0)
+      return nullptr;
+  }
+}
+
+StateEntry* StateFile::slot(uint64_t hash) {
+  return const_cast<StateEntry*>(std::as_const(*this).slot(hash));
+}
+
+void StateFile::rehash(size_t capacity) {
+  std::vector<uint64_t> keys(capacity, 0);
+  std::vector<StateEntry> values(capacity);
+  std::swap(keys, m_keys);
+  std::swap(values, m_values);
+  m_count = 0;
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (keys[i])
+      set(keys[i], values[i]);
+}
+
+void StateFile::set(uint64_t hash, const StateEntry& entry) {
+  if ((m_count + 1) * 10 > m_keys.size() * 7) // at most 70 % full
+    rehash(std::max<size_t>(64, m_keys.size() * 2));
+  size_t mask = m_keys.size() - 1;
+  size_t i = hash & mask;
+  while (m_keys[i] != 0 && m_keys[i] != hash)
+    i = (i + 1) & mask;
+  m_count += m_keys[i] == 0;
+  m_keys[i] = hash;
+  m_values[i] = entry;
+}
+
+void StateFile::reserve(size_t n) {
+  std::lock_guard lock(m_mutex);
+  size_t capacity = 64;
+  while (capacity * 7 < n * 10)
+    capacity *= 2;
+  if (capacity > m_keys.size())
+    rehash(capacity);
+}
+
+uint32_t StateFile::intern_checks(const std::string& checks) {
+  for (size_t i = 0; i < m_checks.size(); ++i)
+    if (m_checks[i] == checks)
+      return uint32_t(i);
+  m_checks.push_back(checks);
+  return uint32_t(m_checks.size() - 1);
+}
+
+void StateFile::add(std::string_view line, uint8_t file, uint64_t offset) {
+  auto p = parse_record(line);
+  if (!p)
+    throw std::runtime_error("malformed record");
+  StateEntry e;
+  e.fingerprint = *digest_of_hex(p->record.fingerprint);
+  e.size = p->record.size;
+  e.mtime_ns = p->record.mtime_ns;
+  e.output_hash = name_hash(p->record.output);
+  e.checks = intern_checks(p->record.checks);
+  e.fallback = p->record.fallback;
+  e.file = file;
+  e.offset = offset;
+  e.length = uint32_t(line.size());
+  set(name_hash(p->name), e);
+}
+
+std::optional<std::string> StateFile::load() {
+  std::lock_guard lock(m_mutex);
+  m_keys.clear();
+  m_values.clear();
+  m_count = 0;
+  m_checks.clear();
   m_dirty = false;
+  for (int* fd : {&m_fd[0], &m_fd[1], &m_append})
+    if (*fd >= 0) {
+      ::close(*fd);
+      *fd = -1;
+    }
+  std::optional<std::string> warning;
+
+  m_fd[0] = ::open(m_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (m_fd[0] >= 0) {
+    bool first = true;
+    std::string why;
+    for_each_line(m_fd[0], [&](std::string_view line, uint64_t offset, bool complete) {
+      if (first) {
+        first = false;
+        if (line != k_state_header)
+          why = "has another version";
+        return why.empty();
+      }
+      try {
+        if (!complete)
+          throw std::runtime_error("torn");
+        add(line, 0, offset);
+        return true;
+      } catch (const std::exception&) {
+        why = "is not valid";
+        return false;
+      }
+    });
+    if (!why.empty()) {
+      m_keys.clear();
+      m_values.clear();
+      m_count = 0;
+      m_dirty = true; // written anew at the end of the run
+      warning = "state file '" + m_path.string() + "' " + why +
+                "; rebuilding it (images come back from the cache)";
+    }
+  }
+
+  m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
+  m_journal_size = 0;
+  if (m_fd[1] >= 0) {
+    uint64_t good_end = 0;
+    for_each_line(m_fd[1], [&](std::string_view line, uint64_t offset, bool complete) {
+      if (!complete)
+        return false; // torn by a crash mid-append: dropped below
+      try {
+        add(line, 1, offset);
+      } catch (const std::exception&) {
+        // Another kind of event, or damaged: not an output record.
+      }
+      good_end = offset + line.size() + 1;
+      m_dirty = true;
+      return true;
+    });
+    struct stat st;
+    if (::fstat(m_fd[1], &st) == 0 && uint64_t(st.st_size) > good_end)
+      if (::ftruncate(m_fd[1], off_t(good_end)) != 0)
+        warning = "cannot drop the torn end of '" + m_journal_path.string() + "'";
+    m_journal_size = good_end;
+  }
+  return warning;
 }
 
-const OutputRecord* StateFile::find(const std::string& name) const {
-  auto it = m_records.find(name);
-  return it == m_records.end() ? nullptr : &it->second;
+void StateFile::open_journal_for_append() {
+  if (m_append >= 0)
+    return;
+  std::error_code ec;
+  fs::create_directories(m_journal_path.parent_path(), ec);
+  m_append = ::open(m_journal_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (m_append < 0)
+    throw std::runtime_error("cannot open '" + m_journal_path.string() +
+                             "': " + std::strerror(errno));
+  if (m_fd[1] < 0)
+    m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
 }
 
-void StateFile::put(const std::string& name, OutputRecord record) {
-  m_records[name] = std::move(record);
+void StateFile::put(const std::string& name, const OutputRecord& record) {
+  std::string line = record_line(name, record);
+  std::lock_guard lock(m_mutex);
+  open_journal_for_append();
+  write_all(m_append, line, m_journal_path);
+  if (::fdatasync(m_append) != 0)
+    throw std::runtime_error("cannot write '" + m_journal_path.string() +
+                             "': " + std::strerror(errno));
+  StateEntry e;
+  e.fingerprint = digest_of_hex(record.fingerprint).value_or(Digest{});
+  e.size = record.size;
+  e.mtime_ns = record.mtime_ns;
+  e.output_hash = name_hash(record.output);
+  e.checks = intern_checks(record.checks);
+  e.fallback = record.fallback;
+  e.file = 1;
+  e.offset = m_journal_size;
+  e.length = uint32_t(line.size() - 1);
+  m_journal_size += line.size();
+  set(name_hash(name), e);
   m_dirty = true;
 }
 
-void StateFile::retain(const std::vector<std::string>& names) {
-  std::set<std::string_view> keep(names.begin(), names.end());
-  for (auto it = m_records.begin(); it != m_records.end();) {
-    if (keep.count(it->first)) {
-      ++it;
-    } else {
-      it = m_records.erase(it);
-      m_dirty = true;
+std::optional<StateEntry> StateFile::find(std::string_view name) const {
+  std::lock_guard lock(m_mutex);
+  if (const StateEntry* e = slot(name_hash(name)))
+    return *e;
+  return std::nullopt;
+}
+
+bool StateFile::same_output(const StateEntry& entry, std::string_view output) const {
+  return entry.output_hash == name_hash(output);
+}
+
+std::optional<std::string> StateFile::read_line(uint8_t file, uint64_t offset,
+                                                uint32_t length) const {
+  return pread_exact(m_fd[file], offset, length);
+}
+
+std::optional<OutputRecord> StateFile::record(const StateEntry& entry) const {
+  auto line = read_line(entry.file, entry.offset, entry.length);
+  if (!line)
+    return std::nullopt;
+  auto p = parse_record(*line);
+  if (!p)
+    return std::nullopt;
+  return std::move(p->record);
+}
+
+void StateFile::retain(const std::vector<std::string_view>& names) {
+  std::lock_guard lock(m_mutex);
+  std::unordered_set<uint64_t> keep;
+  keep.reserve(names.size());
+  for (auto& n : names)
+    keep.insert(name_hash(n));
+  size_t before = m_count;
+  std::vector<uint64_t> keys;
+  std::vector<StateEntry> values;
+  std::swap(keys, m_keys);
+  std::swap(values, m_values);
+  m_count = 0;
+  m_keys.assign(keys.size(), 0);
+  m_values.assign(values.size(), StateEntry{});
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (keys[i] && keep.count(keys[i]))
+      set(keys[i], values[i]);
+  m_dirty = m_dirty || m_count != before;
+}
+
+void StateFile::save() {
+  std::lock_guard lock(m_mutex);
+  // Records are copied line by line from where they are (the old snapshot or the journal), in
+  // file order, through a small buffer: a state of any size is rewritten in constant memory.
+  std::vector<StateEntry*> order;
+  order.reserve(m_count);
+  for (size_t i = 0; i < m_keys.size(); ++i)
+    if (m_keys[i])
+      order.push_back(&m_values[i]);
+  std::sort(order.begin(), order.end(), [](const StateEntry* a, const StateEntry* b) {
+    return std::tie(a->file, a->offset) < std::tie(b->file, b->offset);
+  });
+  std::vector<uint64_t> offsets;
+  offsets.reserve(order.size());
+  AtomicFile out(m_path);
+  std::string buf = std::string(k_state_header) + "\n";
+  uint64_t written = 0;
+  for (StateEntry* e : order) {
+    auto line = read_line(e->file, e->offset, e->length);
+    if (!line)
+      throw std::runtime_error("cannot read back '" + (e->file ? m_journal_path : m_path).string() +
+                               "'");
+    offsets.push_back(written + buf.size());
+    buf += *line;
+    buf += '\n';
+    if (buf.size() > (1 << 16)) {
+      out.write(buf);
+      written += buf.size();
+      buf.clear();
     }
   }
+  out.write(buf);
+  out.commit();
+  // The snapshot holds everything now; only then is the journal emptied (a crash in between
+  // replays the journal over the new snapshot, which changes nothing).
+  if (m_fd[0] >= 0)
+    ::close(m_fd[0]);
+  m_fd[0] = ::open(m_path.c_str(), O_RDONLY | O_CLOEXEC);
+  for (size_t i = 0; i < order.size(); ++i) {
+    order[i]->file = 0;
+    order[i]->offset = offsets[i];
+  }
+  if (m_fd[1] >= 0 && m_journal_size > 0) {
+    if (::ftruncate(m_fd[1], 0) == 0)
+      ::fsync(m_fd[1]);
+    m_journal_size = 0;
+  }
+  m_dirty = false;
 }
 
 std::optional<FileStamp> stat_file(const fs::path& path) {

@@ -6,8 +6,10 @@
 #include "util.hpp"
 
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace kiln::host {
@@ -26,29 +28,84 @@ struct OutputRecord {
   std::string checks;
 };
 
-// <output_dir>/.kiln/state.json, written atomically and only when something changed.
+// What the state holds in memory for one output: enough to decide "up to date" with a stat;
+// the rest of its record (the fingerprint fields, for saying what changed) stays on disk.
+struct StateEntry {
+  Digest fingerprint{};
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  uint64_t output_hash = 0; // of OutputRecord::output
+  uint32_t checks = 0;      // index into the state's distinct `checks` values
+  bool fallback = false;
+  uint8_t file = 0; // where the full record is: 0 the snapshot, 1 the journal
+  uint32_t length = 0;
+  uint64_t offset = 0;
+};
+
+// What Kiln remembers per output folder, in <output_dir>/.kiln/:
+// - `state.jsonl`, the snapshot: a header line, then one JSON record per output. Rewritten
+//   atomically at the end of a run (save()).
+// - `journal.jsonl`, append-only: each record is appended and fsync'd the moment its output is
+//   written, so a killed run loses nothing it recorded; a torn last line (a crash mid-write) is
+//   dropped when it is read.
+// Memory is a StateEntry per output whatever the size of the records, so 10,000 outputs cost
+// about a megabyte. Assets are found by a 64-bit hash of their name; two names that collide
+// can at worst be planned as "changed" (the output path is compared too), never as up to date.
 class StateFile {
 public:
   explicit StateFile(fs::path output_dir);
+  ~StateFile();
+  StateFile(const StateFile&) = delete;
+  StateFile& operator=(const StateFile&) = delete;
 
-  // Reads the file; a missing one is empty. A corrupt one is reported and treated as empty:
-  // the cache still holds every image, so nothing paid for is lost.
+  // Reads the snapshot then the journal; missing ones are empty. A corrupt snapshot is reported
+  // and treated as empty: the cache still holds every image, so nothing paid for is lost.
   std::optional<std::string> load();
+  // Writes the snapshot and empties the journal.
   void save();
   bool dirty() const { return m_dirty; }
 
-  const OutputRecord* find(const std::string& name) const;
-  void put(const std::string& name, OutputRecord record);
+  std::optional<StateEntry> find(std::string_view name) const;
+  // Room for n outputs: the table is then not reallocated while a run records them, so the
+  // workers' allocator arenas stay free of it.
+  void reserve(size_t n);
+  bool same_output(const StateEntry& entry, std::string_view output) const;
+  const std::string& checks(const StateEntry& entry) const { return m_checks[entry.checks]; }
+  // The whole record of `entry`, read from disk (nullopt if it cannot be read).
+  std::optional<OutputRecord> record(const StateEntry& entry) const;
+
+  // Records an output: appended to the journal and fsync'd before it returns. Thread-safe.
+  void put(const std::string& name, const OutputRecord& record);
   // Forgets assets no longer declared (their files stay: Kiln never deletes outputs).
-  void retain(const std::vector<std::string>& names);
+  void retain(const std::vector<std::string_view>& names);
+  size_t size() const { return m_count; }
 
   const fs::path& path() const { return m_path; }
+  const fs::path& journal_path() const { return m_journal_path; }
   static fs::path kiln_dir(const fs::path& output_dir) { return output_dir / ".kiln"; }
 
 private:
-  fs::path m_path;
-  std::map<std::string, OutputRecord> m_records;
+  void add(std::string_view line, uint8_t file, uint64_t offset);
+  std::optional<std::string> read_line(uint8_t file, uint64_t offset, uint32_t length) const;
+  uint32_t intern_checks(const std::string& checks);
+  void open_journal_for_append();
+
+  fs::path m_path, m_journal_path;
+  // An open-addressing table by name hash (0 marks a free slot): two flat arrays, no node
+  // per output.
+  StateEntry* slot(uint64_t hash);
+  const StateEntry* slot(uint64_t hash) const;
+  void set(uint64_t hash, const StateEntry& entry);
+  void rehash(size_t capacity);
+  std::vector<uint64_t> m_keys;
+  std::vector<StateEntry> m_values;
+  size_t m_count = 0;
+  std::vector<std::string> m_checks;
+  int m_fd[2] = {-1, -1}; // read: snapshot, journal
+  int m_append = -1;      // the journal, for appending
+  uint64_t m_journal_size = 0;
   bool m_dirty = false;
+  mutable std::mutex m_mutex;
 };
 
 // Size and modification time of a file, or nullopt when it does not exist.

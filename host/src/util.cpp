@@ -30,6 +30,20 @@ std::optional<std::string> read_file(const fs::path& path) {
   return data;
 }
 
+std::optional<std::string> pread_exact(int fd, uint64_t offset, size_t length) {
+  std::string out(length, '\0');
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n = ::pread(fd, out.data() + done, length - done, off_t(offset + done));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return std::nullopt;
+    done += size_t(n);
+  }
+  return out;
+}
+
 namespace {
 
 [[noreturn]] void io_error(const std::string& what, const fs::path& path) {

@@ -18,6 +18,9 @@ std::optional<std::string> read_file(const fs::path& path);
 // folder. Creates missing parent folders. Throws std::runtime_error naming the path on failure.
 void write_file_atomic(const fs::path& path, std::string_view data);
 
+// `length` bytes of the open file `fd` from `offset`; nullopt on an error or a short file.
+std::optional<std::string> pread_exact(int fd, uint64_t offset, size_t length);
+
 // The same, written in pieces: the file appears, whole, at commit(); destroyed uncommitted, it
 // never appears and its temp file is removed.
 class AtomicFile {

@@ -433,9 +433,11 @@ class CliTest(unittest.TestCase):
         r, report = self.p.build()
         self.assertEqual(by_name(report)["cover2"]["status"], "cached")  # same request
         self.assertTrue(os.path.exists(os.path.join(self.p.out, "cover.jpg")))
-        with open(os.path.join(self.p.out, ".kiln", "state.json")) as f:
-            self.assertEqual(sorted(json.load(f)["assets"]),
-                             ["cover2", "icons/shield", "icons/sword", "textures/grass"])
+        with open(os.path.join(self.p.out, ".kiln", "state.jsonl")) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(json.loads(lines[0]), {"kiln_state": 2})
+        self.assertEqual(sorted(json.loads(line)["name"] for line in lines[1:]),
+                         ["cover2", "icons/shield", "icons/sword", "textures/grass"])
 
     def test_progress_updates_one_line_on_a_terminal_and_prints_lines_in_a_pipe(self):
         n = len(EXPECTED)

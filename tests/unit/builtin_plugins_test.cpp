@@ -11,7 +11,7 @@ namespace {
 struct Builtins {
   Log log{KILN_LOG_ERROR};
   PluginRegistry registry{log};
-  Diagnostics diag{"assets.toml", ""};
+  Diagnostics diag{"assets.toml", std::make_shared<const std::string>()};
 
   Builtins() { registry.load_directory(KILN_PLUGIN_BUILD_DIR); }
   std::unique_ptr<PluginInstance> make(const char* id, const PluginSettings* settings = nullptr) {

@@ -35,10 +35,11 @@ struct Project {
     Workspace ws = workspace();
     return make_plan(ws, {});
   }
-  const PlannedAsset& planned(const Plan& plan, const std::string& name) {
-    for (auto& p : plan.assets)
-      if (p.spec->name == name)
-        return p;
+  PlannedAsset planned(const Plan& plan, const std::string& name) {
+    Workspace ws = workspace();
+    for (size_t i = 0; i < plan.size(); ++i)
+      if (manifest.name(plan.entries[i].asset) == name)
+        return plan.asset(ws, i);
     throw std::runtime_error("no asset " + name);
   }
   std::string fingerprint(const std::string& name) {

@@ -128,7 +128,7 @@ TEST(Fingerprint, ChangesAreDescribedForThePlan) {
 TEST(Plan, StyleEnhancerShapesTheFinalPrompts) {
   Project p(k_base);
   Plan plan = p.plan();
-  const PlannedAsset& sword = p.planned(plan, "icons/sword");
+  PlannedAsset sword = p.planned(plan, "icons/sword");
   EXPECT_EQ(sword.request.prompt, "a sword, flat icon");
   EXPECT_EQ(sword.request.negative_prompt, "text");
   EXPECT_EQ(sword.action, Action::Generate);

@@ -153,7 +153,7 @@ TEST_F(Http, OnlyHttpAndHttpsAreSpoken) {
 class PluginHttp : public Http {
 protected:
   PluginRegistry registry{log};
-  Diagnostics diag{"assets.toml", ""};
+  Diagnostics diag{"assets.toml", std::make_shared<const std::string>()};
   TempDir work;
 
   void SetUp() override { registry.load_directory(FIXTURE_DIR_good_backend); }

@@ -3,6 +3,8 @@
 #include "manifest.hpp"
 #include "test_support.hpp"
 
+#include <fstream>
+
 namespace kiln::host {
 namespace {
 
@@ -50,8 +52,8 @@ height = 64
 seed = 7
 params = { extra = "x" }
 )");
-  ASSERT_EQ(m.assets.size(), 1u);
-  const AssetSpec& a = m.assets[0];
+  ASSERT_EQ(m.size(), 1u);
+  const AssetSpec a = m.asset(0);
   EXPECT_EQ(m.output_dir, fs::path("/tmp/game/out/art"));
   EXPECT_EQ(m.budget_usd, 2.0);
   EXPECT_EQ(a.backend, "placeholder");
@@ -262,13 +264,13 @@ retry = []
   EXPECT_EQ(m.retry_policy.breaker_cooldown_s, 5.0);
   EXPECT_EQ(m.retry_policy.breaker_failures, 8u); // the default
   EXPECT_EQ(m.strategy_settings.at("backoff").values.at("max_attempts").int_value, 2);
-  EXPECT_EQ(m.assets[0].retry, (std::vector<std::string>{"backoff", "fallback"}));
-  EXPECT_EQ(m.assets[0].fallback_models, std::vector<std::string>{"stability-ai/sdxl"});
-  EXPECT_EQ(m.assets[0].modifiers, std::vector<std::string>{"glowing"});
-  EXPECT_TRUE(m.assets[1].retry.empty()); // an empty chain: no retries at all
+  EXPECT_EQ(m.asset(0).retry, (std::vector<std::string>{"backoff", "fallback"}));
+  EXPECT_EQ(m.asset(0).fallback_models, std::vector<std::string>{"stability-ai/sdxl"});
+  EXPECT_EQ(m.asset(0).modifiers, std::vector<std::string>{"glowing"});
+  EXPECT_TRUE(m.asset(1).retry.empty()); // an empty chain: no retries at all
   EXPECT_EQ(parse(std::string(k_head) + "[[asset]]\nname = \"c\"\ntype = \"icon\"\n"
                                         "prompt = \"c\"\n")
-                .assets[0]
+                .asset(0)
                 .retry,
             k_default_retry_chain);
 }
@@ -289,6 +291,100 @@ TEST(Manifest, RetryPolicyMistakesAreLocated) {
             "assets.toml:2:18: allow_fallback must be true or false, not a string\n"
             "    allow_fallback = \"yes\"\n"
             "                     ^");
+}
+
+// Assets are found by a scan of the text for top-level table headers, then parsed one at a time:
+// anything that only looks like a header must not cut an asset in two.
+TEST(Manifest, AssetsAreSplitOnlyAtRealTableHeaders) {
+  Manifest m = parse(std::string(k_head) + R"(
+[[asset]]  # a comment with [[asset]] in it
+name = "a"
+type = "icon"
+prompt = """
+[[asset]]
+name = "not an asset"
+"""
+modifiers = [
+  "x",
+  # [types.y]
+]
+[asset.params]
+steps = 4
+grid = [
+  [1, 2],
+  [3, 4],
+]
+
+[[ asset ]]
+name = 'b'
+type = "icon"
+prompt = 'c:\[[asset]]'
+negative = "\"[[asset]]"
+)");
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m.name(0), "a");
+  EXPECT_EQ(m.name(1), "b");
+  AssetSpec a = m.asset(0);
+  EXPECT_EQ(a.prompt, "[[asset]]\nname = \"not an asset\"\n");
+  EXPECT_EQ(a.modifiers, std::vector<std::string>{"x"});
+  EXPECT_EQ(a.params_json, R"({"grid":[[1,2],[3,4]],"steps":4})");
+  EXPECT_EQ(a.loc.line, 5u);
+  AssetSpec b = m.asset(1);
+  EXPECT_EQ(b.prompt, R"(c:\[[asset]])");
+  EXPECT_EQ(b.negative, R"("[[asset]])");
+  EXPECT_EQ(m.relative_output(1), "b.png");
+}
+
+TEST(Manifest, ATableAfterTheAssetsIsNotPartOfTheLastAsset) {
+  Manifest m = parse(R"([[asset]]
+name = "a"
+type = "icon"
+prompt = "a"
+
+[types.icon]
+width = 32
+height = 16
+)");
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m.asset(0).width, 32u);
+  EXPECT_EQ(m.asset(0).height, 16u);
+}
+
+TEST(Manifest, SyntaxErrorsInSeveralAssetsAreAllReportedAtTheirLines) {
+  std::string msg = error_of(std::string(k_head) + R"(
+[[asset]]
+name = "a"
+type = "icon"
+prompt = "a
+
+[[asset]]
+name = "b"
+type = "icon"
+prompt = "b"
+width = 12 12
+)");
+  EXPECT_NE(msg.find("assets.toml:8:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("assets.toml:14:"), std::string::npos) << msg;
+}
+
+TEST(Manifest, AnAssetTableThatIsNotAnArrayIsRefused) {
+  EXPECT_NE(error_of(std::string(k_head) + "[asset]\nname = \"a\"\n")
+                .find("'asset' must be an array of tables: write each as [[asset]]"),
+            std::string::npos);
+}
+
+TEST(Manifest, AManifestChangedDuringTheRunIsNotReadHalfOld) {
+  test::TempDir dir;
+  fs::path file = dir / "assets.toml";
+  std::string text =
+      std::string(k_head) + "[[asset]]\nname = \"a\"\ntype = \"icon\"\nprompt = \"a\"\n";
+  std::ofstream(file) << text;
+  Manifest m = load_manifest(file, "assets.toml");
+  m.keep_text_on_disk();
+  EXPECT_EQ(m.asset(0).prompt, "a");
+  std::ofstream(file) << text << "# edited\n";
+  EXPECT_EQ(fatal_message([&] { m.asset(0); }),
+            "assets.toml changed during the run: run kiln again");
 }
 
 } // namespace

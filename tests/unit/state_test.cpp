@@ -1,0 +1,141 @@
+// The state: a snapshot plus an append-only journal. What a killed run recorded must be there
+// for the next one, a torn last record must not poison the file, and compaction must keep
+// every record.
+#include "state.hpp"
+#include "test_support.hpp"
+
+#include <fstream>
+
+namespace kiln::host {
+namespace {
+
+using test::TempDir;
+
+OutputRecord record(const std::string& output, char fp_digit, uint64_t size) {
+  OutputRecord r;
+  r.output = output;
+  r.fingerprint = std::string(64, fp_digit);
+  r.size = size;
+  r.mtime_ns = 1700000000000000000 + int64_t(size);
+  r.fields = {{"prompt", "a sword " + output}, {"model", "m"}};
+  r.checks = "checks-" + output;
+  return r;
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(State, ARecordIsInTheJournalTheMomentPutReturns) {
+  TempDir dir;
+  {
+    StateFile state(dir.path());
+    ASSERT_FALSE(state.load());
+    state.put("icons/sword", record("icons/sword.png", 'a', 10));
+    // No save(): the run is killed here.
+  }
+  StateFile next(dir.path());
+  EXPECT_FALSE(next.load());
+  auto e = next.find("icons/sword");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(hex_of(e->fingerprint), std::string(64, 'a'));
+  EXPECT_EQ(e->size, 10u);
+  EXPECT_TRUE(next.same_output(*e, "icons/sword.png"));
+  EXPECT_FALSE(next.same_output(*e, "icons/sword.webp"));
+  EXPECT_EQ(next.checks(*e), "checks-icons/sword.png");
+  auto full = next.record(*e);
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->fields, record("icons/sword.png", 'a', 10).fields);
+  EXPECT_TRUE(next.dirty()); // the journal is folded into the snapshot at the end of the run
+}
+
+TEST(State, ATornLastRecordIsDroppedAndTheRestKept) {
+  TempDir dir;
+  {
+    StateFile state(dir.path());
+    state.load();
+    state.put("a", record("a.png", 'a', 1));
+    state.put("b", record("b.png", 'b', 2));
+  }
+  fs::path journal = StateFile::kiln_dir(dir.path()) / "journal.jsonl";
+  std::string whole = read(journal);
+  // A crash in the middle of appending the third record.
+  std::ofstream(journal, std::ios::app) << R"({"t":"written","name":"c","output":"c.pn)";
+  StateFile next(dir.path());
+  EXPECT_FALSE(next.load());
+  EXPECT_TRUE(next.find("a"));
+  EXPECT_TRUE(next.find("b"));
+  EXPECT_FALSE(next.find("c"));
+  EXPECT_EQ(read(journal), whole); // cut back to the last whole record
+  // Appending after the cut gives whole lines again.
+  next.put("c", record("c.png", 'c', 3));
+  StateFile third(dir.path());
+  third.load();
+  EXPECT_TRUE(third.find("c"));
+  EXPECT_EQ(third.size(), 3u);
+}
+
+TEST(State, SaveFoldsTheJournalIntoTheSnapshotAndEmptiesIt) {
+  TempDir dir;
+  StateFile state(dir.path());
+  state.load();
+  for (int i = 0; i < 300; ++i) // more than one rehash and one copy buffer
+    state.put("asset" + std::to_string(i),
+              record("asset" + std::to_string(i) + ".png", "0123456789abcdef"[i % 16], i));
+  state.put("asset7", record("asset7.png", 'f', 777)); // a later record of the same asset wins
+  state.save();
+  EXPECT_FALSE(state.dirty());
+  EXPECT_EQ(fs::file_size(state.journal_path()), 0u);
+  // Found through the new snapshot, in this process and the next.
+  for (StateFile* s : {&state}) {
+    auto e = s->find("asset7");
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->size, 777u);
+    EXPECT_EQ(s->record(*e)->fields[0].second, "a sword asset7.png");
+  }
+  StateFile next(dir.path());
+  EXPECT_FALSE(next.load());
+  EXPECT_FALSE(next.dirty());
+  EXPECT_EQ(next.size(), 300u);
+  EXPECT_EQ(next.find("asset7")->size, 777u);
+  EXPECT_EQ(next.find("asset299")->size, 299u);
+  std::string snapshot = read(next.path());
+  EXPECT_EQ(snapshot.substr(0, snapshot.find('\n')), R"({"kiln_state":2})");
+}
+
+TEST(State, RetainForgetsUndeclaredAssets) {
+  TempDir dir;
+  StateFile state(dir.path());
+  state.load();
+  state.put("keep", record("keep.png", 'a', 1));
+  state.put("drop", record("drop.png", 'b', 2));
+  state.save();
+  state.retain({"keep"});
+  EXPECT_TRUE(state.dirty());
+  EXPECT_TRUE(state.find("keep"));
+  EXPECT_FALSE(state.find("drop"));
+  state.save();
+  StateFile next(dir.path());
+  next.load();
+  EXPECT_EQ(next.size(), 1u);
+}
+
+TEST(State, ACorruptSnapshotIsReportedAndRebuilt) {
+  TempDir dir;
+  fs::create_directories(StateFile::kiln_dir(dir.path()));
+  std::ofstream(StateFile::kiln_dir(dir.path()) / "state.jsonl") << "{\"kiln_state\":2}\n{oops\n";
+  StateFile state(dir.path());
+  auto warning = state.load();
+  ASSERT_TRUE(warning);
+  EXPECT_NE(warning->find("is not valid; rebuilding it (images come back from the cache)"),
+            std::string::npos);
+  EXPECT_EQ(state.size(), 0u);
+  EXPECT_TRUE(state.dirty());
+
+  std::ofstream(StateFile::kiln_dir(dir.path()) / "state.jsonl") << "{\"version\":1}\n";
+  EXPECT_NE(state.load()->find("has another version"), std::string::npos);
+}
+
+} // namespace
+} // namespace kiln::host
