@@ -40,7 +40,8 @@ Options:
 
 Exit codes: 0 all assets present and valid; 1 some assets failed; 2 usage, manifest or
 plugin error; 3 stopped by the budget; 4 a person must act (credit, billing), new work
-stopped; 130 interrupted (Ctrl-C), remote jobs cancelled.
+stopped; 5 another build holds the output folder (--no-wait); 130 interrupted (Ctrl-C),
+remote jobs cancelled.
 )";
 
 struct Command {
@@ -102,6 +103,7 @@ struct Session {
   Manifest manifest;
   PluginRegistry registry{log};
   PluginSet plugins;
+  std::unique_ptr<OutputLock> lock; // released after the state is closed
   std::unique_ptr<StateFile> state;
   std::unique_ptr<Cache> cache;
 
@@ -155,7 +157,11 @@ void write_depfile(const fs::path& path, const std::string& target,
   write_file_atomic(path, text + "\n");
 }
 
-std::unique_ptr<Session> open_session(const CommonArgs& a) {
+// How a command holds the output folder: `build` takes its lock (waiting for another build, or
+// not with --no-wait); `plan` only reads.
+enum class LockMode { None, Wait, NoWait };
+
+std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockMode::None) {
   auto s = std::make_unique<Session>();
   s->log.set_level(verbosity(a));
   s->manifest = read_manifest(a);
@@ -174,6 +180,14 @@ std::unique_ptr<Session> open_session(const CommonArgs& a) {
   }
   s->plugins = instantiate_manifest_plugins(s->registry, s->manifest);
   s->manifest.keep_text_on_disk(); // checked: from here on assets are read again one at a time
+  if (lock != LockMode::None) {
+    s->lock = std::make_unique<OutputLock>(s->manifest.output_dir, lock == LockMode::Wait,
+                                           [&](const std::string& why) { s->log.warning(why); });
+    // Holding the lock, whatever a killed run left half-written is garbage: its paid results
+    // are in the cache and the journal.
+    if (size_t n = remove_leftovers(s->manifest.output_dir))
+      s->log.debug("removed " + std::to_string(n) + " leftovers of an interrupted run");
+  }
   s->state = std::make_unique<StateFile>(s->manifest.output_dir);
   if (auto warning = s->state->load())
     s->log.warning(*warning);
@@ -191,7 +205,8 @@ int cmd_build(int argc, char** argv) {
   CommonArgs a;
   int jobs = -1; // not given
   std::string report, stamp, depfile;
-  bool force = false;
+  bool force = false, no_wait = false;
+  double budget = -1; // not given
   po::options_description d = common_options(a, true);
   d.add_options()("jobs,j", po::value(&jobs)->value_name("N"),
                   "jobs in flight per backend (default: [backends.X] concurrency, else 8 for a "
@@ -201,11 +216,18 @@ int cmd_build(int argc, char** argv) {
       "stamp", po::value(&stamp)->value_name("FILE"),
       "touch FILE when every asset is present and valid (build systems)")(
       "depfile", po::value(&depfile)->value_name("FILE"),
-      "write the files this run read (manifest, plugins) as a Makefile rule for --stamp's FILE");
+      "write the files this run read (manifest, plugins) as a Makefile rule for --stamp's FILE")(
+      "budget", po::value(&budget)->value_name("USD"),
+      "spend at most USD on this build, counting what killed runs before it spent (overrides "
+      "[project] budget_usd); assets it cannot cover are not started, exit 3")(
+      "no-wait", po::bool_switch(&no_wait),
+      "when another build is writing the same output folder, exit 5 instead of waiting for it");
   if (!parse(cmd, d, argc, argv, a.help))
     return k_exit_ok;
   if (jobs == 0 || jobs < -1)
     throw Fatal("kiln build: --jobs must be at least 1");
+  if (budget < 0 && budget != -1)
+    throw Fatal("kiln build: --budget must be zero or more (US dollars)");
   if (!depfile.empty() && stamp.empty())
     throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
 
@@ -226,7 +248,7 @@ int cmd_build(int argc, char** argv) {
     }
   }
 
-  auto s = open_session(a);
+  auto s = open_session(a, no_wait ? LockMode::NoWait : LockMode::Wait);
   Workspace ws = s->workspace();
   Plan plan = make_plan(ws, PlanOptions{force, a.only});
   if (a.only.empty()) {
@@ -241,9 +263,12 @@ int cmd_build(int argc, char** argv) {
   std::optional<ReportWriter> report_writer;
   if (!report.empty())
     report_writer.emplace(report);
-  BuildSummary summary = build(
-      ws, plan, BuildOptions{jobs > 0 ? unsigned(jobs) : 0u, verbosity(a), Progress::detect()},
-      report_writer ? &*report_writer : nullptr);
+  BuildOptions options;
+  options.jobs = jobs > 0 ? unsigned(jobs) : 0u;
+  options.budget_usd = budget >= 0 ? std::optional<double>(budget) : s->manifest.budget_usd;
+  options.verbosity = verbosity(a);
+  options.progress = Progress::detect();
+  BuildSummary summary = build(ws, plan, options, report_writer ? &*report_writer : nullptr);
   if (report_writer)
     report_writer->finish(summary);
 
@@ -256,12 +281,16 @@ int cmd_build(int argc, char** argv) {
       std::snprintf(
           line, sizeof line,
           "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed%s%s; "
-          "spent %s (predicted %s) in %.2f s",
+          "spent %s (predicted %s)%s in %.2f s",
           summary.total, summary.generated, summary.cached, summary.up_to_date, summary.failed,
           summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
           summary.fallbacks() ? (", " + std::to_string(summary.fallbacks()) + " fallback").c_str()
                               : "",
           format_usd(summary.cost_usd).c_str(), format_usd(summary.predicted_cost_usd).c_str(),
+          summary.spent_before_usd > 0
+              ? ("; " + format_usd(summary.spent_before_usd) + " by the killed runs before it")
+                    .c_str()
+              : "",
           summary.duration_s);
     std::printf("%s\n", line);
   }
@@ -276,6 +305,15 @@ int cmd_build(int argc, char** argv) {
                  " not started; the " + std::to_string(kept) +
                  " made are kept. Run again once a person has acted (credit, billing, token).");
     return k_exit_needs_person;
+  }
+  if (summary.over_budget > 0) {
+    s->log.error(std::to_string(summary.over_budget) + " asset" +
+                 (summary.over_budget == 1 ? "" : "s") + " not made: the budget of " +
+                 format_usd(*options.budget_usd) + " is reached (" +
+                 format_usd(summary.spent_before_usd + summary.cost_usd) +
+                 " spent); the rest needs " + format_usd(summary.budget_needed_usd) +
+                 " more. Raise budget_usd in [project] or pass --budget; what was made is kept.");
+    return k_exit_budget;
   }
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;

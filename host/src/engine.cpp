@@ -88,7 +88,8 @@ AssetView asset_view(const AssetSpec& s, const std::string* model = nullptr) {
 
 kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
                           const std::string& fingerprint, const std::string& work_dir,
-                          uint32_t attempt = 1, const std::string& resume_job_id = {}) {
+                          uint32_t attempt = 1, const std::string& resume_job_id = {},
+                          bool lost_create = false) {
   kiln_request q{};
   q.struct_size = sizeof q;
   q.asset = asset;
@@ -106,6 +107,7 @@ kiln_request request_view(const GenerationRequest& r, const kiln_asset* asset,
   q.resume_job_id = ks(resume_job_id);
   q.attempt = attempt;
   q.backend = ks(r.backend);
+  q.lost_create = lost_create;
   return q;
 }
 
@@ -174,6 +176,22 @@ std::string checks_of(const Workspace& ws, const AssetSpec& spec) {
     text += "}";
   }
   return sha256_hex(text);
+}
+
+// What `req` is predicted to cost on its backend (0 when the backend does not say).
+double predict_cost(Workspace& ws, const AssetSpec& spec, const GenerationRequest& req,
+                    const std::string& fingerprint) {
+  auto it = ws.plugins.backends.find(req.backend);
+  if (it == ws.plugins.backends.end())
+    return 0;
+  const PluginInstance& backend = *it->second;
+  auto estimate = backend.plugin().backend()->estimate_cost_usd;
+  if (!estimate)
+    return 0;
+  AssetView view = asset_view(spec, &req.model);
+  kiln_request q = request_view(req, view.get(), fingerprint, "");
+  double usd = estimate(backend.handle(), &q);
+  return usd > 0 ? usd : 0;
 }
 
 // The asset's request, fingerprint, output and checks: what planning an asset and working on
@@ -276,15 +294,8 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.action = Action::Cached;
       p.reason += "; in cache";
     }
-    if (p.action == Action::Generate && !p.prepare_error) {
-      const PluginInstance& backend = *ws.plugins.backends.at(spec.backend);
-      if (auto estimate = backend.plugin().backend()->estimate_cost_usd) {
-        AssetView view = asset_view(spec);
-        kiln_request q = request_view(p.request, view.get(), p.fingerprint, "");
-        double usd = estimate(backend.handle(), &q);
-        p.predicted_cost_usd = usd > 0 ? usd : 0;
-      }
-    }
+    if (p.action == Action::Generate && !p.prepare_error)
+      p.predicted_cost_usd = predict_cost(ws, spec, p.request, p.fingerprint);
     auto [group, fresh] =
         group_ids.try_emplace({p.request.backend, p.request.model}, uint16_t(plan.groups.size()));
     if (fresh) {
@@ -463,8 +474,14 @@ struct Generated {
 // category, and `record.source` says who failed.
 // `slot` is the backend's job slot, held by the caller and given back here as soon as the
 // backend has delivered an image.
+// What an attempt re-attaches to instead of creating: a job of an earlier attempt or run.
+struct Resume {
+  std::string job;
+  bool lost_create = false; // a killed run began a create whose answer never arrived
+};
+
 Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const GenerationRequest& req,
-                                uint32_t attempt, const std::string& resume, AttemptRecord& record,
+                                uint32_t attempt, const Resume& resume, AttemptRecord& record,
                                 SlotLease& slot) {
   const AssetSpec& spec = p.spec;
   record.source = req.backend;
@@ -482,11 +499,30 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
 
   AssetView view = asset_view(spec, &req.model);
   std::string work_str = work.string();
-  kiln_request q = request_view(req, view.get(), fingerprint, work_str, attempt, resume);
+  kiln_request q =
+      request_view(req, view.get(), fingerprint, work_str, attempt, resume.job, resume.lost_create);
   kiln_result r = ws.registry.make_result(backend.plugin().id);
+  // A paid backend's job is journaled before it may be created and the moment its id is known,
+  // so a run killed at any point leaves its successor enough to re-attach instead of paying
+  // again.
+  bool remote = !(backend.plugin().backend()->capabilities & KILN_BACKEND_OFFLINE);
+  if (remote) {
+    ws.state.creating(spec.name, fingerprint, req.backend);
+    r.on_remote_id = [&](const std::string& id) {
+      ws.state.submitted(spec.name, fingerprint, req.backend, id);
+    };
+  }
   kiln_status st = backend.plugin().backend()->generate(backend.handle(), &q, &r);
   record.cost_usd = r.cost_usd.value_or(0);
   record.remote_id = r.remote_id;
+  if (remote) {
+    ws.state.job_done(fingerprint, req.backend);
+    if (record.cost_usd > 0 && !ws.state.spent(spec.name, record.remote_id, record.cost_usd)) {
+      ws.log.debug(spec.name + ": job " + record.remote_id +
+                   " was paid for by an earlier run; not counted again");
+      record.cost_usd = 0;
+    }
+  }
   if (st != KILN_OK || r.failed()) {
     Fault f = r.failure();
     if (f.category == KILN_ERROR_NONE)
@@ -527,6 +563,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
 
 // What the run shares between assets while they walk their chains.
 struct RunGuards {
+  MoneyBudget money;
   CircuitBreakers breakers;
   RetryBudget budget;
   // Backends that stopped taking new work (a person must act), with the reason.
@@ -538,8 +575,9 @@ struct RunGuards {
   // Which asset starts next, and the jobs each backend may have in flight at once.
   Scheduler scheduler;
 
-  RunGuards(const Workspace& ws, unsigned jobs)
-      : breakers(ws.manifest.retry_policy.breaker_failures,
+  RunGuards(const Workspace& ws, unsigned jobs, std::optional<double> budget_usd)
+      : money(budget_usd, ws.state.spent_before()),
+        breakers(ws.manifest.retry_policy.breaker_failures,
                  std::chrono::duration_cast<Clock::duration>(
                      std::chrono::duration<double>(ws.manifest.retry_policy.breaker_cooldown_s))),
         budget(ws.manifest.retry_policy.budget_ratio, ws.manifest.retry_policy.budget_min) {
@@ -732,7 +770,17 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
   const RetryPolicy& policy = ws.manifest.retry_policy;
   Step step{"initial", p.request, 0, false};
   ChainCounters counters;
-  std::string resume; // the remote job a retry of the same request re-attaches to
+  // The remote job a retry of the same request re-attaches to; first, one a killed run left.
+  Resume resume;
+  if (const PluginInstance* b = find_backend(ws, p.request.backend);
+      b && (b->plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME))
+    if (auto left = ws.state.pending(p.fingerprint, p.request.backend)) {
+      resume = Resume{left->job, left->lost_create};
+      ws.log.warning(
+          p.spec.name + ": a killed run left " +
+          (left->job.empty() ? std::string("a create without an answer") : "job " + left->job) +
+          "; re-attaching before creating");
+    }
   guards.budget.first_attempt();
   for (uint32_t attempt = 1;; ++attempt) {
     const GenerationRequest& req = step.request;
@@ -770,6 +818,30 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
         fault = Fault{KILN_ERROR_RETRYABLE, why, -1};
         rec.source = "kiln";
       } else {
+        // The money first: an attempt the budget cannot cover sends nothing.
+        double reserved = predict_cost(ws, p.spec, req, fingerprint_of(fingerprint_fields(req)));
+        if (!guards.money.reserve(reserved, interrupted)) {
+          char why[200];
+          std::snprintf(why, sizeof why,
+                        "the budget of %s cannot cover it (%s spent, %s needed for this asset)",
+                        format_usd(*guards.money.limit()).c_str(),
+                        format_usd(guards.money.spent()).c_str(), format_usd(reserved).c_str());
+          fault = Fault{KILN_ERROR_PERMANENT, why, -1};
+          if (attempt == 1) {
+            out.attempts.pop_back();
+            return fault; // not started: the caller reports it skipped
+          }
+          fault.message = "not retried: " + fault.message;
+          rec.source = "kiln";
+          rec.error = fault;
+          return fault;
+        }
+        struct Settle {
+          MoneyBudget& money;
+          double reserved;
+          const AttemptRecord& rec;
+          ~Settle() { money.settle(reserved, rec.cost_usd); }
+        } settle{guards.money, reserved, rec};
         RateLimiter* limiter = guards.limiter(req.backend);
         if (limiter) {
           auto wait = std::chrono::ceil<std::chrono::milliseconds>(limiter->reserve());
@@ -834,7 +906,8 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     const PluginInstance* backend = find_backend(ws, req.backend);
     bool can_resume =
         backend && (backend->plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME);
-    resume = same && can_resume && rec.source == req.backend ? rec.remote_id : std::string();
+    resume =
+        Resume{same && can_resume && rec.source == req.backend ? rec.remote_id : std::string()};
     if (!same)
       counters.same_request_failures = 0;
 
@@ -994,7 +1067,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
     emit(i, o);
   }
 
-  RunGuards guards(ws, options.jobs);
+  RunGuards guards(ws, options.jobs, options.budget_usd);
   Scheduler& queue = guards.scheduler;
   for (size_t i : to_generate)
     queue.add(i, plan.groups[plan.entries[i].group].first,
@@ -1112,8 +1185,14 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   }
   progress.close();
 
+  std::error_code ec; // the scratch folders' parent, once empty (a folder in use is kept)
+  fs::remove(StateFile::kiln_dir(ws.manifest.output_dir) / "work", ec);
+  summary.over_budget = guards.money.refused();
+  summary.budget_needed_usd = guards.money.needed();
+  summary.spent_before_usd = ws.state.spent_before();
+  // An interrupted run's spend stays in the journal: the run that finishes its work counts it.
   if (ws.state.dirty())
-    ws.state.save();
+    ws.state.save(summary.interrupted);
   summary.duration_s = seconds_since(start);
   return summary;
 }

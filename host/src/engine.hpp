@@ -138,6 +138,11 @@ struct BuildSummary {
   // "backend: asset: why" for each asset that made its backend stop creating
   std::vector<std::string> stopped;
   bool interrupted = false;
+  // The budget: assets it could not cover (not started or not retried), and how much more
+  // they need beyond it.
+  uint32_t over_budget = 0;
+  double budget_needed_usd = 0;
+  double spent_before_usd = 0; // by killed runs before this one (from the journal)
   double cost_usd = 0;
   double predicted_cost_usd = 0;
   double duration_s = 0;
@@ -156,6 +161,7 @@ public:
 
 struct BuildOptions {
   unsigned jobs = 0; // jobs in flight per backend; 0: its `concurrency`, else its default
+  std::optional<double> budget_usd;         // none: no limit
   kiln_log_level verbosity = KILN_LOG_INFO; // DEBUG = -v, ERROR = -q
   Progress::Mode progress = Progress::Mode::Lines;
 };

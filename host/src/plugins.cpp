@@ -68,6 +68,8 @@ void host_set_retry_after_ms(kiln_result* r, int64_t ms) {
 }
 void host_set_remote_id(kiln_result* r, kiln_str id) {
   r->remote_id = std::string(sv(id));
+  if (r->on_remote_id && !r->remote_id.empty())
+    r->on_remote_id(r->remote_id);
 }
 void host_set_cost_usd(kiln_result* r, double usd) {
   r->cost_usd = usd;

@@ -10,6 +10,7 @@
 #include "result.hpp"
 #include "util.hpp"
 
+#include <functional>
 #include <kiln/kiln.hpp>
 #include <map>
 #include <memory>
@@ -25,6 +26,8 @@ struct kiln_result {
   std::string message;
   int64_t retry_after_ms = -1;
   std::string remote_id;
+  // Called with each remote id the backend reports, on the backend's thread (the journal).
+  std::function<void(const std::string&)> on_remote_id;
   std::optional<double> cost_usd;
   std::optional<kiln::Image> image;
   std::string image_file;

@@ -1,5 +1,7 @@
 #include "resilience.hpp"
 
+#include <algorithm>
+
 namespace kiln::host {
 
 double CircuitBreakers::open_for(const std::string& key, Clock::time_point now) {
@@ -48,6 +50,56 @@ uint32_t RetryBudget::retries() const {
 uint32_t RetryBudget::assets() const {
   std::lock_guard lock(m_mutex);
   return m_assets;
+}
+
+namespace {
+constexpr double k_cent_fraction = 1e-9; // sums of prices are not exact in binary
+}
+
+bool MoneyBudget::reserve(double usd, const std::function<bool()>& interrupted) {
+  std::unique_lock lock(m_mutex);
+  if (!m_limit || usd <= 0)
+    return true;
+  while (m_spent + m_reserved + usd > *m_limit + k_cent_fraction) {
+    if (m_holders == 0 || (interrupted && interrupted())) {
+      m_refused_usd += usd;
+      ++m_refused;
+      return false;
+    }
+    m_changed.wait_for(lock, std::chrono::milliseconds(200));
+  }
+  m_reserved += usd;
+  ++m_holders;
+  return true;
+}
+
+void MoneyBudget::settle(double reserved, double actual) {
+  {
+    std::lock_guard lock(m_mutex);
+    if (m_limit && reserved > 0 && m_holders > 0) {
+      // Counted, not compared: sums of prices leave a residue that would never reach zero.
+      m_reserved = --m_holders == 0 ? 0.0 : std::max(0.0, m_reserved - reserved);
+    }
+    m_spent += actual;
+  }
+  m_changed.notify_all();
+}
+
+double MoneyBudget::spent() const {
+  std::lock_guard lock(m_mutex);
+  return m_spent;
+}
+
+double MoneyBudget::needed() const {
+  std::lock_guard lock(m_mutex);
+  if (!m_limit || m_refused == 0)
+    return 0;
+  return std::max(0.0, m_spent + m_refused_usd - *m_limit);
+}
+
+uint32_t MoneyBudget::refused() const {
+  std::lock_guard lock(m_mutex);
+  return m_refused;
 }
 
 } // namespace kiln::host

@@ -4,9 +4,12 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace kiln::host {
@@ -57,6 +60,37 @@ private:
   uint32_t m_min;
   uint32_t m_assets = 0;
   uint32_t m_retries = 0;
+};
+
+// budget_usd / --budget: money spent (this run and the killed runs before it) plus money
+// reserved for jobs in flight stays within the limit. Each attempt on a paid backend reserves
+// its predicted cost before it may create anything and settles to the real cost afterwards.
+class MoneyBudget {
+public:
+  MoneyBudget(std::optional<double> limit, double spent_before)
+      : m_limit(limit), m_spent(spent_before) {}
+
+  // Reserves `usd`. While it does not fit but jobs in flight hold reservations (which may come
+  // back smaller), waits for them; false when it cannot fit even with nothing in flight, or
+  // when `interrupted` says so while waiting. The refused amount is remembered (needed()).
+  bool reserve(double usd, const std::function<bool()>& interrupted = {});
+  void settle(double reserved, double actual);
+
+  std::optional<double> limit() const { return m_limit; }
+  double spent() const;
+  // What the refused reservations would need beyond the limit (0 when none was refused).
+  double needed() const;
+  uint32_t refused() const;
+
+private:
+  mutable std::mutex m_mutex;
+  std::condition_variable m_changed;
+  std::optional<double> m_limit;
+  double m_spent = 0;
+  double m_reserved = 0;
+  uint32_t m_holders = 0; // reservations not yet settled
+  double m_refused_usd = 0;
+  uint32_t m_refused = 0;
 };
 
 } // namespace kiln::host

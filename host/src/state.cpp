@@ -1,5 +1,7 @@
 #include "state.hpp"
 
+#include "fatal.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
@@ -8,6 +10,7 @@
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <tuple>
 #include <unistd.h>
@@ -234,6 +237,10 @@ std::optional<std::string> StateFile::load() {
   m_values.clear();
   m_count = 0;
   m_checks.clear();
+  m_pending.clear();
+  m_spent_jobs.clear();
+  m_spend_lines.clear();
+  m_spent_before = 0;
   m_dirty = false;
   for (int* fd : {&m_fd[0], &m_fd[1], &m_append})
     if (*fd >= 0) {
@@ -283,7 +290,7 @@ std::optional<std::string> StateFile::load() {
       try {
         add(line, 1, offset);
       } catch (const std::exception&) {
-        // Another kind of event, or damaged: not an output record.
+        replay(line); // a remote job's event, or damaged
       }
       good_end = offset + line.size() + 1;
       m_dirty = true;
@@ -311,14 +318,116 @@ void StateFile::open_journal_for_append() {
     m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
 }
 
-void StateFile::put(const std::string& name, const OutputRecord& record) {
-  std::string line = record_line(name, record);
-  std::lock_guard lock(m_mutex);
+void StateFile::append(const std::string& line) {
   open_journal_for_append();
   write_all(m_append, line, m_journal_path);
   if (::fdatasync(m_append) != 0)
     throw std::runtime_error("cannot write '" + m_journal_path.string() +
                              "': " + std::strerror(errno));
+  m_journal_size += line.size();
+  m_dirty = true;
+}
+
+namespace {
+
+std::string event_line(const char* type, std::string_view name,
+                       std::initializer_list<std::pair<const char*, std::string>> fields,
+                       std::optional<double> usd = std::nullopt) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("t");
+  w.String(type);
+  w.Key("name");
+  w.String(name.data(), rapidjson::SizeType(name.size()));
+  for (auto& [key, value] : fields) {
+    w.Key(key);
+    json_str(w, value);
+  }
+  if (usd) {
+    w.Key("usd");
+    w.Double(*usd);
+  }
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize()) + "\n";
+}
+
+} // namespace
+
+void StateFile::replay(std::string_view line) {
+  rapidjson::Document v;
+  v.Parse(line.data(), line.size());
+  if (v.HasParseError() || !v.IsObject())
+    return;
+  auto str = [&](const char* key) -> std::string {
+    auto it = v.FindMember(key);
+    return it != v.MemberEnd() && it->value.IsString() ? it->value.GetString() : "";
+  };
+  std::string type = str("t"), fp = str("fingerprint"), backend = str("backend"), job = str("job");
+  if (type == "creating" && !fp.empty()) {
+    m_pending[fp + '\n' + backend].lost_create = true;
+  } else if (type == "submitted" && !fp.empty() && !job.empty()) {
+    m_pending[fp + '\n' + backend] = PendingJob{job, false};
+  } else if (type == "spent") {
+    auto usd = v.FindMember("usd");
+    if (usd != v.MemberEnd() && usd->value.IsNumber() && m_spent_jobs.insert(job).second) {
+      m_spent_before += usd->value.GetDouble();
+      m_spend_lines.emplace_back(line);
+    }
+  }
+}
+
+void StateFile::creating(std::string_view name, const std::string& fingerprint,
+                         const std::string& backend) {
+  std::lock_guard lock(m_mutex);
+  append(event_line("creating", name, {{"fingerprint", fingerprint}, {"backend", backend}}));
+  m_pending[fingerprint + '\n' + backend].lost_create = true;
+}
+
+void StateFile::submitted(std::string_view name, const std::string& fingerprint,
+                          const std::string& backend, const std::string& job) {
+  std::lock_guard lock(m_mutex);
+  PendingJob& p = m_pending[fingerprint + '\n' + backend];
+  if (p.job == job && !p.lost_create)
+    return; // a re-attach reports the id it was given
+  append(event_line("submitted", name,
+                    {{"fingerprint", fingerprint}, {"backend", backend}, {"job", job}}));
+  p = PendingJob{job, false};
+}
+
+void StateFile::job_done(const std::string& fingerprint, const std::string& backend) {
+  std::lock_guard lock(m_mutex);
+  m_pending.erase(fingerprint + '\n' + backend);
+}
+
+bool StateFile::spent(std::string_view name, const std::string& job, double usd) {
+  std::lock_guard lock(m_mutex);
+  if (!job.empty() && !m_spent_jobs.insert(job).second)
+    return false;
+  std::string line = event_line("spent", name, {{"job", job}}, usd);
+  append(line);
+  line.pop_back();
+  m_spend_lines.push_back(std::move(line));
+  return true;
+}
+
+std::optional<StateFile::PendingJob> StateFile::pending(const std::string& fingerprint,
+                                                        const std::string& backend) const {
+  std::lock_guard lock(m_mutex);
+  auto it = m_pending.find(fingerprint + '\n' + backend);
+  if (it == m_pending.end())
+    return std::nullopt;
+  return it->second;
+}
+
+void StateFile::put(const std::string& name, const OutputRecord& record) {
+  std::string line = record_line(name, record);
+  std::lock_guard lock(m_mutex);
+  append(line);
+  m_journal_size -= line.size(); // counted below, with the record's offset
+  for (auto it = m_pending.lower_bound(record.fingerprint + '\n');
+       it != m_pending.end() && it->first.compare(0, 65, record.fingerprint + '\n') == 0;)
+    it = m_pending.erase(it);
   StateEntry e;
   e.fingerprint = digest_of_hex(record.fingerprint).value_or(Digest{});
   e.size = record.size;
@@ -380,7 +489,7 @@ void StateFile::retain(const std::vector<std::string_view>& names) {
   m_dirty = m_dirty || m_count != before;
 }
 
-void StateFile::save() {
+void StateFile::save(bool keep_spend) {
   std::lock_guard lock(m_mutex);
   // Records are copied line by line from where they are (the old snapshot or the journal), in
   // file order, through a small buffer: a state of any size is rewritten in constant memory.
@@ -422,12 +531,90 @@ void StateFile::save() {
     order[i]->file = 0;
     order[i]->offset = offsets[i];
   }
-  if (m_fd[1] >= 0 && m_journal_size > 0) {
+  // What the journal must still say: the jobs still open and, for an interrupted run, what
+  // was spent. Written whole, then swapped in.
+  std::string rest;
+  for (auto& [key, p] : m_pending) {
+    size_t nl = key.find('\n');
+    std::string fp = key.substr(0, nl), backend = key.substr(nl + 1);
+    if (!p.job.empty())
+      rest +=
+          event_line("submitted", "", {{"fingerprint", fp}, {"backend", backend}, {"job", p.job}});
+    if (p.lost_create)
+      rest += event_line("creating", "", {{"fingerprint", fp}, {"backend", backend}});
+  }
+  if (keep_spend)
+    for (auto& line : m_spend_lines)
+      rest += line + "\n";
+  else
+    m_spend_lines.clear();
+  if (rest.empty() && m_fd[1] >= 0 && m_journal_size > 0) {
     if (::ftruncate(m_fd[1], 0) == 0)
       ::fsync(m_fd[1]);
-    m_journal_size = 0;
+  } else if (!rest.empty()) {
+    write_file_atomic(m_journal_path, rest);
+    for (int* fd : {&m_fd[1], &m_append})
+      if (*fd >= 0) {
+        ::close(*fd);
+        *fd = -1;
+      }
+    m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
   }
+  m_journal_size = rest.size();
   m_dirty = false;
+}
+
+OutputLock::OutputLock(const fs::path& output_dir, bool wait,
+                       const std::function<void(const std::string&)>& on_wait) {
+  fs::path dir = StateFile::kiln_dir(output_dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  fs::path path = dir / "lock";
+  m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (m_fd < 0)
+    throw Fatal("cannot open '" + path.string() + "': " + std::strerror(errno));
+  if (::flock(m_fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK)
+      throw Fatal("cannot lock '" + path.string() + "': " + std::strerror(errno));
+    char buf[32];
+    ssize_t n = ::pread(m_fd, buf, sizeof buf, 0);
+    std::string holder(buf, size_t(std::max<ssize_t>(n, 0)));
+    if (auto nl = holder.find('\n'); nl != std::string::npos)
+      holder.resize(nl);
+    std::string who = "another kiln build" + (holder.empty() ? "" : " (pid " + holder + ")") +
+                      " is writing " + output_dir.string();
+    if (!wait)
+      throw Fatal(who + "; not waiting (--no-wait)", k_exit_busy);
+    on_wait(who + "; waiting for it to finish");
+    while (::flock(m_fd, LOCK_EX) != 0)
+      if (errno != EINTR)
+        throw Fatal("cannot lock '" + path.string() + "': " + std::strerror(errno));
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(m_fd, 0) == 0 && ::pwrite(m_fd, pid.data(), pid.size(), 0) < 0) {
+    // Only a hint for the message of a build that waits.
+  }
+}
+
+OutputLock::~OutputLock() {
+  if (m_fd >= 0)
+    ::close(m_fd); // releases the flock
+}
+
+size_t remove_leftovers(const fs::path& output_dir) {
+  size_t removed = 0;
+  std::error_code ec;
+  fs::path work = StateFile::kiln_dir(output_dir) / "work";
+  if (fs::exists(work, ec))
+    removed += size_t(fs::remove_all(work, ec));
+  for (auto it = fs::recursive_directory_iterator(output_dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec) &&
+        it->path().filename().string().find(".kiln-tmp.") != std::string::npos &&
+        fs::remove(it->path(), ec))
+      ++removed;
+  }
+  return removed;
 }
 
 std::optional<FileStamp> stat_file(const fs::path& path) {

@@ -5,9 +5,11 @@
 #include "fingerprint.hpp"
 #include "util.hpp"
 
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -61,9 +63,31 @@ public:
   // Reads the snapshot then the journal; missing ones are empty. A corrupt snapshot is reported
   // and treated as empty: the cache still holds every image, so nothing paid for is lost.
   std::optional<std::string> load();
-  // Writes the snapshot and empties the journal.
-  void save();
+  // Writes the snapshot and empties the journal, but for the remote jobs still open and, when
+  // `keep_spend` (an interrupted run), what was spent: the next run counts it against its budget.
+  void save(bool keep_spend = false);
   bool dirty() const { return m_dirty; }
+
+  // Remote jobs: what a killed run leaves for the next one, so that it re-attaches instead of
+  // paying again. Each event is appended to the journal and fsync'd before the call returns.
+  struct PendingJob {
+    std::string job;          // the last job id reported for the request, if any
+    bool lost_create = false; // a create began after it and its answer never arrived
+  };
+  // Before asking `backend` to make the request `fingerprint` (it may create a job).
+  void creating(std::string_view name, const std::string& fingerprint, const std::string& backend);
+  // The backend reported the job's id.
+  void submitted(std::string_view name, const std::string& fingerprint, const std::string& backend,
+                 const std::string& job);
+  // The backend came back (success or failure): the job is no longer this run's to resume.
+  void job_done(const std::string& fingerprint, const std::string& backend);
+  // A job's cost, once known. False when that job's cost was already recorded (a re-attached
+  // job of a killed run): not counted twice.
+  bool spent(std::string_view name, const std::string& job, double usd);
+  std::optional<PendingJob> pending(const std::string& fingerprint,
+                                    const std::string& backend) const;
+  // Spent by earlier runs that did not finish (killed or interrupted), from the journal.
+  double spent_before() const { return m_spent_before; }
 
   std::optional<StateEntry> find(std::string_view name) const;
   // Room for n outputs: the table is then not reallocated while a run records them, so the
@@ -90,7 +114,14 @@ private:
   uint32_t intern_checks(const std::string& checks);
   void open_journal_for_append();
 
+  void append(const std::string& line);
+  void replay(std::string_view line);
+
   fs::path m_path, m_journal_path;
+  std::map<std::string, PendingJob> m_pending; // by fingerprint + '\n' + backend
+  std::set<std::string> m_spent_jobs;          // jobs whose cost the journal holds
+  std::vector<std::string> m_spend_lines;      // those records, kept by save(keep_spend)
+  double m_spent_before = 0;
   // An open-addressing table by name hash (0 marks a free slot): two flat arrays, no node
   // per output.
   StateEntry* slot(uint64_t hash);
@@ -107,6 +138,26 @@ private:
   bool m_dirty = false;
   mutable std::mutex m_mutex;
 };
+
+// One build at a time per output folder: an exclusive flock on <output_dir>/.kiln/lock, which
+// the kernel releases when the holder ends, however it ends (kill -9 included).
+class OutputLock {
+public:
+  // Takes the lock. When another build holds it: `on_wait` is called with a message naming
+  // the holder's pid and the lock is waited for, or, with `wait` false, Fatal(k_exit_busy).
+  OutputLock(const fs::path& output_dir, bool wait,
+             const std::function<void(const std::string&)>& on_wait);
+  ~OutputLock();
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+
+private:
+  int m_fd = -1;
+};
+
+// Removes what killed runs left in the output folder: temp files of atomic writes (their names
+// hold ".kiln-tmp.") and scratch folders. Call it holding the OutputLock. Returns how many.
+size_t remove_leftovers(const fs::path& output_dir);
 
 // Size and modification time of a file, or nullopt when it does not exist.
 struct FileStamp {

@@ -6,7 +6,8 @@
 //   Kiln holds an id that may still succeed it never creates another: it waits, re-fetches, or
 //   cancels first (timeout, Ctrl-C);
 // - a resumed request (resume_job_id) re-attaches to its prediction and only creates a new one
-//   when that prediction can no longer deliver (failed, cancelled, outputs removed);
+//   when that prediction can no longer deliver (failed, cancelled, outputs removed); one whose
+//   create was cut short by a crash (lost_create) first looks for it among the newest;
 // - downloads are free, predictions are not: a failed download is a retryable failure whose
 //   retry (the host's one retry loop) re-attaches to the same prediction and downloads again.
 #include "protocol.hpp"
@@ -100,6 +101,9 @@ public:
     Prediction p;
     if (!m_request.resume_job_id.empty())
       p = reattach(std::string(m_request.resume_job_id));
+    if (p.id.empty() && m_request.lost_create)
+      if (auto found = find_lost(input_json(m_request, family_of(m_model))))
+        p = std::move(*found);
     if (p.id.empty())
       p = create();
     p = wait(std::move(p));

@@ -2,6 +2,7 @@
 #include "resilience.hpp"
 
 #include <gtest/gtest.h>
+#include <thread>
 
 namespace kiln::host {
 namespace {
@@ -38,6 +39,35 @@ TEST(RetryBudget, AllowsMinPlusRatioOfAssets) {
   EXPECT_TRUE(budget.try_retry()); // more assets, more room
   EXPECT_FALSE(budget.try_retry());
   EXPECT_EQ(budget.retries(), 5u);
+}
+
+TEST(MoneyBudget, ReservationsThatCannotFitWithNothingInFlightAreRefused) {
+  MoneyBudget money(0.03, 0);
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(money.reserve(0.003)) << i; // 10 x $0.003: exactly the budget
+  // Settled at the same price: the float sums leave a residue, which must not read as a
+  // reservation still held (the 11th would wait for ever).
+  for (int i = 0; i < 10; ++i)
+    money.settle(0.003, 0.003);
+  EXPECT_FALSE(money.reserve(0.003));
+  EXPECT_FALSE(money.reserve(0.003));
+  EXPECT_TRUE(money.reserve(0)); // free work is never refused
+  EXPECT_EQ(money.refused(), 2u);
+  EXPECT_NEAR(money.needed(), 0.006, 1e-12);
+  EXPECT_NEAR(money.spent(), 0.03, 1e-12);
+}
+
+TEST(MoneyBudget, AWaitingReservationGoesAheadWhenAnotherComesBackSmaller) {
+  MoneyBudget money(0.01, 0.004); // $0.004 spent by a killed run
+  ASSERT_TRUE(money.reserve(0.005));
+  std::thread settle([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    money.settle(0.005, 0.001); // cost less than predicted
+  });
+  EXPECT_TRUE(money.reserve(0.005)); // waited: 0.004 + 0.001 + 0.005 fits
+  settle.join();
+  EXPECT_EQ(money.refused(), 0u);
+  EXPECT_FALSE(MoneyBudget(std::nullopt, 0).needed() > 0);
 }
 
 } // namespace

@@ -230,6 +230,8 @@ struct Request {
   uint32_t width = 0, height = 0;
   std::optional<uint64_t> seed;
   uint32_t attempt = 1; // 1 for the first attempt at the asset in this run
+  // An earlier run was killed while creating this request's job: look for it before creating.
+  bool lost_create = false;
   const kiln_request* raw = nullptr;
 
   static Request from(const kiln_request* q) {
@@ -251,6 +253,8 @@ struct Request {
       r.attempt = q->attempt;
     if (KILN_HAS_FIELD(q, kiln_request, backend))
       r.backend = view(q->backend);
+    if (KILN_HAS_FIELD(q, kiln_request, lost_create))
+      r.lost_create = q->lost_create != 0;
     r.raw = q;
     return r;
   }

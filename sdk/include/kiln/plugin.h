@@ -235,6 +235,13 @@ typedef struct kiln_request {
   uint32_t attempt;
   /** The backend this request is for (a retry strategy may switch it). @since 1 */
   kiln_str backend;
+  /**
+   * Non-zero when an earlier run began creating a remote job for this very request and was
+   * killed before it learnt the job's id: the job may exist and be paid for. A backend that can
+   * find such a job (by listing recent jobs) re-attaches to it instead of creating another.
+   * @since 1
+   */
+  int32_t lost_create;
 } kiln_request;
 
 /** A decoded image: 8-bit RGBA, rows `stride` bytes apart. */
