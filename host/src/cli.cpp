@@ -189,7 +189,7 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
       s->log.debug("removed " + std::to_string(n) + " leftovers of an interrupted run");
   }
   s->state = std::make_unique<StateFile>(s->manifest.output_dir);
-  if (auto warning = s->state->load())
+  if (auto warning = s->state->load(lock != LockMode::None))
     s->log.warning(*warning);
   s->cache = std::make_unique<Cache>(Cache::default_dir());
   return s;

@@ -294,8 +294,12 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.action = Action::Cached;
       p.reason += "; in cache";
     }
-    if (p.action == Action::Generate && !p.prepare_error)
+    if (p.action == Action::Generate && !p.prepare_error) {
       p.predicted_cost_usd = predict_cost(ws, spec, p.request, p.fingerprint);
+      if (auto left = ws.state.pending(p.fingerprint, p.request.backend))
+        p.reason += left->job.empty() ? "; a killed run may have created its job: looked for first"
+                                      : "; re-attaches to " + left->job + ", left by a killed run";
+    }
     auto [group, fresh] =
         group_ids.try_emplace({p.request.backend, p.request.model}, uint16_t(plan.groups.size()));
     if (fresh) {

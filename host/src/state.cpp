@@ -231,7 +231,7 @@ void StateFile::add(std::string_view line, uint8_t file, uint64_t offset) {
   set(name_hash(p->name), e);
 }
 
-std::optional<std::string> StateFile::load() {
+std::optional<std::string> StateFile::load(bool owner) {
   std::lock_guard lock(m_mutex);
   m_keys.clear();
   m_values.clear();
@@ -280,7 +280,7 @@ std::optional<std::string> StateFile::load() {
     }
   }
 
-  m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
+  m_fd[1] = ::open(m_journal_path.c_str(), (owner ? O_RDWR : O_RDONLY) | O_CLOEXEC);
   m_journal_size = 0;
   if (m_fd[1] >= 0) {
     uint64_t good_end = 0;
@@ -297,7 +297,8 @@ std::optional<std::string> StateFile::load() {
       return true;
     });
     struct stat st;
-    if (::fstat(m_fd[1], &st) == 0 && uint64_t(st.st_size) > good_end)
+    // A reader may see a record half-appended by the build that holds the lock: not torn.
+    if (owner && ::fstat(m_fd[1], &st) == 0 && uint64_t(st.st_size) > good_end)
       if (::ftruncate(m_fd[1], off_t(good_end)) != 0)
         warning = "cannot drop the torn end of '" + m_journal_path.string() + "'";
     m_journal_size = good_end;

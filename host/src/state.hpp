@@ -62,7 +62,9 @@ public:
 
   // Reads the snapshot then the journal; missing ones are empty. A corrupt snapshot is reported
   // and treated as empty: the cache still holds every image, so nothing paid for is lost.
-  std::optional<std::string> load();
+  // `owner`: this process holds the OutputLock and may repair the journal (cut a torn last
+  // line); a reader (`kiln plan`) leaves the files as they are.
+  std::optional<std::string> load(bool owner = true);
   // Writes the snapshot and empties the journal, but for the remote jobs still open and, when
   // `keep_spend` (an interrupted run), what was spent: the next run counts it against its budget.
   void save(bool keep_spend = false);

@@ -129,6 +129,14 @@ class KillTest(JournalCase):
         proc.send_signal(signal.SIGKILL)  # every create sent, no answer received yet
         proc.communicate()
         self.assertEqual(len(self.server.stats()["creates"]), 6)
+        journal = os.path.join(self.tmp, "out", ".kiln", "journal.jsonl")
+        with open(journal, "rb") as f:
+            before = f.read()
+        plan = self.kiln("plan")
+        self.assertEqual(plan.stdout.count("a killed run may have created its job"), 6,
+                         plan.stdout)
+        with open(journal, "rb") as f:
+            self.assertEqual(f.read(), before)  # plan reads; only a build repairs
         r = self.kiln("build", "-v")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(self.server.stats()["creates"]), 6, r.stderr)
