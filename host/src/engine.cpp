@@ -1334,8 +1334,10 @@ std::string summary_json(const BuildSummary& s) {
 } // namespace
 
 ReportWriter::ReportWriter(fs::path path) : m_path(std::move(path)) {
+  // Named as the atomic writes' temp files are: a killed run's spool in the output folder is
+  // removed by the next build, and one elsewhere is overwritten by the next run's ("w+").
   m_spool = m_path;
-  m_spool += ".kiln-spool";
+  m_spool += ".kiln-tmp.spool";
   std::error_code ec;
   if (!m_path.parent_path().empty())
     fs::create_directories(m_path.parent_path(), ec);
