@@ -521,7 +521,9 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
   record.remote_id = r.remote_id;
   if (remote) {
     ws.state.job_done(fingerprint, req.backend);
-    if (record.cost_usd > 0 && !ws.state.spent(spec.name, record.remote_id, record.cost_usd)) {
+    bool delivered = st == KILN_OK && !r.failed();
+    if ((delivered || record.cost_usd > 0) &&
+        !ws.state.spent(spec.name, record.remote_id, record.cost_usd, delivered)) {
       ws.log.debug(spec.name + ": job " + record.remote_id +
                    " was paid for by an earlier run; not counted again");
       record.cost_usd = 0;

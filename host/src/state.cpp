@@ -369,7 +369,7 @@ void StateFile::replay(std::string_view line) {
     m_pending[fp + '\n' + backend].lost_create = true;
   } else if (type == "submitted" && !fp.empty() && !job.empty()) {
     m_pending[fp + '\n' + backend] = PendingJob{job, false};
-  } else if (type == "spent") {
+  } else if (type == "downloaded" || type == "spent") {
     auto usd = v.FindMember("usd");
     if (usd != v.MemberEnd() && usd->value.IsNumber() && m_spent_jobs.insert(job).second) {
       m_spent_before += usd->value.GetDouble();
@@ -401,11 +401,11 @@ void StateFile::job_done(const std::string& fingerprint, const std::string& back
   m_pending.erase(fingerprint + '\n' + backend);
 }
 
-bool StateFile::spent(std::string_view name, const std::string& job, double usd) {
+bool StateFile::spent(std::string_view name, const std::string& job, double usd, bool downloaded) {
   std::lock_guard lock(m_mutex);
   if (!job.empty() && !m_spent_jobs.insert(job).second)
     return false;
-  std::string line = event_line("spent", name, {{"job", job}}, usd);
+  std::string line = event_line(downloaded ? "downloaded" : "spent", name, {{"job", job}}, usd);
   append(line);
   line.pop_back();
   m_spend_lines.push_back(std::move(line));

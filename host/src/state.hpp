@@ -83,9 +83,10 @@ public:
                  const std::string& job);
   // The backend came back (success or failure): the job is no longer this run's to resume.
   void job_done(const std::string& fingerprint, const std::string& backend);
-  // A job's cost, once known. False when that job's cost was already recorded (a re-attached
-  // job of a killed run): not counted twice.
-  bool spent(std::string_view name, const std::string& job, double usd);
+  // The backend came back with its cost: "downloaded" when it delivered an image, else "spent"
+  // (a failed job may still be billed). False when that job's cost was already recorded (a
+  // re-attached job of a killed run): not counted twice.
+  bool spent(std::string_view name, const std::string& job, double usd, bool downloaded);
   std::optional<PendingJob> pending(const std::string& fingerprint,
                                     const std::string& backend) const;
   // Spent by earlier runs that did not finish (killed or interrupted), from the journal.

@@ -102,8 +102,7 @@ public:
     if (!m_request.resume_job_id.empty())
       p = reattach(std::string(m_request.resume_job_id));
     if (p.id.empty() && m_request.lost_create)
-      if (auto found = find_lost(input_json(m_request, family_of(m_model))))
-        p = std::move(*found);
+      p = find_lost_create();
     if (p.id.empty())
       p = create();
     p = wait(std::move(p));
@@ -209,6 +208,22 @@ private:
     m_out.log(KILN_LOG_DEBUG, "prediction " + p->id + " is " + p->status);
     return *p;
   }
+
+  // A create of a killed run whose answer never arrived. Its request may still be on its way:
+  // sent by the dead process, not yet handled by the server (seen in tests as one duplicate in
+  // about forty kill-restart cycles). So when the newest predictions do not show it, look once
+  // more after a grace period; a crash is rare, paying twice is not cheap.
+  Prediction find_lost_create() {
+    std::string input = input_json(m_request, family_of(m_model));
+    for (int look = 0; look < 2; ++look) {
+      if (look == 1 && !m_out.wait_ms(k_lost_create_grace_ms))
+        throw Error("interrupted while looking for a lost prediction", KILN_ERROR_INTERRUPTED);
+      if (auto found = find_lost(input))
+        return std::move(*found);
+    }
+    return {};
+  }
+  static constexpr uint32_t k_lost_create_grace_ms = 2000;
 
   // A create whose answer never arrived may still have started a prediction, which would be
   // paid for whether or not Kiln knows its id: look for it among the newest predictions.

@@ -203,7 +203,7 @@ class BudgetTest(JournalCase):
         proc.communicate()
         with open(os.path.join(self.tmp, "out", ".kiln", "journal.jsonl")) as f:
             events = [json.loads(line) for line in f]
-        spent = sum(e["usd"] for e in events if e["t"] == "spent")
+        spent = sum(e["usd"] for e in events if e["t"] in ("downloaded", "spent"))
         written = len({e["name"] for e in events if e["t"] == "written"})
         self.assertGreater(spent, 0)
         self.assertLess(written, 8)
