@@ -66,6 +66,15 @@ class JournalCase(FakeReplicateCase):
         return subprocess.Popen([KILN, "build", *args], cwd=self.tmp, env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def wait_until(self, condition, timeout_s=20):
+        """Polls the server's stats until `condition(stats)` holds; fails the test if it never
+        does."""
+        deadline = time.time() + timeout_s
+        while not condition(self.server.stats()):
+            if time.time() > deadline:
+                self.fail("the server never reached the expected state")
+            time.sleep(0.02)
+
     def assert_no_temp_files(self):
         out = os.path.join(self.tmp, "out")
         left = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files
@@ -123,9 +132,7 @@ class KillTest(JournalCase):
         self.write(items)
         self.server.control(latency_s=1.5)
         proc = self.start("-j", "6")
-        deadline = time.time() + 10
-        while len(self.server.stats()["creates"]) < 6 and time.time() < deadline:
-            time.sleep(0.05)
+        self.wait_until(lambda stats: len(stats["creates"]) >= 6)
         proc.send_signal(signal.SIGKILL)  # every create sent, no answer received yet
         proc.communicate()
         self.assertEqual(len(self.server.stats()["creates"]), 6)
@@ -195,9 +202,7 @@ class BudgetTest(JournalCase):
         self.write(items)
         self.server.control(latency_s=1.0)
         proc = self.start("-j", "4")
-        deadline = time.time() + 20
-        while self.server.stats()["downloads"] < 4 and time.time() < deadline:
-            time.sleep(0.05)
+        self.wait_until(lambda stats: stats["downloads"] >= 4)
         time.sleep(0.3)  # the first four collected and journaled
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -229,9 +234,7 @@ class ConcurrentTest(JournalCase):
         self.write(items)
         self.server.control(latency_s=0.5)
         first = self.start("-j", "4")
-        deadline = time.time() + 10
-        while not self.server.stats()["creates"] and time.time() < deadline:
-            time.sleep(0.02)
+        self.wait_until(lambda stats: stats["creates"])
         second = self.start("-j", "4")
         out1, err1 = first.communicate(timeout=120)
         out2, err2 = second.communicate(timeout=120)
@@ -255,9 +258,7 @@ class ConcurrentTest(JournalCase):
         self.write(items)
         self.server.control(latency_s=1.0)
         first = self.start()
-        deadline = time.time() + 10
-        while not self.server.stats()["creates"] and time.time() < deadline:
-            time.sleep(0.02)
+        self.wait_until(lambda stats: stats["creates"])
         r = self.kiln("build", "--no-wait")
         self.assertEqual(r.returncode, 5, r.stderr)
         self.assertIn("another kiln build (pid ", r.stderr)
