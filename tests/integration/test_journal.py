@@ -226,6 +226,25 @@ class BudgetTest(JournalCase):
         self.assert_all_valid(items)
 
 
+    def test_an_interrupted_runs_spend_counts_too(self):
+        items = assets(16)  # some not started when Ctrl-C comes
+        self.write(items)
+        self.server.control(latency_s=1.0)
+        proc = self.start("-j", "4")
+        self.wait_until(lambda stats: stats["downloads"] >= 4)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: nothing new starts
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 130, err)
+        with open(os.path.join(self.tmp, "out", ".kiln", "journal.jsonl")) as f:
+            events = [json.loads(line) for line in f]
+        spent = sum(e["usd"] for e in events if e["t"] in ("downloaded", "spent"))
+        self.assertGreater(spent, 0)
+        r = self.kiln("build", "--budget", f"{spent:.6f}")  # nothing left for the rest
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn(f"$0.{round(spent * 10000):04d} by the killed runs before it", r.stdout)
+
+
 class ConcurrentTest(JournalCase):
     # Must show 3: two `kiln build` at once on one output folder: nothing created twice,
     # nothing corrupted.
