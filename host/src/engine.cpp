@@ -992,6 +992,21 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
     work += e.action != Action::UpToDate || e.prepare_failed;
   Progress progress(ws.log, work, options.verbosity, options.progress);
   using Outcome = Progress::Outcome;
+  // Asset i made again from its entry. When that fails (the manifest changed during the run),
+  // the asset fails and the others go on.
+  auto asset_or_fail = [&](size_t i) -> std::optional<PlannedAsset> {
+    try {
+      return plan.asset(ws, i);
+    } catch (const std::exception& e) {
+      AssetOutcome o;
+      o.name = std::string(ws.manifest.name(plan.entries[i].asset));
+      o.status = "failed";
+      o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
+      progress.finished(Outcome::Failed, o.name + ": " + e.what());
+      emit(i, o);
+      return std::nullopt;
+    }
+  };
 
   std::vector<size_t> to_generate, followers;
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -1011,7 +1026,10 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       entry.reason = plan.reason_id(std::move(reason));
       to_generate.push_back(i);
     };
-    PlannedAsset p = plan.asset(ws, i);
+    auto made = asset_or_fail(i);
+    if (!made)
+      continue;
+    PlannedAsset& p = *made;
     AssetOutcome o = outcome_of(p);
     if (p.prepare_error) {
       o.status = "failed";
@@ -1087,6 +1105,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       progress.finished(Outcome::Failed, o.name + ": " + o.error->message, o.cost_usd, true);
     };
     if (p.prepare_error) {
+      if (job.holds_slot) // its first attempt never came to take it over
+        queue.release(p.request.backend);
       fail(*p.prepare_error);
       return;
     }
@@ -1134,15 +1154,21 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   };
   auto worker = [&] {
     while (auto job = queue.next()) {
-      PlannedAsset p = plan.asset(ws, job->index);
-      AssetOutcome o = outcome_of(p);
-      auto t0 = std::chrono::steady_clock::now();
-      progress.started(o.name);
       struct Done {
         Scheduler& queue;
         Scheduler::Job job;
         ~Done() { queue.done(job); }
       } done{queue, *job};
+      auto made = asset_or_fail(job->index);
+      if (!made) {
+        if (job->holds_slot) // as in generate_one: no attempt takes the slot over
+          queue.release(plan.groups[plan.entries[job->index].group].first);
+        continue;
+      }
+      PlannedAsset& p = *made;
+      AssetOutcome o = outcome_of(p);
+      auto t0 = std::chrono::steady_clock::now();
+      progress.started(o.name);
       generate_one(p, o, *job, t0);
       emit(job->index, o);
     }
@@ -1161,7 +1187,10 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   }
 
   for (size_t i : followers) {
-    PlannedAsset p = plan.asset(ws, i);
+    auto made = asset_or_fail(i);
+    if (!made)
+      continue;
+    PlannedAsset& p = *made;
     AssetOutcome o = outcome_of(p);
     const AssetOutcome& leader = leaders.at(*p.same_as);
     try {

@@ -245,6 +245,27 @@ class BudgetTest(JournalCase):
         self.assertIn(f"$0.{round(spent * 10000):04d} by the killed runs before it", r.stdout)
 
 
+class EditedTest(JournalCase):
+    def test_a_manifest_edited_during_the_run_fails_the_rest_and_loses_nothing(self):
+        items = assets(6)
+        self.write(items)
+        self.server.control(latency_s=0.5)
+        proc = self.start("-j", "1")
+        self.wait_until(lambda stats: stats["downloads"] >= 1)
+        with open(os.path.join(self.tmp, "assets.toml"), "a") as f:
+            f.write("# edited while kiln runs\n")
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 1, err)
+        self.assertIn("assets.toml changed during the run: run kiln again", out + err)
+        made = len(self.server.stats()["creates"])
+        self.assertLess(made, 6)
+        r = self.kiln("build")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(self.server.stats()["creates"]), 6)  # the first ones not again
+        self.assert_all_valid(items)
+        self.assert_no_temp_files()
+
+
 class ConcurrentTest(JournalCase):
     # Must show 3: two `kiln build` at once on one output folder: nothing created twice,
     # nothing corrupted.
