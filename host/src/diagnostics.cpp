@@ -1,10 +1,9 @@
 #include "diagnostics.hpp"
 
 #include "fatal.hpp"
+#include "util.hpp"
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <optional>
 
 namespace kiln::host {
@@ -45,8 +44,7 @@ std::string Diagnostics::format(SourceLoc loc, const std::string& message) const
   if (loc.line > 0 && m_source) {
     found = line_of(*m_source, loc.line);
   } else if (loc.line > 0 && !m_file.empty()) {
-    std::ifstream in(m_file, std::ios::binary);
-    reread.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    reread = read_file(m_file).value_or("");
     found = line_of(reread, loc.line);
   }
   if (found) {

@@ -455,6 +455,12 @@ const PluginInstance* find_backend(const Workspace& ws, const std::string& id) {
   return it == ws.plugins.backends.end() ? nullptr : it->second.get();
 }
 
+// Whether the running backend `id` declares `capability` (KILN_BACKEND_*); false if not running.
+bool backend_can(const Workspace& ws, const std::string& id, uint32_t capability) {
+  const PluginInstance* backend = find_backend(ws, id);
+  return backend && (backend->plugin().backend()->capabilities & capability);
+}
+
 // A private scratch folder, removed with this object.
 struct WorkDir {
   fs::path path;
@@ -485,8 +491,8 @@ struct Resume {
 };
 
 Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const GenerationRequest& req,
-                                uint32_t attempt, const Resume& resume, AttemptRecord& record,
-                                SlotLease& slot) {
+                                const std::string& fingerprint, uint32_t attempt,
+                                const Resume& resume, AttemptRecord& record, SlotLease& slot) {
   const AssetSpec& spec = p.spec;
   record.source = req.backend;
   const PluginInstance* found = find_backend(ws, req.backend);
@@ -497,7 +503,6 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
                      "asset names, or to an offline one)",
                  -1};
   const PluginInstance& backend = *found;
-  std::string fingerprint = fingerprint_of(fingerprint_fields(req));
   WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
   const fs::path& work = scratch.path;
 
@@ -509,7 +514,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
   // A paid backend's job is journaled before it may be created and the moment its id is known,
   // so a run killed at any point leaves its successor enough to re-attach instead of paying
   // again.
-  bool remote = !(backend.plugin().backend()->capabilities & KILN_BACKEND_OFFLINE);
+  bool remote = !backend_can(ws, req.backend, KILN_BACKEND_OFFLINE);
   if (remote) {
     ws.state.creating(spec.name, fingerprint, req.backend);
     r.on_remote_id = [&](const std::string& id) {
@@ -594,7 +599,7 @@ struct RunGuards {
       limiters.emplace(id, std::make_unique<RateLimiter>(pacing.requests_per_second, pacing.burst));
       unsigned concurrency = jobs ? jobs : pacing.concurrency;
       if (!concurrency)
-        concurrency = backend->plugin().backend()->capabilities & KILN_BACKEND_OFFLINE
+        concurrency = backend_can(ws, id, KILN_BACKEND_OFFLINE)
                           ? std::max(1u, std::thread::hardware_concurrency())
                           : k_default_remote_concurrency;
       scheduler.set_limit(id, concurrency);
@@ -628,11 +633,6 @@ struct RunGuards {
 
 std::string breaker_key(const GenerationRequest& req) {
   return req.backend + " " + req.model;
-}
-
-bool offline_backend(Workspace& ws, const std::string& id) {
-  const PluginInstance* backend = find_backend(ws, id);
-  return backend && (backend->plugin().backend()->capabilities & KILN_BACKEND_OFFLINE);
 }
 
 // What a strategy proposed for the next attempt.
@@ -755,7 +755,7 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
       passed.push_back(why);
       continue;
     }
-    if (!offline_backend(ws, next.backend) && !guards.budget.try_retry()) {
+    if (!backend_can(ws, next.backend, KILN_BACKEND_OFFLINE) && !guards.budget.try_retry()) {
       passed.push_back(id + ": the run's retry budget is spent (" +
                        std::to_string(guards.budget.retries()) + " retries for " +
                        std::to_string(guards.budget.assets()) + " assets; see [retry_policy])");
@@ -778,8 +778,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
   ChainCounters counters;
   // The remote job a retry of the same request re-attaches to; first, one a killed run left.
   Resume resume;
-  if (const PluginInstance* b = find_backend(ws, p.request.backend);
-      b && (b->plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME))
+  if (backend_can(ws, p.request.backend, KILN_BACKEND_CAN_RESUME))
     if (auto left = ws.state.pending(p.fingerprint, p.request.backend)) {
       resume = Resume{left->job, left->lost_create};
       ws.log.warning(
@@ -798,6 +797,17 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     rec.seed = req.seed;
     rec.waited_s = double(step.delay_ms) / 1000.0;
 
+    // An attempt refused before it sends anything: on the first, the asset was not started (the
+    // caller reports it skipped); on a later one, it is not retried.
+    auto refuse = [&](Fault why) -> Fault {
+      if (attempt == 1) {
+        out.attempts.pop_back();
+        return why;
+      }
+      why.message = "not retried: " + why.message;
+      rec.error = why;
+      return why;
+    };
     Fault fault;
     {
       // The job slot first: whatever happened while this asset waited for it (its backend
@@ -807,16 +817,8 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
         out.attempts.pop_back();
         return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
       }
-      if (auto why = guards.stopped(req.backend)) {
-        fault = *why;
-        if (attempt == 1) {
-          out.attempts.pop_back();
-          return fault; // not started: the caller reports it skipped
-        }
-        fault.message = "not retried: " + fault.message;
-        rec.error = fault;
-        return fault;
-      }
+      if (auto why = guards.stopped(req.backend))
+        return refuse(*why);
       if (double left = guards.breakers.open_for(breaker_key(req)); left > 0) {
         char why[160];
         std::snprintf(why, sizeof why, "%s is cooling down after failing repeatedly (%.0f s left)",
@@ -825,22 +827,16 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
         rec.source = "kiln";
       } else {
         // The money first: an attempt the budget cannot cover sends nothing.
-        double reserved = predict_cost(ws, p.spec, req, fingerprint_of(fingerprint_fields(req)));
+        std::string fingerprint = fingerprint_of(fingerprint_fields(req));
+        double reserved = predict_cost(ws, p.spec, req, fingerprint);
         if (!guards.money.reserve(reserved, interrupted)) {
           char why[200];
           std::snprintf(why, sizeof why,
                         "the budget of %s cannot cover it (%s spent, %s needed for this asset)",
                         format_usd(*guards.money.limit()).c_str(),
                         format_usd(guards.money.spent()).c_str(), format_usd(reserved).c_str());
-          fault = Fault{KILN_ERROR_PERMANENT, why, -1};
-          if (attempt == 1) {
-            out.attempts.pop_back();
-            return fault; // not started: the caller reports it skipped
-          }
-          fault.message = "not retried: " + fault.message;
           rec.source = "kiln";
-          rec.error = fault;
-          return fault;
+          return refuse(Fault{KILN_ERROR_PERMANENT, why, -1});
         }
         struct Settle {
           MoneyBudget& money;
@@ -856,7 +852,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
             return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
           }
         }
-        auto g = generate_once(ws, p, req, attempt, resume, rec, slot);
+        auto g = generate_once(ws, p, req, fingerprint, attempt, resume, rec, slot);
         if (limiter && g)
           limiter->succeeded();
         // Throttled: the whole backend slows down, and waits for the server's hint.
@@ -909,9 +905,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     // A retry of the same request on the same backend re-attaches to the remote job when the
     // job itself failed: its result may be paid for already. After a bad image, a new job.
     bool same = fingerprint_fields(next->request) == fingerprint_fields(req);
-    const PluginInstance* backend = find_backend(ws, req.backend);
-    bool can_resume =
-        backend && (backend->plugin().backend()->capabilities & KILN_BACKEND_CAN_RESUME);
+    bool can_resume = backend_can(ws, req.backend, KILN_BACKEND_CAN_RESUME);
     resume =
         Resume{same && can_resume && rec.source == req.backend ? rec.remote_id : std::string()};
     if (!same)
@@ -1048,9 +1042,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
         rejected = Fault{KILN_ERROR_PERMANENT, "cannot read it", -1};
       }
       std::optional<OutputRecord> rec;
-      if (auto known = ws.state.find(p.spec.name))
+      if (auto known = ws.state.find(p.spec.name); known && !rejected)
         rec = ws.state.record(*known);
-      if (!rejected && rec) {
+      if (rec) {
         rec->checks = p.checks;
         ws.state.put(p.spec.name, *rec);
         o.status = "up_to_date";
@@ -1097,7 +1091,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
     queue.add(i, plan.groups[plan.entries[i].group].first,
               plan.groups[plan.entries[i].group].second);
   // One asset of the queue, start to end: its outcome is filled in `o`.
-  auto generate_one = [&](PlannedAsset& p, AssetOutcome& o, const Scheduler::Job& job,
+  auto generate_one = [&](PlannedAsset& p, AssetOutcome& o, SlotLease& first_slot,
                           std::chrono::steady_clock::time_point t0) {
     auto fail = [&](Fault f) {
       o.status = "failed";
@@ -1105,13 +1099,11 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       progress.finished(Outcome::Failed, o.name + ": " + o.error->message, o.cost_usd, true);
     };
     if (p.prepare_error) {
-      if (job.holds_slot) // its first attempt never came to take it over
-        queue.release(p.request.backend);
       fail(*p.prepare_error);
       return;
     }
     try {
-      auto g = generate_asset(ws, guards, p, o, job.holds_slot);
+      auto g = generate_asset(ws, guards, p, o, first_slot.hand_over());
       if (!g && o.attempts.empty()) {
         o.status = "skipped";
         o.error = g.error();
@@ -1159,17 +1151,18 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
         Scheduler::Job job;
         ~Done() { queue.done(job); }
       } done{queue, *job};
+      // The slot taken for the first attempt goes to it, or back when the asset never gets
+      // that far (it cannot be read again, its request no longer matches the plan).
+      SlotLease first_slot(queue, plan.groups[plan.entries[job->index].group].first,
+                           job->holds_slot);
       auto made = asset_or_fail(job->index);
-      if (!made) {
-        if (job->holds_slot) // as in generate_one: no attempt takes the slot over
-          queue.release(plan.groups[plan.entries[job->index].group].first);
+      if (!made)
         continue;
-      }
       PlannedAsset& p = *made;
       AssetOutcome o = outcome_of(p);
       auto t0 = std::chrono::steady_clock::now();
       progress.started(o.name);
-      generate_one(p, o, *job, t0);
+      generate_one(p, o, first_slot, t0);
       emit(job->index, o);
     }
   };

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kiln::host {
@@ -77,6 +78,8 @@ public:
       m_scheduler.release(m_backend);
     m_held = false;
   }
+  // Gives the slot to whoever takes it next (a new lease made `held`); whether one was held.
+  bool hand_over() { return std::exchange(m_held, false); }
 
 private:
   Scheduler& m_scheduler;

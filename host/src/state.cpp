@@ -57,17 +57,6 @@ template <class F> void for_each_line(int fd, F&& f) {
     f(std::string_view(buf), buf_offset, false);
 }
 
-void write_all(int fd, std::string_view data, const fs::path& path) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      throw std::runtime_error("cannot write '" + path.string() + "': " + std::strerror(errno));
-    data.remove_prefix(size_t(n));
-  }
-}
-
 void json_str(rapidjson::Writer<rapidjson::StringBuffer>& w, const std::string& s) {
   w.String(s.c_str(), rapidjson::SizeType(s.size()));
 }
@@ -185,6 +174,12 @@ void StateFile::rehash(size_t capacity) {
       set(keys[i], values[i]);
 }
 
+void StateFile::clear_entries() {
+  m_keys.clear();
+  m_values.clear();
+  m_count = 0;
+}
+
 void StateFile::set(uint64_t hash, const StateEntry& entry) {
   if ((m_count + 1) * 10 > m_keys.size() * 7) // at most 70 % full
     rehash(std::max<size_t>(64, m_keys.size() * 2));
@@ -214,28 +209,36 @@ uint32_t StateFile::intern_checks(const std::string& checks) {
   return uint32_t(m_checks.size() - 1);
 }
 
+void StateFile::index(const std::string& name, const OutputRecord& record, uint8_t file,
+                      uint64_t offset, uint32_t length) {
+  StateEntry e;
+  e.fingerprint = digest_of_hex(record.fingerprint).value_or(Digest{});
+  e.size = record.size;
+  e.mtime_ns = record.mtime_ns;
+  e.output_hash = name_hash(record.output);
+  e.checks = intern_checks(record.checks);
+  e.fallback = record.fallback;
+  e.file = file;
+  e.offset = offset;
+  e.length = length;
+  set(name_hash(name), e);
+  // The output is written: no job of that request is left to re-attach to.
+  std::string prefix = record.fingerprint + '\n';
+  for (auto it = m_pending.lower_bound(prefix);
+       it != m_pending.end() && it->first.compare(0, prefix.size(), prefix) == 0;)
+    it = m_pending.erase(it);
+}
+
 void StateFile::add(std::string_view line, uint8_t file, uint64_t offset) {
   auto p = parse_record(line);
   if (!p)
     throw std::runtime_error("malformed record");
-  StateEntry e;
-  e.fingerprint = *digest_of_hex(p->record.fingerprint);
-  e.size = p->record.size;
-  e.mtime_ns = p->record.mtime_ns;
-  e.output_hash = name_hash(p->record.output);
-  e.checks = intern_checks(p->record.checks);
-  e.fallback = p->record.fallback;
-  e.file = file;
-  e.offset = offset;
-  e.length = uint32_t(line.size());
-  set(name_hash(p->name), e);
+  index(p->name, p->record, file, offset, uint32_t(line.size()));
 }
 
 std::optional<std::string> StateFile::load(bool owner) {
   std::lock_guard lock(m_mutex);
-  m_keys.clear();
-  m_values.clear();
-  m_count = 0;
+  clear_entries();
   m_checks.clear();
   m_pending.clear();
   m_spent_jobs.clear();
@@ -271,9 +274,7 @@ std::optional<std::string> StateFile::load(bool owner) {
       }
     });
     if (!why.empty()) {
-      m_keys.clear();
-      m_values.clear();
-      m_count = 0;
+      clear_entries();
       m_dirty = true; // written anew at the end of the run
       warning = "state file '" + m_path.string() + "' " + why +
                 "; rebuilding it (images come back from the cache)";
@@ -321,8 +322,7 @@ void StateFile::open_journal_for_append() {
 
 void StateFile::append(const std::string& line) {
   open_journal_for_append();
-  write_all(m_append, line, m_journal_path);
-  if (::fdatasync(m_append) != 0)
+  if (!write_fully(m_append, line) || ::fdatasync(m_append) != 0)
     throw std::runtime_error("cannot write '" + m_journal_path.string() +
                              "': " + std::strerror(errno));
   m_journal_size += line.size();
@@ -424,24 +424,9 @@ std::optional<StateFile::PendingJob> StateFile::pending(const std::string& finge
 void StateFile::put(const std::string& name, const OutputRecord& record) {
   std::string line = record_line(name, record);
   std::lock_guard lock(m_mutex);
+  uint64_t offset = m_journal_size;
   append(line);
-  m_journal_size -= line.size(); // counted below, with the record's offset
-  for (auto it = m_pending.lower_bound(record.fingerprint + '\n');
-       it != m_pending.end() && it->first.compare(0, 65, record.fingerprint + '\n') == 0;)
-    it = m_pending.erase(it);
-  StateEntry e;
-  e.fingerprint = digest_of_hex(record.fingerprint).value_or(Digest{});
-  e.size = record.size;
-  e.mtime_ns = record.mtime_ns;
-  e.output_hash = name_hash(record.output);
-  e.checks = intern_checks(record.checks);
-  e.fallback = record.fallback;
-  e.file = 1;
-  e.offset = m_journal_size;
-  e.length = uint32_t(line.size() - 1);
-  m_journal_size += line.size();
-  set(name_hash(name), e);
-  m_dirty = true;
+  index(name, record, 1, offset, uint32_t(line.size() - 1)); // without its line break
 }
 
 std::optional<StateEntry> StateFile::find(std::string_view name) const {

@@ -113,6 +113,10 @@ public:
 
 private:
   void add(std::string_view line, uint8_t file, uint64_t offset);
+  // Indexes the record of `name` found at `offset` of `file` (0 the snapshot, 1 the journal).
+  void index(const std::string& name, const OutputRecord& record, uint8_t file, uint64_t offset,
+             uint32_t length);
+  void clear_entries();
   std::optional<std::string> read_line(uint8_t file, uint64_t offset, uint32_t length) const;
   uint32_t intern_checks(const std::string& checks);
   void open_journal_for_append();

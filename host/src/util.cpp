@@ -44,6 +44,18 @@ std::optional<std::string> pread_exact(int fd, uint64_t offset, size_t length) {
   return out;
 }
 
+bool write_fully(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return false;
+    data.remove_prefix(size_t(n));
+  }
+  return true;
+}
+
 namespace {
 
 [[noreturn]] void io_error(const std::string& what, const fs::path& path) {
@@ -101,18 +113,8 @@ void AtomicFile::fail(const std::string& what, const fs::path& path) {
 }
 
 void AtomicFile::write(std::string_view data) {
-  const char* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    ssize_t n = ::write(m_fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      fail("write", m_tmp);
-    }
-    p += n;
-    left -= size_t(n);
-  }
+  if (!write_fully(m_fd, data))
+    fail("write", m_tmp);
 }
 
 void AtomicFile::commit() {

@@ -20,6 +20,8 @@ void write_file_atomic(const fs::path& path, std::string_view data);
 
 // `length` bytes of the open file `fd` from `offset`; nullopt on an error or a short file.
 std::optional<std::string> pread_exact(int fd, uint64_t offset, size_t length);
+// Writes all of `data` to `fd` (retrying short writes and EINTR); false on an error (errno).
+bool write_fully(int fd, std::string_view data);
 
 // The same, written in pieces: the file appears, whole, at commit(); destroyed uncommitted, it
 // never appears and its temp file is removed.

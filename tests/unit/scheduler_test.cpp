@@ -78,5 +78,47 @@ TEST(Scheduler, ARetryWaitsForASlotLikeAnyJob) {
   EXPECT_TRUE(got);
 }
 
+// The next job of a backend with one slot, if it starts within a second (a leaked slot would
+// hold it back for ever).
+std::optional<Scheduler::Job> next_soon(Scheduler& s) {
+  std::optional<Scheduler::Job> job;
+  std::thread t([&] { job = s.next(); });
+  for (int i = 0; i < 100 && !job; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (!job) {
+    s.release("replicate"); // unblock the thread so the test can end
+    t.join();
+    return std::nullopt;
+  }
+  t.join();
+  return job;
+}
+
+TEST(SlotLease, AHeldSlotGoesBackUnlessItIsHandedOver) {
+  Scheduler s;
+  s.set_limit("replicate", 1);
+  for (size_t i = 0; i < 3; ++i)
+    s.add(i, "replicate", "flux");
+  auto first = s.next();
+  ASSERT_TRUE(first && first->holds_slot);
+  {
+    SlotLease lease(s, "replicate", true);
+    SlotLease taker(s, "replicate", lease.hand_over()); // the first attempt takes it over
+    EXPECT_FALSE(lease.hand_over());
+  } // given back once, by the taker
+  auto second = next_soon(s);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->index, 1u);
+  // Given back once, not twice: the one slot is the second asset's now, the third waits.
+  std::optional<Scheduler::Job> third;
+  std::thread waiter([&] { third = s.next(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(third);
+  { SlotLease never_used(s, "replicate", true); } // the second never got to its first attempt
+  waiter.join();
+  ASSERT_TRUE(third);
+  EXPECT_EQ(third->index, 2u);
+}
+
 } // namespace
 } // namespace kiln::host

@@ -137,5 +137,39 @@ TEST(State, ACorruptSnapshotIsReportedAndRebuilt) {
   EXPECT_NE(state.load()->find("has another version"), std::string::npos);
 }
 
+TEST(State, AJobLeftByAKilledRunIsPendingUntilItsOutputIsWritten) {
+  TempDir dir;
+  std::string written_fp(64, 'a'), open_fp(64, 'b');
+  {
+    StateFile state(dir.path());
+    state.load();
+    state.creating("a", written_fp, "replicate");
+    state.submitted("a", written_fp, "replicate", "job-a");
+    state.put("a", record("a.png", 'a', 1));
+    state.creating("b", open_fp, "replicate");
+    state.submitted("b", open_fp, "replicate", "job-b");
+    state.creating("c", std::string(64, 'c'), "replicate"); // killed before the answer
+  }                                                         // killed: no save()
+  StateFile next(dir.path());
+  next.load();
+  EXPECT_FALSE(next.pending(written_fp, "replicate")); // its output was written
+  auto b = next.pending(open_fp, "replicate");
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->job, "job-b");
+  EXPECT_FALSE(b->lost_create);
+  auto c = next.pending(std::string(64, 'c'), "replicate");
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->job.empty());
+  EXPECT_TRUE(c->lost_create);
+  EXPECT_FALSE(next.pending(open_fp, "another-backend"));
+  // A run's end keeps the open jobs for the next run, and only them.
+  next.save();
+  StateFile third(dir.path());
+  third.load();
+  EXPECT_FALSE(third.pending(written_fp, "replicate"));
+  EXPECT_EQ(third.pending(open_fp, "replicate")->job, "job-b");
+  EXPECT_TRUE(third.pending(std::string(64, 'c'), "replicate")->lost_create);
+}
+
 } // namespace
 } // namespace kiln::host
