@@ -521,8 +521,9 @@ int cmd_plugins(int argc, char** argv) {
   }
   std::printf("%-15s %-20s %-9s %-4s %s\n", "KIND", "ID", "VERSION", "ABI", "FILE");
   for (auto* p : plugins) {
-    std::printf("%-15s %-20s %-9s %-4u %s\n", std::string(kind_name(p->kind)).c_str(),
-                p->id.c_str(), p->version.c_str(), p->info->abi_version, p->path.c_str());
+    std::string abi = std::to_string(p->info->abi_version) + "." + std::to_string(p->abi_minor);
+    std::printf("%-15s %-20s %-9s %-4s %s\n", std::string(kind_name(p->kind)).c_str(),
+                p->id.c_str(), p->version.c_str(), abi.c_str(), p->path.c_str());
     if (verbose) {
       if (!p->description.empty())
         std::printf("    %s\n", p->description.c_str());
@@ -550,7 +551,8 @@ int cli_main(int argc, char** argv) {
     return k_exit_ok;
   }
   if (command == "--version" || command == "version") {
-    std::printf("kiln %s (plugin ABI %u)\n", k_kiln_version, KILN_PLUGIN_ABI_VERSION);
+    std::printf("kiln %s (plugin ABI %u.%u)\n", k_kiln_version, KILN_PLUGIN_ABI_VERSION,
+                KILN_PLUGIN_ABI_MINOR);
     return k_exit_ok;
   }
   // Each command parses the arguments after its name.

@@ -56,6 +56,15 @@ Image fit_image(const Image& in, uint32_t width, uint32_t height) {
   return out;
 }
 
+Image scale_image(const Image& in, uint32_t width, uint32_t height) {
+  if (in.width == width && in.height == height)
+    return in;
+  Image out(width, height);
+  stbir_resize_uint8_srgb(in.rgba.data(), int(in.width), int(in.height), int(in.width * 4),
+                          out.rgba.data(), int(width), int(height), 0, 4, 3, 0);
+  return out;
+}
+
 namespace {
 
 // PNG through libpng: zlib's deflate state is a few fixed-size blocks per image, where stb's

@@ -15,8 +15,16 @@ namespace kiln::host {
 // Fully decodes PNG, JPEG or WebP into RGBA.
 Result<Image> decode_image(std::string_view bytes);
 
+// The largest side Kiln makes or scales to, in pixels.
+constexpr uint32_t k_max_image_side_px = 16384;
+
 // Scales to cover `width`x`height` and crops the overflow evenly: exact pixels, no stretching.
 Image fit_image(const Image& image, uint32_t width, uint32_t height);
+
+// Scales the whole image to `width`x`height` (stretching if the aspect differs), with the same
+// gamma-correct, alpha-weighted filter as fit_image. Plugins reach it as
+// kiln_host_api::scale_image.
+Image scale_image(const Image& image, uint32_t width, uint32_t height);
 
 // Encodes as "png", "jpg" or "webp". JPEG has no alpha: transparent pixels are flattened onto
 // white. Deterministic: the same pixels give the same bytes.

@@ -24,20 +24,21 @@ namespace {
 
 constexpr uint32_t k_max_side_px = 16384;
 
-const std::vector<std::string> k_top_keys = {"project",      "plugins",    "defaults",   "backends",
-                                             "enhancers",    "validators", "strategies", "types",
-                                             "retry_policy", "asset"};
+const std::vector<std::string> k_top_keys = {
+    "project",    "plugins",        "defaults", "backends",     "enhancers", "validators",
+    "strategies", "postprocessors", "types",    "retry_policy", "asset"};
 const std::vector<std::string> k_project_keys = {"output_dir", "budget_usd", "allow_fallback"};
 const std::vector<std::string> k_retry_policy_keys = {"max_attempts", "budget_ratio", "budget_min",
                                                       "breaker_failures", "breaker_cooldown_s"};
 const std::vector<std::string> k_plugins_keys = {"paths"};
 // Fields an asset may set, and so may [defaults] and [types.X].
 const std::vector<std::string> k_field_keys = {
-    "backend",  "model",     "seed",   "width", "height",          "format",    "style",
-    "negative", "enhancers", "params", "retry", "fallback_models", "modifiers", "validators"};
+    "backend", "model",           "seed",      "width",      "height",
+    "format",  "style",           "negative",  "enhancers",  "params",
+    "retry",   "fallback_models", "modifiers", "validators", "postprocess"};
 // The fields that hold a list of strings.
-const std::vector<std::string> k_list_keys = {"enhancers", "validators", "retry", "fallback_models",
-                                              "modifiers"};
+const std::vector<std::string> k_list_keys = {"enhancers",       "validators", "retry",
+                                              "fallback_models", "modifiers",  "postprocess"};
 const std::vector<std::string> k_formats = {"png", "webp", "jpg"};
 
 std::string type_name(const toml::node& n) {
@@ -175,6 +176,7 @@ public:
     parse_plugin_tables(root, "enhancers", m_m->enhancer_settings);
     parse_plugin_tables(root, "validators", m_m->validator_settings);
     parse_plugin_tables(root, "strategies", m_m->strategy_settings);
+    parse_plugin_tables(root, "postprocessors", m_m->postprocessor_settings);
     parse_retry_policy(root);
     use_layers(root, true);
     // [[asset]] tables never reach here: an `asset` left is of another kind.
@@ -640,6 +642,7 @@ private:
     spec.retry = list("retry", k_default_retry_chain);
     spec.fallback_models = list("fallback_models", {});
     spec.modifiers = list("modifiers", {});
+    spec.postprocess = list("postprocess", {});
 
     // params merge key by key: the asset's keys over its type's over [defaults]'.
     toml::table params;
@@ -921,6 +924,7 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     use("enhancers", spec.enhancers);
     use("validators", spec.validators);
     use("retry", spec.retry);
+    use("postprocess", spec.postprocess);
   }
   d.throw_if_errors();
   auto source = std::make_shared<Manifest::Source>();

@@ -52,6 +52,7 @@ struct AssetSpec {
   std::vector<std::string> retry;           // the strategy chain, in order
   std::vector<std::string> fallback_models; // for the alternate-model strategy
   std::vector<std::string> modifiers;       // extra style words (the style enhancer)
+  std::vector<std::string> postprocess;     // postprocessor ids, in the order they run
   SourceLoc loc;
   // Where each resolved field was set (the asset, its type or [defaults]), for errors found
   // after resolution such as an unknown plugin id.
@@ -113,8 +114,8 @@ private:
   std::string m_names; // every name, back to back
 };
 
-// The plugins the assets name: kind field ("backend", "enhancers", "validators", "retry") ->
-// plugin id -> where it was first named.
+// The plugins the assets name: kind field ("backend", "enhancers", "validators", "retry",
+// "postprocess") -> plugin id -> where it was first named.
 using PluginUses = std::map<std::string, std::map<std::string, SourceLoc>>;
 
 struct LayerTables; // [defaults] and [types.X], parsed once
@@ -132,6 +133,7 @@ struct Manifest {
   std::map<std::string, PluginSettings> enhancer_settings;
   std::map<std::string, PluginSettings> validator_settings;
   std::map<std::string, PluginSettings> strategy_settings;
+  std::map<std::string, PluginSettings> postprocessor_settings;
   std::map<std::string, BackendPacing> backend_pacing;
   PluginUses plugin_uses;
   AssetIndex assets; // every asset, checked, in manifest order

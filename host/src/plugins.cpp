@@ -1,6 +1,7 @@
 #include "plugins.hpp"
 
 #include "fatal.hpp"
+#include "image.hpp"
 #include "interrupt.hpp"
 #include "version.hpp"
 
@@ -24,6 +25,8 @@ std::string_view kind_name(uint32_t kind) {
     return "retry-strategy";
   case KILN_KIND_VALIDATOR:
     return "validator";
+  case KILN_KIND_POSTPROCESSOR:
+    return "postprocessor";
   }
   return "unknown";
 }
@@ -36,6 +39,8 @@ std::string_view table_name(uint32_t kind) {
     return "enhancers";
   case KILN_KIND_RETRY_STRATEGY:
     return "strategies";
+  case KILN_KIND_POSTPROCESSOR:
+    return "postprocessors";
   default:
     return "validators";
   }
@@ -108,6 +113,23 @@ void host_set_backend(kiln_result* r, kiln_str backend) {
 }
 void host_set_fallback(kiln_result* r, int32_t fallback) {
   r->fallback = fallback != 0;
+}
+void host_set_missing_property(kiln_result* r, uint32_t property) {
+  r->missing_property |= property;
+}
+int32_t host_scale_image(const kiln_image* source, uint32_t width, uint32_t height,
+                         uint8_t* pixels) {
+  if (!source || !source->pixels || !pixels || source->width == 0 || source->height == 0 ||
+      source->stride < size_t(source->width) * 4 || width == 0 || height == 0 ||
+      width > k_max_image_side_px || height > k_max_image_side_px)
+    return 1;
+  Image in(source->width, source->height);
+  for (uint32_t y = 0; y < source->height; ++y)
+    std::memcpy(in.at(0, y), source->pixels + size_t(y) * source->stride,
+                size_t(source->width) * 4);
+  Image out = scale_image(in, width, height);
+  std::memcpy(pixels, out.rgba.data(), out.rgba.size());
+  return 0;
 }
 
 void host_add_secret(kiln_result* r, kiln_str secret) {
@@ -206,6 +228,8 @@ const kiln_host_api k_host_api = {
     host_set_params_json,
     host_set_backend,
     host_set_fallback,
+    host_set_missing_property,
+    host_scale_image,
 };
 
 // Smallest info struct this host can read: up to and including `functions`.
@@ -330,8 +354,15 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   if (info->struct_size < k_min_info_size)
     fail("has a plugin info of " + std::to_string(info->struct_size) +
          " bytes, expected at least " + std::to_string(k_min_info_size));
-  if (info->kind < KILN_KIND_BACKEND || info->kind > KILN_KIND_VALIDATOR)
+  if (info->kind < KILN_KIND_BACKEND || info->kind > KILN_KIND_POSTPROCESSOR)
     fail("declares unknown plugin kind " + std::to_string(info->kind));
+  // ABI 1.0 plugins have no abi_minor: their info ends at `functions`.
+  uint32_t minor = info->struct_size >= offsetof(kiln_plugin_info, abi_minor) + sizeof(uint32_t)
+                       ? info->abi_minor
+                       : 0;
+  if (info->kind == KILN_KIND_POSTPROCESSOR && minor < 1)
+    fail("is a postprocessor but was built for Kiln plugin ABI 1." + std::to_string(minor) +
+         ", before postprocessors existed (1.1)");
   if (!valid_id(info->id))
     fail(std::string("has an invalid id '") + (info->id ? info->id : "") +
          "': use lowercase letters, digits and '-'");
@@ -355,9 +386,10 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   };
   switch (info->kind) {
   case KILN_KIND_BACKEND: {
+    // ABI 1.0's table ends at estimate_cost_usd; `paints` came in 1.1.
     auto f = static_cast<const kiln_backend_functions*>(info->functions);
-    need(sizeof(kiln_backend_functions), table_size >= sizeof *f ? (void*)f->generate : nullptr,
-         "generate");
+    size_t min_size = offsetof(kiln_backend_functions, estimate_cost_usd) + sizeof(void*);
+    need(min_size, table_size >= min_size ? (void*)f->generate : nullptr, "generate");
     break;
   }
   case KILN_KIND_ENHANCER: {
@@ -373,6 +405,13 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   case KILN_KIND_VALIDATOR: {
     auto f = static_cast<const kiln_validator_functions*>(info->functions);
     need(sizeof *f, table_size >= sizeof *f ? (void*)f->validate : nullptr, "validate");
+    break;
+  }
+  case KILN_KIND_POSTPROCESSOR: {
+    // prompt_hint is optional: the table must reach `process`.
+    auto f = static_cast<const kiln_postprocessor_functions*>(info->functions);
+    size_t min_size = offsetof(kiln_postprocessor_functions, process) + sizeof(void*);
+    need(min_size, table_size >= min_size ? (void*)f->process : nullptr, "process");
     break;
   }
   }
@@ -396,6 +435,7 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   plugin->version = info->version;
   plugin->description = info->description ? info->description : "";
   plugin->kind = kiln_plugin_kind(info->kind);
+  plugin->abi_minor = minor;
   m_libraries.push_back(std::move(lib));
   m_by_id.emplace(plugin->id, plugin.get());
   m_plugins.push_back(std::move(plugin));
@@ -629,6 +669,8 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
       {KILN_KIND_ENHANCER, "enhancers", &manifest.enhancer_settings, &set.enhancers},
       {KILN_KIND_VALIDATOR, "validators", &manifest.validator_settings, &set.validators},
       {KILN_KIND_RETRY_STRATEGY, "strategies", &manifest.strategy_settings, &set.strategies},
+      {KILN_KIND_POSTPROCESSOR, "postprocessors", &manifest.postprocessor_settings,
+       &set.postprocessors},
   };
 
   auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
@@ -650,7 +692,8 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
         {KILN_KIND_BACKEND, "backend"},
         {KILN_KIND_ENHANCER, "enhancers"},
         {KILN_KIND_RETRY_STRATEGY, "retry"},
-        {KILN_KIND_VALIDATOR, "validators"}};
+        {KILN_KIND_VALIDATOR, "validators"},
+        {KILN_KIND_POSTPROCESSOR, "postprocess"}};
     std::map<std::string, SourceLoc> wanted;
     if (auto it = manifest.plugin_uses.find(k_field.at(use.kind)); it != manifest.plugin_uses.end())
       wanted = it->second;

@@ -39,6 +39,8 @@ struct kiln_result {
   std::optional<std::string> params_json;
   std::optional<std::string> backend;
   bool fallback = false;
+  // A validator's rejection: the kiln_image_property bits the image lacks.
+  uint32_t missing_property = 0;
 
   bool failed() const { return category != KILN_ERROR_NONE; }
   kiln::host::Fault failure() const { return {category, message, retry_after_ms}; }
@@ -46,8 +48,10 @@ struct kiln_result {
 
 namespace kiln::host {
 
-std::string_view kind_name(uint32_t kind); // "backend", "enhancer", "retry-strategy", "validator"
-// The manifest table of a kind's options: "backends", "enhancers", "strategies", "validators".
+// "backend", "enhancer", "retry-strategy", "validator", "postprocessor"
+std::string_view kind_name(uint32_t kind);
+// The manifest table of a kind's options: "backends", "enhancers", "strategies", "validators",
+// "postprocessors".
 std::string_view table_name(uint32_t kind);
 
 struct Plugin {
@@ -57,6 +61,7 @@ struct Plugin {
   std::string version;
   std::string description;
   kiln_plugin_kind kind = KILN_KIND_BACKEND;
+  uint32_t abi_minor = 0; // KILN_PLUGIN_ABI_MINOR it was built against (0: before 1.1)
 
   const kiln_backend_functions* backend() const {
     return static_cast<const kiln_backend_functions*>(info->functions);
@@ -69,6 +74,22 @@ struct Plugin {
   }
   const kiln_retry_strategy_functions* strategy() const {
     return static_cast<const kiln_retry_strategy_functions*>(info->functions);
+  }
+  const kiln_postprocessor_functions* postprocessor() const {
+    return static_cast<const kiln_postprocessor_functions*>(info->functions);
+  }
+  // A function of the kind's table added after ABI 1.0, or null when the plugin's table is
+  // too old to have it: `table_field(&kiln_backend_functions::paints)`.
+  template <class Table, class Field> Field table_field(Field Table::*member) const {
+    const auto* table = static_cast<const Table*>(info->functions);
+    size_t end = size_t(reinterpret_cast<const char*>(&(table->*member)) -
+                        reinterpret_cast<const char*>(table)) +
+                 sizeof(Field);
+    return table->struct_size >= end ? table->*member : Field{};
+  }
+  // The postprocessor's kiln_image_property bits (0 for other kinds).
+  uint32_t provides() const {
+    return kind == KILN_KIND_POSTPROCESSOR ? postprocessor()->provides : 0;
   }
   std::string id_version() const { return id + "@" + version; }
 };
@@ -140,6 +161,7 @@ struct PluginSet {
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> enhancers;
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> validators;
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> strategies;
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> postprocessors;
 };
 
 // Checks that every plugin the manifest names exists with the right kind and that every

@@ -368,7 +368,7 @@ class CliTest(unittest.TestCase):
         for kind, plugin_id in [("backend", "placeholder"), ("enhancer", "style"),
                                 ("validator", "resolution"), ("validator", "format"),
                                 ("validator", "not-blank"), ("validator", "not-corrupt")]:
-            self.assertRegex(r.stdout, r"(?m)^%s +%s +1\.0\.0 +1 +/\S+\.so$" % (kind, plugin_id))
+            self.assertRegex(r.stdout, r"(?m)^%s +%s +1\.\d\.\d +1\.1 +/\S+\.so$" % (kind, plugin_id))
         wrong = os.environ["KILN_WRONG_ABI_DIR"]
         env = dict(self.p.env, KILN_PLUGIN_PATH=wrong)
         for command in (["plugins"], ["build"]):
@@ -484,7 +484,7 @@ class CliTest(unittest.TestCase):
         r = self.p.kiln("build", "--jobz", "3")
         self.assertEqual(r.returncode, 2)
         self.assertIn("Try 'kiln build --help'", r.stderr)
-        self.assertRegex(self.p.kiln("--version").stdout, r"^kiln \d+\.\d+\.\d+ \(plugin ABI 1\)")
+        self.assertRegex(self.p.kiln("--version").stdout, r"^kiln \d+\.\d+\.\d+ \(plugin ABI 1\.1\)")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class CustomValidatorTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         line = [l for l in r.stdout.splitlines() if "max-colours" in l]
         self.assertEqual(len(line), 1, r.stdout)
-        self.assertRegex(line[0], r"^validator\s+max-colours\s+1\.0\.0\s+1\s+.*kiln-max-colours\.so$")
+        self.assertRegex(line[0], r"^validator\s+max-colours\s+1\.0\.0\s+1\.1\s+.*kiln-max-colours\.so$")
         verbose = self.kiln("plugins", "-v").stdout
         self.assertIn("most distinct colours an image may use", verbose)
 

@@ -25,6 +25,22 @@
 //
 //   KILN_PLUGIN(MaxColours, "max-colours", "1.0.0", "Rejects images with too many colours")
 //
+// The five kinds are five base classes: kiln::Backend, kiln::Enhancer, kiln::RetryStrategy,
+// kiln::Validator and kiln::Postprocessor (since ABI 1.1). A complete postprocessor:
+//
+//   class Invert : public kiln::Postprocessor {
+//   public:
+//     explicit Invert(const kiln::Context&) {}
+//     kiln::Image process(const kiln::Asset&, kiln::Image image) override {
+//       for (size_t i = 0; i < image.rgba.size(); i += 4)
+//         for (int c = 0; c < 3; ++c)
+//           image.rgba[i + c] = uint8_t(255 - image.rgba[i + c]);
+//       return image;
+//     }
+//   };
+//
+//   KILN_PLUGIN(Invert, "invert", "1.0.0", "Inverts the colours")
+//
 // Build it with `kiln_add_plugin(max-colours SOURCES max_colours.cpp)` after
 // `find_package(Kiln)`. The adapter turns every exception into a failure the host reports with the
 // asset's name, so plugin code may throw freely; throw kiln::Error to choose the category.
@@ -34,6 +50,7 @@
 #ifndef KILN_KILN_HPP
 #define KILN_KILN_HPP
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <kiln/plugin.h>
@@ -197,6 +214,7 @@ struct Asset {
   std::string_view params_json;
   std::vector<std::string_view> fallback_models; // for the alternate-model strategy, in order
   std::vector<std::string_view> modifiers;       // the asset's extra style words
+  std::vector<std::string_view> postprocess;     // postprocessor ids, in order (ABI 1.1 hosts)
 
   static Asset from(const kiln_asset* a) {
     Asset r;
@@ -219,6 +237,9 @@ struct Asset {
     if (KILN_HAS_FIELD(a, kiln_asset, modifier_count))
       for (size_t i = 0; i < a->modifier_count; ++i)
         r.modifiers.push_back(view(a->modifiers[i]));
+    if (KILN_HAS_FIELD(a, kiln_asset, postprocess_count))
+      for (size_t i = 0; i < a->postprocess_count; ++i)
+        r.postprocess.push_back(view(a->postprocess[i]));
     return r;
   }
 };
@@ -269,7 +290,34 @@ struct Image {
   Image(uint32_t w, uint32_t h) : width(w), height(h), rgba(size_t(w) * h * 4, 0) {}
   uint8_t* at(uint32_t x, uint32_t y) { return &rgba[(size_t(y) * width + x) * 4]; }
   const uint8_t* at(uint32_t x, uint32_t y) const { return &rgba[(size_t(y) * width + x) * 4]; }
+
+  // A copy of a host image (rows `stride` bytes apart).
+  static Image from(const kiln_image* image) {
+    Image out(image->width, image->height);
+    for (uint32_t y = 0; y < image->height; ++y)
+      std::copy_n(image->pixels + size_t(y) * image->stride, size_t(image->width) * 4,
+                  out.at(0, y));
+    return out;
+  }
+  // A view of this image for the host; valid while the image lives unchanged.
+  kiln_image raw() const { return {width, height, size_t(width) * 4, rgba.data()}; }
 };
+
+// `image` scaled to width x height with the host's resampler (gamma-correct, alpha-weighted: the
+// filter that fits every output to its asset's size). Needs a host of ABI 1.1.
+inline Image scale(const kiln_host_api* host, const Image& image, uint32_t width, uint32_t height) {
+  if (image.width == width && image.height == height)
+    return image;
+  if (!KILN_HAS_FIELD(host, kiln_host_api, scale_image))
+    throw Error("this kiln is too old to scale images for plugins (it needs plugin ABI 1.1)");
+  Image out(width, height);
+  kiln_image source = image.raw();
+  if (host->scale_image(&source, width, height, out.rgba.data()) != 0)
+    throw Error("cannot scale a " + std::to_string(image.width) + "x" +
+                std::to_string(image.height) + " image to " + std::to_string(width) + "x" +
+                std::to_string(height));
+  return out;
+}
 
 // Where a backend delivers its outcome.
 class BackendResult {
@@ -278,7 +326,7 @@ public:
   void set_remote_id(std::string_view id) { m_host->set_remote_id(m_result, str(id)); }
   void set_cost_usd(double usd) { m_host->set_cost_usd(m_result, usd); }
   void set_image(const Image& image) {
-    kiln_image raw{image.width, image.height, size_t(image.width) * 4, image.rgba.data()};
+    kiln_image raw = image.raw();
     m_host->set_image(m_result, &raw);
   }
   void set_image_file(std::string_view path) { m_host->set_image_file(m_result, str(path)); }
@@ -317,8 +365,16 @@ struct ImageFile {
 struct Verdict {
   bool ok = true;
   std::string reason;
+  uint32_t missing = 0; // kiln_image_property bits the image lacks (see lacks())
+
   static Verdict accept() { return {}; }
   static Verdict reject(std::string reason) { return {false, std::move(reason)}; }
+  // Rejected because the image lacks a property (KILN_PROPERTY_ALPHA...): the host then pays for
+  // another image only if the model paints that property or a postprocessor of the asset makes
+  // it, and otherwise names a postprocessor that would.
+  static Verdict lacks(uint32_t property, std::string reason) {
+    return {false, std::move(reason), property};
+  }
 };
 
 struct Prompt {
@@ -374,6 +430,10 @@ public:
   virtual ~Backend() = default;
   virtual void generate(const Request& request, BackendResult& result) = 0;
   virtual double estimate_cost_usd(const Request&) { return 0.0; }
+  // The kiln_image_property bits the request's model paints by itself (see
+  // kiln_backend_functions::paints). The default, "any", never stops a retry; say 0 for a
+  // text-to-image model that returns opaque images.
+  virtual uint32_t paints(const Request&) { return KILN_PROPERTIES_ANY; }
 };
 
 class Enhancer {
@@ -399,6 +459,22 @@ public:
   static OptionSchema options() { return {}; }
   virtual ~Validator() = default;
   virtual Verdict validate(const Asset& asset, const ImageFile& file) = 0;
+};
+
+// Turns the decoded image into the game-ready one, before validators judge it (ABI 1.1).
+class Postprocessor {
+public:
+  static constexpr kiln_plugin_kind k_kind = KILN_KIND_POSTPROCESSOR;
+  // The kiln_image_property bits every image process() returns has.
+  static constexpr uint32_t k_provides = 0;
+  static OptionSchema options() { return {}; }
+  virtual ~Postprocessor() = default;
+  // The processed image, any size (the host then scales it to cover the asset's size). Throw
+  // kiln::Error(why, KILN_ERROR_VALIDATION) when this image cannot be processed but another
+  // might; any other exception fails the asset permanently.
+  virtual Image process(const Asset& asset, Image image) = 0;
+  // What the prompt must ask the model for so that process() works; "" for nothing.
+  virtual std::string prompt_hint(const Asset&) { return {}; }
 };
 
 namespace detail {
@@ -471,6 +547,14 @@ kiln_status enhance(void* instance, const kiln_asset* asset, kiln_str prompt, ki
   });
 }
 
+template <class T> uint32_t paints(void* instance, const kiln_request* request) noexcept {
+  try {
+    return static_cast<Holder<T>*>(instance)->impl.paints(Request::from(request));
+  } catch (...) {
+    return KILN_PROPERTIES_ANY; // unknown: the host never refuses a retry on a guess
+  }
+}
+
 template <class T>
 kiln_status validate(void* instance, const kiln_asset* asset, const kiln_image_file* file,
                      kiln_result* result) noexcept {
@@ -480,7 +564,32 @@ kiln_status validate(void* instance, const kiln_asset* asset, const kiln_image_f
     if (v.ok)
       return KILN_OK;
     h->host->fail(result, KILN_ERROR_VALIDATION, str(v.reason));
+    if (v.missing && KILN_HAS_FIELD(h->host, kiln_host_api, set_missing_property))
+      h->host->set_missing_property(result, v.missing);
     return KILN_FAILED;
+  });
+}
+
+template <class T>
+kiln_status process(void* instance, const kiln_asset* asset, const kiln_image* image,
+                    kiln_result* result) noexcept {
+  auto* h = static_cast<Holder<T>*>(instance);
+  return guarded(h->host, result, [&] {
+    Image out = h->impl.process(Asset::from(asset), Image::from(image));
+    kiln_image raw = out.raw();
+    h->host->set_image(result, &raw);
+    return KILN_OK;
+  });
+}
+
+template <class T>
+kiln_status prompt_hint(void* instance, const kiln_asset* asset, kiln_result* result) noexcept {
+  auto* h = static_cast<Holder<T>*>(instance);
+  return guarded(h->host, result, [&] {
+    std::string hint = h->impl.prompt_hint(Asset::from(asset));
+    if (!hint.empty())
+      h->host->set_prompt(result, str(hint));
+    return KILN_OK;
   });
 }
 
@@ -517,13 +626,18 @@ kiln_status propose(void* instance, const kiln_failure* failure, kiln_result* re
 
 template <class T> const void* functions() {
   if constexpr (T::k_kind == KILN_KIND_BACKEND) {
-    static const kiln_backend_functions f{sizeof f, T::k_capabilities, &generate<T>, &estimate<T>};
+    static const kiln_backend_functions f{sizeof f, T::k_capabilities, &generate<T>, &estimate<T>,
+                                          &paints<T>};
     return &f;
   } else if constexpr (T::k_kind == KILN_KIND_ENHANCER) {
     static const kiln_enhancer_functions f{sizeof f, &enhance<T>};
     return &f;
   } else if constexpr (T::k_kind == KILN_KIND_VALIDATOR) {
     static const kiln_validator_functions f{sizeof f, &validate<T>};
+    return &f;
+  } else if constexpr (T::k_kind == KILN_KIND_POSTPROCESSOR) {
+    static const kiln_postprocessor_functions f{sizeof f, T::k_provides, &process<T>,
+                                                &prompt_hint<T>};
     return &f;
   } else {
     static const kiln_retry_strategy_functions f{sizeof f, &propose<T>};
@@ -544,15 +658,16 @@ const kiln_plugin_info* info(const char* id, const char* version, const char* de
                                   schema.size(),
                                   &create<T>,
                                   &destroy<T>,
-                                  functions<T>()};
+                                  functions<T>(),
+                                  KILN_PLUGIN_ABI_MINOR};
   return &i;
 }
 
 } // namespace detail
 } // namespace kiln
 
-// Exports `Class` (derived from kiln::Backend, Enhancer, RetryStrategy or Validator) as this
-// library's plugin. One per shared library.
+// Exports `Class` (derived from kiln::Backend, Enhancer, RetryStrategy, Validator or
+// Postprocessor) as this library's plugin. One per shared library.
 #define KILN_PLUGIN(Class, id, version, description)                                               \
   KILN_EXTERN_C KILN_EXPORT const kiln_plugin_info* kiln_plugin_entry(void) {                      \
     return ::kiln::detail::info<Class>(id, version, description);                                  \

@@ -15,9 +15,13 @@
  *     kiln_host_api setters below; the host copies what it is given.
  *   - Nothing throws across the boundary. Functions report failure through their kiln_result.
  *   - Structs that may grow start with `struct_size`; readers check it before touching a field
- *     added later (each field says in which ABI version it appeared, `@since`).
- *   - generate/enhance/validate/propose may be called concurrently on one instance from several
- *     host threads: keep instances free of unsynchronised mutable state.
+ *     added later (each field says in which ABI version it appeared, `@since 1` for the first
+ *     release, `@since 1.1` for a field added by minor version 1). The ABI grows by minor
+ *     versions: new fields at the end of structs, new kinds, new host services. A host of any
+ *     minor version loads a plugin of any minor version of the same major; only a new major
+ *     version (a change that cannot be read safely) refuses older plugins.
+ *   - generate/enhance/validate/propose/process may be called concurrently on one instance from
+ * several host threads: keep instances free of unsynchronised mutable state.
  *
  * A complete minimal plugin in C:
  *
@@ -40,7 +44,8 @@
  *   static const kiln_validator_functions functions = {sizeof functions, validate};
  *   static const kiln_plugin_info info = {
  *       KILN_PLUGIN_ABI_VERSION, sizeof info, KILN_KIND_VALIDATOR, "max-1mb", "1.0.0",
- *       "Rejects files over one megabyte", NULL, 0, create, destroy, &functions};
+ *       "Rejects files over one megabyte", NULL, 0, create, destroy, &functions,
+ *       KILN_PLUGIN_ABI_MINOR};
  *   KILN_EXPORT const kiln_plugin_info* kiln_plugin_entry(void) { return &info; }
  */
 #ifndef KILN_PLUGIN_H
@@ -54,8 +59,20 @@
 extern "C" {
 #endif
 
-/** The ABI this header describes. A plugin built against another value is refused. */
+/**
+ * The ABI's major version. A plugin built against another major version is refused: the host
+ * cannot read it safely.
+ */
 #define KILN_PLUGIN_ABI_VERSION 1u
+/**
+ * The ABI's minor version: what has been added to major version 1 since it first shipped (minor
+ * 0). Stamped into kiln_plugin_info::abi_minor; the host reads a field added in minor N only from
+ * a plugin whose struct_size covers it, so plugins of every minor version keep loading.
+ *   1.1: the postprocessor kind, image properties (kiln_image_property), kiln_asset::postprocess,
+ *        kiln_backend_functions::paints, kiln_host_api::set_missing_property and scale_image,
+ *        kiln_plugin_info::abi_minor.
+ */
+#define KILN_PLUGIN_ABI_MINOR 1u
 
 /** The one symbol a plugin exports. */
 #define KILN_PLUGIN_ENTRY_SYMBOL "kiln_plugin_entry"
@@ -82,7 +99,31 @@ typedef enum kiln_plugin_kind {
   KILN_KIND_RETRY_STRATEGY = 3,
   /** Judges an image file against the asset's spec. */
   KILN_KIND_VALIDATOR = 4,
+  /**
+   * Turns the decoded image into the game-ready one (transparent background, seamless edges,
+   * pixel art...) before validators judge it. @since 1.1
+   */
+  KILN_KIND_POSTPROCESSOR = 5,
 } kiln_plugin_kind;
+
+/**
+ * What makes an image game-ready beyond its size and format: properties a validator checks, a
+ * model may or may not paint by itself, and a postprocessor gives every image it processes. The
+ * host uses them to buy only retries that can change a verdict: a new seed, prompt or model of
+ * a backend that never paints transparency cannot make an image pass an alpha check; a
+ * postprocessor that makes it can. A bit set of these values. @since 1.1
+ */
+typedef enum kiln_image_property {
+  /** A transparent background around an opaque subject. */
+  KILN_PROPERTY_ALPHA = 1u << 0,
+  /** Opposite edges meet without a seam, so the image tiles. */
+  KILN_PROPERTY_TILEABLE = 1u << 1,
+  /** A small palette of flat colours with hard edges (pixel art). */
+  KILN_PROPERTY_PALETTE = 1u << 2,
+} kiln_image_property;
+
+/** "Any property": what the host assumes of a backend that does not say what it paints. */
+#define KILN_PROPERTIES_ANY 0xffffffffu
 
 /** The return value of every plugin function that can fail. */
 typedef enum kiln_status {
@@ -133,7 +174,8 @@ typedef enum kiln_option_type {
 
 /**
  * One option a plugin accepts, from the manifest table of the same name as the plugin id
- * (`[backends.<id>]`, `[enhancers.<id>]`, `[validators.<id>]`). The host rejects unknown options
+ * (`[backends.<id>]`, `[enhancers.<id>]`, `[strategies.<id>]`, `[validators.<id>]`,
+ * `[postprocessors.<id>]`). The host rejects unknown options
  * (with a "did you mean") and values of the wrong type before the plugin is created.
  */
 typedef struct kiln_option_spec {
@@ -205,6 +247,9 @@ typedef struct kiln_asset {
   /** The asset's `modifiers`: words the style enhancer appends after the type's style. @since 1 */
   const kiln_str* modifiers;
   size_t modifier_count;
+  /** The asset's `postprocess` chain: postprocessor ids, in the order they run. @since 1.1 */
+  const kiln_str* postprocess;
+  size_t postprocess_count;
 } kiln_asset;
 
 /** What a backend is asked to make. */
@@ -399,6 +444,24 @@ typedef struct kiln_host_api {
    * @since 1
    */
   void (*set_fallback)(kiln_result* result, int32_t fallback);
+
+  /**
+   * Validator, with fail(KILN_ERROR_VALIDATION): the image lacks `property` (a
+   * kiln_image_property bit). The host then buys another image only when it can have that
+   * property: the model paints it (kiln_backend_functions::paints), or a postprocessor of the
+   * asset makes it. Otherwise the asset fails at once, with a hint naming a postprocessor that
+   * would. @since 1.1
+   */
+  void (*set_missing_property)(kiln_result* result, uint32_t property);
+  /**
+   * Scales `source` to `width` x `height` into `pixels`, a buffer of width * height * 4 bytes the
+   * caller owns (RGBA, rows width * 4 bytes apart), with the host's resampler: the same filter
+   * that fits every image to its asset's size, gamma-correct and weighted by alpha, so a
+   * transparent background leaves no fringe. Returns 0 on success, nonzero when a size is 0 or
+   * too large. @since 1.1
+   */
+  int32_t (*scale_image)(const kiln_image* source, uint32_t width, uint32_t height,
+                         uint8_t* pixels);
 } kiln_host_api;
 
 /** Backend capability bits. */
@@ -423,6 +486,14 @@ typedef struct kiln_backend_functions {
    * the budget. NULL means free. @since 1
    */
   double (*estimate_cost_usd)(void* instance, const kiln_request* request);
+  /**
+   * The kiln_image_property bits the model of `request` can paint by itself (0: none of them;
+   * text-to-image models return opaque images that do not tile). The host buys no retry for a
+   * missing property the model cannot paint and no postprocessor of the asset makes. NULL (or a
+   * table from ABI 1.0): unknown, the host assumes KILN_PROPERTIES_ANY. No network call.
+   * @since 1.1
+   */
+  uint32_t (*paints)(void* instance, const kiln_request* request);
 } kiln_backend_functions;
 
 typedef struct kiln_enhancer_functions {
@@ -482,6 +553,35 @@ typedef struct kiln_validator_functions {
                           kiln_result* result);
 } kiln_validator_functions;
 
+typedef struct kiln_postprocessor_functions {
+  uint32_t struct_size;
+  /**
+   * The kiln_image_property bits every image this postprocessor returns has (KILN_PROPERTY_ALPHA
+   * for a background remover...), so the host knows which validator failures it can fix.
+   * @since 1.1
+   */
+  uint32_t provides;
+  /**
+   * Makes `image` game-ready for `asset`: report the new pixels with set_image (any size: the
+   * host scales the last postprocessor's image to cover the asset's width and height and crops
+   * the overflow, a no-op when it already has that size), or set nothing to keep the image as it
+   * is. `image` is 8-bit RGBA at the model's resolution or an earlier postprocessor's. Fail with
+   * KILN_ERROR_VALIDATION when this image cannot be processed but another might be (a subject
+   * that fills the frame), KILN_ERROR_PERMANENT when no image could (an option contradicts the
+   * asset). Must be deterministic: same image and options, same pixels. Required. @since 1.1
+   */
+  kiln_status (*process)(void* instance, const kiln_asset* asset, const kiln_image* image,
+                         kiln_result* result);
+  /**
+   * What the prompt must ask the model for so that process() can do its work, e.g. "isolated on
+   * a plain white background" for a background remover: set it with set_prompt (nothing set: no
+   * hint). The host appends each postprocessor's hint to the prompt after the enhancers, unless
+   * the prompt already says it, so it is part of the final prompt and of the fingerprint. NULL:
+   * no hint. Must be deterministic. @since 1.1
+   */
+  kiln_status (*prompt_hint)(void* instance, const kiln_asset* asset, kiln_result* result);
+} kiln_postprocessor_functions;
+
 /** What `kiln_plugin_entry` returns. Static; lives as long as the library. */
 typedef struct kiln_plugin_info {
   /** KILN_PLUGIN_ABI_VERSION the plugin was built against. Must stay the first field. */
@@ -509,6 +609,11 @@ typedef struct kiln_plugin_info {
   void (*destroy)(void* instance);
   /** The kind's function table: kiln_backend_functions, kiln_validator_functions... */
   const void* functions;
+  /**
+   * KILN_PLUGIN_ABI_MINOR the plugin was built against. A plugin from before minor 1 has no such
+   * field (its struct_size ends before it): the host reads that as minor 0. @since 1.1
+   */
+  uint32_t abi_minor;
 } kiln_plugin_info;
 
 /** The type of the entry symbol. */

@@ -1,0 +1,561 @@
+// kiln/kiln.hpp — write a Kiln plugin as an ordinary C++ class.
+//
+// A complete validator plugin:
+//
+//   #include <kiln/kiln.hpp>
+//
+//   class MaxColours : public kiln::Validator {
+//   public:
+//     explicit MaxColours(const kiln::Context& context)
+//         : m_max(context.options().get_int("max_colours")) {}
+//
+//     static kiln::OptionSchema options() {
+//       return {{"max_colours", "Most distinct colours allowed", KILN_OPTION_INT, "16"}};
+//     }
+//
+//     kiln::Verdict validate(const kiln::Asset& asset, const kiln::ImageFile& file) override {
+//       if (count_colours(file) > m_max)
+//         return kiln::Verdict::reject("too many colours");
+//       return kiln::Verdict::accept();
+//     }
+//
+//   private:
+//     int64_t m_max;
+//   };
+//
+//   KILN_PLUGIN(MaxColours, "max-colours", "1.0.0", "Rejects images with too many colours")
+//
+// Build it with `kiln_add_plugin(max-colours SOURCES max_colours.cpp)` after
+// `find_package(Kiln)`. The adapter turns every exception into a failure the host reports with the
+// asset's name, so plugin code may throw freely; throw kiln::Error to choose the category.
+//
+// Only the C++17 standard library is needed. Nothing here crosses the library boundary except
+// through <kiln/plugin.h>.
+#ifndef KILN_KILN_HPP
+#define KILN_KILN_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <kiln/plugin.h>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace kiln {
+
+inline std::string_view view(kiln_str s) {
+  return {s.data ? s.data : "", s.size};
+}
+inline kiln_str str(std::string_view s) {
+  return {s.data(), s.size()};
+}
+
+// Throw from any plugin method to fail with a specific category (default: permanent).
+class Error : public std::runtime_error {
+public:
+  explicit Error(const std::string& message, kiln_error_category category = KILN_ERROR_PERMANENT,
+                 int64_t retry_after_ms = -1)
+      : std::runtime_error(message), m_category(category), m_retry_after_ms(retry_after_ms) {}
+  kiln_error_category category() const { return m_category; }
+  // The server's hint of how long to wait, or -1.
+  int64_t retry_after_ms() const { return m_retry_after_ms; }
+
+private:
+  kiln_error_category m_category;
+  int64_t m_retry_after_ms;
+};
+
+using OptionSchema = std::vector<kiln_option_spec>;
+
+// The plugin's resolved options: every option of its schema has a value.
+class Options {
+public:
+  explicit Options(const kiln_options* options) : m_options(options) {}
+
+  std::string get_string(std::string_view name) const {
+    return std::string(view(find(name, KILN_OPTION_STRING).string_value));
+  }
+  int64_t get_int(std::string_view name) const { return find(name, KILN_OPTION_INT).int_value; }
+  double get_float(std::string_view name) const {
+    return find(name, KILN_OPTION_FLOAT).float_value;
+  }
+  bool get_bool(std::string_view name) const {
+    return find(name, KILN_OPTION_BOOL).bool_value != 0;
+  }
+  std::vector<std::string> get_list(std::string_view name) const {
+    const kiln_option_value& v = find(name, KILN_OPTION_STRING_LIST);
+    std::vector<std::string> out;
+    for (size_t i = 0; i < v.list_size; ++i)
+      out.emplace_back(view(v.list_values[i]));
+    return out;
+  }
+
+private:
+  const kiln_option_value& find(std::string_view name, uint32_t type) const {
+    for (size_t i = 0; m_options && i < m_options->count; ++i) {
+      const kiln_option_value& v = m_options->values[i];
+      if (view(v.name) == name) {
+        if (v.type != type)
+          throw Error("option '" + std::string(name) + "' read with the wrong type");
+        return v;
+      }
+    }
+    throw Error("option '" + std::string(name) + "' is not in the plugin's schema");
+  }
+  const kiln_options* m_options;
+};
+
+struct HttpResponse {
+  int status = 0; // 0: no response arrived, see error
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers; // the ones asked for
+  kiln_error_category error_category = KILN_ERROR_NONE;
+  std::string error;
+
+  std::string header(std::string_view name) const {
+    for (auto& [n, v] : headers)
+      if (n == name)
+        return v;
+    return {};
+  }
+};
+
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string output_path;
+  uint64_t max_bytes = 0;
+  uint32_t timeout_ms = 0;
+  std::vector<std::string> read_headers; // response headers to copy into HttpResponse
+};
+
+// The host's HTTP service.
+class Http {
+public:
+  Http(const kiln_host_api* host, kiln_result* result) : m_host(host), m_result(result) {}
+
+  HttpResponse send(const HttpRequest& req) const {
+    std::vector<kiln_http_header> headers;
+    for (auto& [n, v] : req.headers)
+      headers.push_back({str(n), str(v)});
+    kiln_http_request raw{sizeof raw,           str(req.method), str(req.url),
+                          headers.data(),       headers.size(),  str(req.body),
+                          str(req.output_path), req.max_bytes,   req.timeout_ms};
+    kiln_http_response* r = m_host->http_send(m_result, &raw);
+    HttpResponse out;
+    out.status = m_host->http_status(r);
+    out.body = std::string(view(m_host->http_body(r)));
+    for (auto& name : req.read_headers)
+      out.headers.emplace_back(name, std::string(view(m_host->http_header(r, str(name)))));
+    if (out.status == 0) {
+      out.error_category = kiln_error_category(m_host->http_error_category(r));
+      out.error = std::string(view(m_host->http_error(r)));
+    }
+    m_host->http_free(r);
+    return out;
+  }
+
+private:
+  const kiln_host_api* m_host;
+  kiln_result* m_result;
+};
+
+// What a plugin's constructor receives.
+class Context {
+public:
+  Context(const kiln_host_api* host, const kiln_options* options, kiln_result* result = nullptr)
+      : m_host(host), m_options(options), m_result(result) {}
+  const kiln_host_api* host() const { return m_host; }
+  const Options& options() const { return m_options; }
+  void log(kiln_log_level level, std::string_view message) const {
+    m_host->log(m_result, level, str(message));
+  }
+  // Registers a secret the host must never print or store.
+  void add_secret(std::string_view secret) const { m_host->add_secret(m_result, str(secret)); }
+  // HTTP during construction (e.g. to check a token); later calls use BackendResult::http().
+  Http http() const { return Http(m_host, m_result); }
+
+private:
+  const kiln_host_api* m_host;
+  Options m_options;
+  kiln_result* m_result; // create()'s result: valid while the constructor runs
+};
+
+// Whether a struct the host passed is large enough to hold `field` (for fields added later).
+#define KILN_HAS_FIELD(ptr, type, field)                                                           \
+  ((ptr)->struct_size >= offsetof(type, field) + sizeof((ptr)->field))
+
+struct Asset {
+  std::string_view name, type, prompt, negative, style, backend, model, format;
+  uint32_t width = 0, height = 0;
+  std::optional<uint64_t> seed;
+  std::string_view params_json;
+  std::vector<std::string_view> fallback_models; // for the alternate-model strategy, in order
+  std::vector<std::string_view> modifiers;       // the asset's extra style words
+
+  static Asset from(const kiln_asset* a) {
+    Asset r;
+    r.name = view(a->name);
+    r.type = view(a->type);
+    r.prompt = view(a->prompt);
+    r.negative = view(a->negative);
+    r.style = view(a->style);
+    r.backend = view(a->backend);
+    r.model = view(a->model);
+    r.format = view(a->format);
+    r.width = a->width;
+    r.height = a->height;
+    if (a->has_seed)
+      r.seed = a->seed;
+    r.params_json = view(a->params_json);
+    if (KILN_HAS_FIELD(a, kiln_asset, fallback_model_count))
+      for (size_t i = 0; i < a->fallback_model_count; ++i)
+        r.fallback_models.push_back(view(a->fallback_models[i]));
+    if (KILN_HAS_FIELD(a, kiln_asset, modifier_count))
+      for (size_t i = 0; i < a->modifier_count; ++i)
+        r.modifiers.push_back(view(a->modifiers[i]));
+    return r;
+  }
+};
+
+struct Request {
+  Asset asset;
+  std::string_view prompt, negative_prompt, model, format, params_json, fingerprint, work_dir,
+      resume_job_id, backend;
+  uint32_t width = 0, height = 0;
+  std::optional<uint64_t> seed;
+  uint32_t attempt = 1; // 1 for the first attempt at the asset in this run
+  // An earlier run was killed while creating this request's job: look for it before creating.
+  bool lost_create = false;
+  const kiln_request* raw = nullptr;
+
+  static Request from(const kiln_request* q) {
+    Request r;
+    r.asset = Asset::from(q->asset);
+    r.prompt = view(q->prompt);
+    r.negative_prompt = view(q->negative_prompt);
+    r.model = view(q->model);
+    r.format = view(q->format);
+    r.params_json = view(q->params_json);
+    r.fingerprint = view(q->fingerprint);
+    r.work_dir = view(q->work_dir);
+    r.resume_job_id = view(q->resume_job_id);
+    r.width = q->width;
+    r.height = q->height;
+    if (q->has_seed)
+      r.seed = q->seed;
+    if (KILN_HAS_FIELD(q, kiln_request, attempt) && q->attempt)
+      r.attempt = q->attempt;
+    if (KILN_HAS_FIELD(q, kiln_request, backend))
+      r.backend = view(q->backend);
+    if (KILN_HAS_FIELD(q, kiln_request, lost_create))
+      r.lost_create = q->lost_create != 0;
+    r.raw = q;
+    return r;
+  }
+};
+
+// 8-bit RGBA pixels, tightly packed.
+struct Image {
+  uint32_t width = 0, height = 0;
+  std::vector<uint8_t> rgba;
+
+  Image() = default;
+  Image(uint32_t w, uint32_t h) : width(w), height(h), rgba(size_t(w) * h * 4, 0) {}
+  uint8_t* at(uint32_t x, uint32_t y) { return &rgba[(size_t(y) * width + x) * 4]; }
+  const uint8_t* at(uint32_t x, uint32_t y) const { return &rgba[(size_t(y) * width + x) * 4]; }
+};
+
+// Where a backend delivers its outcome.
+class BackendResult {
+public:
+  BackendResult(const kiln_host_api* host, kiln_result* result) : m_host(host), m_result(result) {}
+  void set_remote_id(std::string_view id) { m_host->set_remote_id(m_result, str(id)); }
+  void set_cost_usd(double usd) { m_host->set_cost_usd(m_result, usd); }
+  void set_image(const Image& image) {
+    kiln_image raw{image.width, image.height, size_t(image.width) * 4, image.rgba.data()};
+    m_host->set_image(m_result, &raw);
+  }
+  void set_image_file(std::string_view path) { m_host->set_image_file(m_result, str(path)); }
+  Http http() const { return Http(m_host, m_result); }
+  void log(kiln_log_level level, std::string_view message) {
+    m_host->log(m_result, level, str(message));
+  }
+  // Sleeps up to `ms`; returns false, early, when the run is being interrupted (then cancel the
+  // remote job and throw kiln::Error(..., KILN_ERROR_INTERRUPTED)).
+  bool wait_ms(uint32_t ms) { return m_host->wait_ms(m_result, ms) == 0; }
+  bool interrupted() { return m_host->wait_ms(m_result, 0) != 0; }
+
+private:
+  const kiln_host_api* m_host;
+  kiln_result* m_result;
+};
+
+struct ImageFile {
+  std::string_view path;
+  const uint8_t* bytes = nullptr;
+  size_t size = 0;
+  std::string_view detected_format;
+  const kiln_image* image = nullptr; // null when decoding failed
+  std::string_view decode_error;
+
+  static ImageFile from(const kiln_image_file* f) {
+    return {view(f->path),        f->bytes, f->size, view(f->detected_format), f->image,
+            view(f->decode_error)};
+  }
+  // RGBA of pixel (x, y); the image must be decoded.
+  const uint8_t* pixel(uint32_t x, uint32_t y) const {
+    return image->pixels + size_t(y) * image->stride + size_t(x) * 4;
+  }
+};
+
+struct Verdict {
+  bool ok = true;
+  std::string reason;
+  static Verdict accept() { return {}; }
+  static Verdict reject(std::string reason) { return {false, std::move(reason)}; }
+};
+
+struct Prompt {
+  std::string positive;
+  std::string negative;
+};
+
+struct Failure {
+  Request request;
+  kiln_error_category category = KILN_ERROR_NONE;
+  std::string_view message;
+  uint32_t attempt = 0;
+  int64_t retry_after_ms = -1;        // the server's hint, or -1
+  uint32_t same_request_failures = 1; // failures in a row of exactly this request
+  uint32_t category_streak = 1;       // failures in a row of this category for the asset
+  uint32_t proposals = 0;             // retries this strategy already proposed for the asset
+  std::string_view source;            // backend id, validator id, or "kiln"
+
+  static Failure from(const kiln_failure* f) {
+    Failure r;
+    r.request = Request::from(f->request);
+    r.category = kiln_error_category(f->category);
+    r.message = view(f->message);
+    r.attempt = f->attempt;
+    if (KILN_HAS_FIELD(f, kiln_failure, source)) {
+      r.retry_after_ms = f->retry_after_ms;
+      r.same_request_failures = f->same_request_failures;
+      r.category_streak = f->category_streak;
+      r.proposals = f->proposals;
+      r.source = view(f->source);
+    }
+    return r;
+  }
+};
+
+// A retry strategy's proposal: the fields it changes (the rest stay as they were).
+struct Proposal {
+  std::optional<std::string> prompt;
+  std::optional<std::string> negative_prompt;
+  std::optional<std::string> model;
+  std::optional<uint64_t> seed;
+  std::optional<std::string> params_json;
+  std::optional<std::string> backend;
+  bool fallback = false; // the image will be a stand-in (see kiln_host_api::set_fallback)
+  int64_t delay_ms = -1; // wait this long before the attempt
+};
+
+class Backend {
+public:
+  static constexpr kiln_plugin_kind k_kind = KILN_KIND_BACKEND;
+  static constexpr uint32_t k_capabilities = 0;
+  static OptionSchema options() { return {}; }
+  virtual ~Backend() = default;
+  virtual void generate(const Request& request, BackendResult& result) = 0;
+  virtual double estimate_cost_usd(const Request&) { return 0.0; }
+};
+
+class Enhancer {
+public:
+  static constexpr kiln_plugin_kind k_kind = KILN_KIND_ENHANCER;
+  static OptionSchema options() { return {}; }
+  virtual ~Enhancer() = default;
+  virtual Prompt enhance(const Asset& asset, Prompt current) = 0;
+};
+
+class RetryStrategy {
+public:
+  static constexpr kiln_plugin_kind k_kind = KILN_KIND_RETRY_STRATEGY;
+  static OptionSchema options() { return {}; }
+  virtual ~RetryStrategy() = default;
+  // std::nullopt gives up and lets the next strategy of the chain decide.
+  virtual std::optional<Proposal> propose(const Failure& failure) = 0;
+};
+
+class Validator {
+public:
+  static constexpr kiln_plugin_kind k_kind = KILN_KIND_VALIDATOR;
+  static OptionSchema options() { return {}; }
+  virtual ~Validator() = default;
+  virtual Verdict validate(const Asset& asset, const ImageFile& file) = 0;
+};
+
+namespace detail {
+
+template <class T> struct Holder {
+  const kiln_host_api* host;
+  T impl;
+};
+
+template <class F>
+kiln_status guarded(const kiln_host_api* host, kiln_result* result, F&& body) noexcept {
+  try {
+    return body();
+  } catch (const Error& e) {
+    host->fail(result, e.category(), str(e.what()));
+    if (e.retry_after_ms() >= 0)
+      host->set_retry_after_ms(result, e.retry_after_ms());
+  } catch (const std::exception& e) {
+    host->fail(result, KILN_ERROR_PERMANENT, str(e.what()));
+  } catch (...) {
+    host->fail(result, KILN_ERROR_PERMANENT, str("unknown exception in plugin"));
+  }
+  return KILN_FAILED;
+}
+
+template <class T>
+kiln_status create(const kiln_host_api* host, const kiln_options* options, void** instance,
+                   kiln_result* result) noexcept {
+  return guarded(host, result, [&] {
+    *instance = new Holder<T>{host, T(Context(host, options, result))};
+    return KILN_OK;
+  });
+}
+
+template <class T> void destroy(void* instance) noexcept {
+  try {
+    delete static_cast<Holder<T>*>(instance);
+  } catch (...) {
+  }
+}
+
+template <class T>
+kiln_status generate(void* instance, const kiln_request* request, kiln_result* result) noexcept {
+  auto* h = static_cast<Holder<T>*>(instance);
+  return guarded(h->host, result, [&] {
+    BackendResult out(h->host, result);
+    h->impl.generate(Request::from(request), out);
+    return KILN_OK;
+  });
+}
+
+template <class T> double estimate(void* instance, const kiln_request* request) noexcept {
+  try {
+    return static_cast<Holder<T>*>(instance)->impl.estimate_cost_usd(Request::from(request));
+  } catch (...) {
+    return -1.0; // the host reports an estimate it cannot trust
+  }
+}
+
+template <class T>
+kiln_status enhance(void* instance, const kiln_asset* asset, kiln_str prompt, kiln_str negative,
+                    kiln_result* result) noexcept {
+  auto* h = static_cast<Holder<T>*>(instance);
+  return guarded(h->host, result, [&] {
+    Prompt out = h->impl.enhance(Asset::from(asset),
+                                 Prompt{std::string(view(prompt)), std::string(view(negative))});
+    h->host->set_prompt(result, str(out.positive));
+    h->host->set_negative_prompt(result, str(out.negative));
+    return KILN_OK;
+  });
+}
+
+template <class T>
+kiln_status validate(void* instance, const kiln_asset* asset, const kiln_image_file* file,
+                     kiln_result* result) noexcept {
+  auto* h = static_cast<Holder<T>*>(instance);
+  return guarded(h->host, result, [&] {
+    Verdict v = h->impl.validate(Asset::from(asset), ImageFile::from(file));
+    if (v.ok)
+      return KILN_OK;
+    h->host->fail(result, KILN_ERROR_VALIDATION, str(v.reason));
+    return KILN_FAILED;
+  });
+}
+
+template <class T>
+kiln_status propose(void* instance, const kiln_failure* failure, kiln_result* result) noexcept {
+  auto* h = static_cast<Holder<T>*>(instance);
+  return guarded(h->host, result, [&] {
+    std::optional<Proposal> p = h->impl.propose(Failure::from(failure));
+    if (!p)
+      return KILN_FAILED;
+    const kiln_host_api* host = h->host;
+    if (p->prompt)
+      host->set_prompt(result, str(*p->prompt));
+    if (p->negative_prompt)
+      host->set_negative_prompt(result, str(*p->negative_prompt));
+    bool can_change = KILN_HAS_FIELD(host, kiln_host_api, set_fallback);
+    if (!can_change && (p->model || p->seed || p->params_json || p->backend || p->fallback))
+      throw Error("this kiln is too old for the strategy's proposal");
+    if (p->model)
+      host->set_model(result, str(*p->model));
+    if (p->seed)
+      host->set_seed(result, *p->seed);
+    if (p->params_json)
+      host->set_params_json(result, str(*p->params_json));
+    if (p->backend)
+      host->set_backend(result, str(*p->backend));
+    if (p->fallback)
+      host->set_fallback(result, 1);
+    if (p->delay_ms >= 0)
+      host->set_retry_after_ms(result, p->delay_ms);
+    return KILN_OK;
+  });
+}
+
+template <class T> const void* functions() {
+  if constexpr (T::k_kind == KILN_KIND_BACKEND) {
+    static const kiln_backend_functions f{sizeof f, T::k_capabilities, &generate<T>, &estimate<T>};
+    return &f;
+  } else if constexpr (T::k_kind == KILN_KIND_ENHANCER) {
+    static const kiln_enhancer_functions f{sizeof f, &enhance<T>};
+    return &f;
+  } else if constexpr (T::k_kind == KILN_KIND_VALIDATOR) {
+    static const kiln_validator_functions f{sizeof f, &validate<T>};
+    return &f;
+  } else {
+    static const kiln_retry_strategy_functions f{sizeof f, &propose<T>};
+    return &f;
+  }
+}
+
+template <class T>
+const kiln_plugin_info* info(const char* id, const char* version, const char* description) {
+  static const OptionSchema schema = T::options();
+  static const kiln_plugin_info i{KILN_PLUGIN_ABI_VERSION,
+                                  sizeof(kiln_plugin_info),
+                                  T::k_kind,
+                                  id,
+                                  version,
+                                  description,
+                                  schema.empty() ? nullptr : schema.data(),
+                                  schema.size(),
+                                  &create<T>,
+                                  &destroy<T>,
+                                  functions<T>()};
+  return &i;
+}
+
+} // namespace detail
+} // namespace kiln
+
+// Exports `Class` (derived from kiln::Backend, Enhancer, RetryStrategy or Validator) as this
+// library's plugin. One per shared library.
+#define KILN_PLUGIN(Class, id, version, description)                                               \
+  KILN_EXTERN_C KILN_EXPORT const kiln_plugin_info* kiln_plugin_entry(void) {                      \
+    return ::kiln::detail::info<Class>(id, version, description);                                  \
+  }
+
+#endif // KILN_KILN_HPP
