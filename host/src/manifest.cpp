@@ -419,6 +419,7 @@ private:
       PluginSettings s;
       s.id = std::string(k.str());
       s.loc = loc_of(k.source());
+      s.dir = m_m->dir;
       for (auto&& [ok, ov] : *pt) {
         if (kind == "backends" && is_pacing_key(ok.str()))
           continue; // Kiln's, not the plugin's

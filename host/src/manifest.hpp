@@ -31,6 +31,7 @@ struct SettingValue {
 struct PluginSettings {
   std::string id;
   SourceLoc loc;
+  fs::path dir; // the manifest's folder: file options are relative to it
   std::map<std::string, SettingValue> values;
 };
 

@@ -419,7 +419,7 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
     const kiln_option_spec& o = info->options[i];
     if (!o.name || !*o.name)
       fail("declares option " + std::to_string(i + 1) + " without a name");
-    if (o.type < KILN_OPTION_STRING || o.type > KILN_OPTION_STRING_LIST)
+    if (o.type < KILN_OPTION_STRING || o.type > KILN_OPTION_PATH)
       fail("declares option '" + std::string(o.name) + "' with unknown type " +
            std::to_string(o.type));
   }
@@ -483,6 +483,8 @@ std::string_view option_type_name(uint32_t t) {
     return "a number";
   case KILN_OPTION_BOOL:
     return "a boolean";
+  case KILN_OPTION_PATH:
+    return "a file path (a string)";
   default:
     return "an array of strings";
   }
@@ -505,6 +507,9 @@ bool parse_default(const kiln_option_spec& spec, SettingValue& out) {
     out.type = SettingValue::Type::String;
     out.string_value = text;
     return true;
+  case KILN_OPTION_PATH: // no file unless the manifest names one
+    out.type = SettingValue::Type::String;
+    return text.empty();
   case KILN_OPTION_INT:
     out.type = SettingValue::Type::Int;
     out.int_value = std::strtoll(text.c_str(), &end, 10);
@@ -534,6 +539,13 @@ bool parse_default(const kiln_option_spec& spec, SettingValue& out) {
 }
 
 } // namespace
+
+namespace {} // namespace
+
+fs::path resolve_option_path(const PluginSettings& settings, const std::string& value) {
+  fs::path p(value);
+  return (p.is_absolute() ? p : settings.dir / p).lexically_normal();
+}
 
 namespace {
 
@@ -576,7 +588,8 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
     if (given) {
       v = *given;
       bool fits =
-          (spec.type == KILN_OPTION_STRING && v.type == SettingValue::Type::String) ||
+          ((spec.type == KILN_OPTION_STRING || spec.type == KILN_OPTION_PATH) &&
+           v.type == SettingValue::Type::String) ||
           (spec.type == KILN_OPTION_INT && v.type == SettingValue::Type::Int) ||
           (spec.type == KILN_OPTION_FLOAT &&
            (v.type == SettingValue::Type::Float || v.type == SettingValue::Type::Int)) ||
@@ -590,6 +603,17 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
       }
       if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
         v.float_value = double(v.int_value);
+      if (spec.type == KILN_OPTION_PATH && !v.string_value.empty()) {
+        fs::path file = resolve_option_path(*settings, v.string_value);
+        std::error_code ec;
+        if (!fs::is_regular_file(file, ec)) {
+          diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
+                                      ": no file '" + file.string() +
+                                      "' (paths are relative to the manifest's folder)");
+          continue;
+        }
+        v.string_value = file.string();
+      }
     } else if (!spec.default_value) {
       diag.error(settings ? settings->loc : SourceLoc{},
                  label + " needs option '" + spec.name + "'" +

@@ -155,6 +155,10 @@ private:
   std::map<std::string, const Plugin*, std::less<>> m_by_id;
 };
 
+// A KILN_OPTION_PATH value as the plugin gets it: absolute, relative ones from the manifest's
+// folder.
+fs::path resolve_option_path(const PluginSettings& settings, const std::string& value);
+
 // Every plugin a manifest names, created once per run.
 struct PluginSet {
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> backends;

@@ -95,6 +95,10 @@ public:
   std::string get_string(std::string_view name) const {
     return std::string(view(find(name, KILN_OPTION_STRING).string_value));
   }
+  // A KILN_OPTION_PATH option: the absolute path of the file, "" when none is set.
+  std::string get_path(std::string_view name) const {
+    return std::string(view(find(name, KILN_OPTION_PATH).string_value));
+  }
   int64_t get_int(std::string_view name) const { return find(name, KILN_OPTION_INT).int_value; }
   double get_float(std::string_view name) const {
     return find(name, KILN_OPTION_FLOAT).float_value;

@@ -70,7 +70,7 @@ extern "C" {
  * a plugin whose struct_size covers it, so plugins of every minor version keep loading.
  *   1.1: the postprocessor kind, image properties (kiln_image_property), kiln_asset::postprocess,
  *        kiln_backend_functions::paints, kiln_host_api::set_missing_property and scale_image,
- *        kiln_plugin_info::abi_minor.
+ *        kiln_plugin_info::abi_minor, KILN_OPTION_PATH.
  */
 #define KILN_PLUGIN_ABI_MINOR 1u
 
@@ -170,6 +170,13 @@ typedef enum kiln_option_type {
   KILN_OPTION_FLOAT = 3, /**< an integer in the manifest is accepted too */
   KILN_OPTION_BOOL = 4,
   KILN_OPTION_STRING_LIST = 5,
+  /**
+   * A file, written in the manifest relative to the manifest's folder: the plugin gets the
+   * absolute path in string_value ("" when the option is empty). The host checks that the file
+   * exists, and a change to its content changes the fingerprint of every image it shapes. The
+   * default must be "" (no file). @since 1.1
+   */
+  KILN_OPTION_PATH = 6,
 } kiln_option_type;
 
 /**
@@ -197,7 +204,7 @@ typedef struct kiln_option_value {
   kiln_str name;
   /** A kiln_option_type, always the declared one. */
   uint32_t type;
-  /** KILN_OPTION_STRING. */
+  /** KILN_OPTION_STRING; KILN_OPTION_PATH: the absolute path, or "" for none. */
   kiln_str string_value;
   /** KILN_OPTION_INT. */
   int64_t int_value;
