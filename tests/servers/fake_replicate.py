@@ -19,7 +19,12 @@ replicate.delivery). Behaviour of the real service kept on purpose:
   `expire_after_s`; `ratelimit-*` headers on every answer; 429 carries `retry_after` in the body
   only;
 - flux-schnell's aspect_ratio/megapixels sizes and WebP default; SDXL's PNGs and its failure on
-  sizes that are not multiples of 8; NSFW failures with each model's own message.
+  sizes that are not multiples of 8; NSFW failures with each model's own message;
+- images painted as the models paint them (kiln-test-image, given the prediction's prompt and
+  seed): opaque RGB, never alpha, whatever the prompt says; one subject on a near-uniform, slightly
+  noisy backdrop (sometimes with a soft shadow) only when the prompt asks for a plain background;
+  a busy scene otherwise; "seamless tileable" textures that do not tile (their edges differ and
+  light falls from one side). Transparency, tiling and trimming must be made after generation.
 
 Test controls (no auth): POST /_control merges JSON into the configuration:
   latency_s        seconds from create to the end of a prediction (0.2)
@@ -244,10 +249,13 @@ class Fake:
             return "truncate"
         return None
 
-    def render(self, fmt, width, height, seed, fault=None):
+    def render(self, fmt, width, height, seed, fault=None, prompt=""):
+        """Paints one output as the models do (see kiln-test-image): opaque, the plain backdrop
+        only if the prompt asks for it, textures that do not tile."""
         path = os.path.join(self.files, f"{new_id()}.{fmt}")
         subprocess.run([self.image_tool, fmt, str(width), str(height),
-                        "black" if fault == "blank" else str(seed), path], check=True)
+                        "black" if fault == "blank" else str(seed), path,
+                        "--prompt", prompt or ""], check=True)
         if fault == "truncate":
             with open(path, "r+b") as f:
                 f.truncate(os.path.getsize(path) // 2)
@@ -277,7 +285,8 @@ class Fake:
                 seed = inputs.get("seed", random.randrange(1 << 16))
                 p["image_fault"] = self.image_fault(model, inputs)
                 for _ in range(inputs.get("num_outputs", 1)):
-                    p["files"].append(self.render(fmt, w, h, seed, p["image_fault"]))
+                    p["files"].append(self.render(fmt, w, h, seed, p["image_fault"],
+                                                  inputs.get("prompt", "")))
                     seed += 1
         with self.lock:
             self.predictions[p["id"]] = p
