@@ -328,10 +328,10 @@ int cmd_build(int argc, char** argv) {
   }
   if (!depfile.empty()) {
     std::vector<fs::path> inputs{key.manifest};
-    for (auto* kind : {&s->plugins.backends, &s->plugins.enhancers, &s->plugins.validators,
-                       &s->plugins.strategies})
-      for (auto& [id, instance] : *kind)
-        inputs.push_back(instance->plugin().path);
+    for (auto* instance : s->plugins.all()) {
+      inputs.push_back(instance->plugin().path);
+      inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
+    }
     write_depfile(depfile, stamp, inputs);
   }
   // A fallback stand-in is tried again by the next build: no shortcut past it.
@@ -340,6 +340,8 @@ int cmd_build(int argc, char** argv) {
                                  fs::read_symlink("/proc/self/exe", ec)};
     for (auto* plugin : s->registry.all())
       inputs.push_back(plugin->path);
+    for (auto* instance : s->plugins.all()) // a palette file, say
+      inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
     // Every asset is in the state now, with the stamp its output was written or checked with.
     NoopRecorder record(key, inputs);
     const Manifest& m = s->manifest;
@@ -445,6 +447,11 @@ int cmd_plan(int argc, char** argv) {
       w.Key("retry");
       w.StartArray();
       for (auto& id : p.spec.retry)
+        str(id);
+      w.EndArray();
+      w.Key("postprocess");
+      w.StartArray();
+      for (auto& id : p.spec.postprocess)
         str(id);
       w.EndArray();
       w.EndObject();

@@ -53,7 +53,7 @@ std::vector<kiln_str> str_list(const std::vector<std::string>& list) {
 // The plugin-facing view of an asset; points into the AssetSpec (and `model`, when given: the
 // model a retry strategy switched to).
 struct AssetView {
-  std::vector<kiln_str> fallback_models, modifiers;
+  std::vector<kiln_str> fallback_models, modifiers, postprocess;
   kiln_asset asset{};
   const kiln_asset* get() const { return &asset; }
 };
@@ -62,6 +62,7 @@ AssetView asset_view(const AssetSpec& s, const std::string* model = nullptr) {
   AssetView v;
   v.fallback_models = str_list(s.fallback_models);
   v.modifiers = str_list(s.modifiers);
+  v.postprocess = str_list(s.postprocess);
   kiln_asset& a = v.asset;
   a.struct_size = sizeof a;
   a.name = ks(s.name);
@@ -83,6 +84,8 @@ AssetView asset_view(const AssetSpec& s, const std::string* model = nullptr) {
   a.fallback_model_count = v.fallback_models.size();
   a.modifiers = v.modifiers.data();
   a.modifier_count = v.modifiers.size();
+  a.postprocess = v.postprocess.data();
+  a.postprocess_count = v.postprocess.size();
   return v;
 }
 
@@ -120,8 +123,53 @@ bool selected(const std::string& name, const std::vector<std::string>& only) {
   return false;
 }
 
-// Runs the asset's enhancers in order, for the request's model. Deterministic by the SDK's
-// contract.
+bool contains_nocase(std::string_view text, std::string_view part) {
+  auto lower = [](char c) {
+    return char(std::tolower(static_cast<unsigned char>(c)));
+  };
+  return std::search(text.begin(), text.end(), part.begin(), part.end(),
+                     [&](char a, char b) { return lower(a) == lower(b); }) != text.end();
+}
+
+// Appends what the asset's postprocessors need the model to paint (their prompt hints: a plain
+// backdrop to remove, say) to the prompt, unless it already says it: the model is asked for
+// what the postprocessing expects, whatever the enhancers or a strategy made of the prompt.
+std::optional<Fault> add_prompt_hints(Workspace& ws, const AssetSpec& spec,
+                                      GenerationRequest& req) {
+  if (spec.postprocess.empty())
+    return std::nullopt;
+  AssetView view = asset_view(spec, &req.model);
+  for (auto& id : spec.postprocess) {
+    const PluginInstance& inst = *ws.plugins.postprocessors.at(id);
+    auto hint = inst.plugin().table_field(&kiln_postprocessor_functions::prompt_hint);
+    if (!hint)
+      continue;
+    kiln_result r = ws.registry.make_result(id);
+    if (hint(inst.handle(), view.get(), &r) != KILN_OK || r.failed()) {
+      Fault f = r.failure();
+      f.message = "postprocessor '" + id + "' gave no prompt hint: " + f.message;
+      return f;
+    }
+    // Phrase by phrase (comma-separated), each once: a type whose style already says
+    // "seamless tileable texture" is not told so twice.
+    std::string_view rest = r.prompt ? std::string_view(*r.prompt) : std::string_view();
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view phrase = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      size_t a = phrase.find_first_not_of(" \t"), b = phrase.find_last_not_of(" \t");
+      if (a == std::string_view::npos)
+        continue;
+      phrase = phrase.substr(a, b - a + 1);
+      if (!contains_nocase(req.prompt, phrase))
+        req.prompt += (req.prompt.empty() ? "" : ", ") + std::string(phrase);
+    }
+  }
+  return std::nullopt;
+}
+
+// Runs the asset's enhancers in order, for the request's model, then adds the postprocessors'
+// prompt hints. Deterministic by the SDK's contract.
 std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationRequest& req) {
   AssetView view = asset_view(spec, &req.model);
   req.enhancers.clear();
@@ -141,41 +189,40 @@ std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationReq
       req.negative_prompt = *r.negative_prompt;
     req.enhancers.push_back(inst.plugin().id_version());
   }
-  return std::nullopt;
-}
-
-std::string setting_text(const SettingValue& v) {
-  switch (v.type) {
-  case SettingValue::Type::String:
-    return "s:" + v.string_value;
-  case SettingValue::Type::Int:
-    return "i:" + std::to_string(v.int_value);
-  case SettingValue::Type::Float: {
-    char buf[64];
-    auto r = std::to_chars(buf, buf + sizeof buf, v.float_value);
-    return "f:" + std::string(buf, r.ptr);
-  }
-  case SettingValue::Type::Bool:
-    return v.bool_value ? "b:true" : "b:false";
-  case SettingValue::Type::StringList:
-    return "l:" + join(v.list_value, "\x1f");
-  default:
-    return "?:" + v.toml_type;
-  }
+  return add_prompt_hints(ws, spec, req);
 }
 
 // What the asset's output is checked by: validator ids, versions and manifest options.
 std::string checks_of(const Workspace& ws, const AssetSpec& spec) {
   std::string text;
-  for (auto& id : spec.validators) {
-    text += ws.plugins.validators.at(id)->plugin().id_version() + "{";
-    if (auto it = ws.manifest.validator_settings.find(id);
-        it != ws.manifest.validator_settings.end())
-      for (auto& [key, value] : it->second.values)
-        text += key + "=" + setting_text(value) + "\n";
-    text += "}";
-  }
+  for (auto& id : spec.validators)
+    text += ws.plugins.validators.at(id)->signature();
   return sha256_hex(text);
+}
+
+// The running instance of backend `id`, or null.
+const PluginInstance* find_backend(const Workspace& ws, const std::string& id) {
+  auto it = ws.plugins.backends.find(id);
+  return it == ws.plugins.backends.end() ? nullptr : it->second.get();
+}
+
+// Whether the running backend `id` declares `capability` (KILN_BACKEND_*); false if not running.
+bool backend_can(const Workspace& ws, const std::string& id, uint32_t capability) {
+  const PluginInstance* backend = find_backend(ws, id);
+  return backend && (backend->plugin().backend()->capabilities & capability);
+}
+
+// The model's own images are cached as "<fingerprint>.source", beside the outputs' entries.
+constexpr const char* k_source_format = "source";
+
+// The cache key of the model's own image for `req`, before any postprocessing, when a paid
+// backend makes it and the asset has postprocessors (otherwise the output's cache entry is
+// all there is to keep).
+std::optional<std::string> source_key(const Workspace& ws, const AssetSpec& spec,
+                                      const GenerationRequest& req) {
+  if (spec.postprocess.empty() || backend_can(ws, req.backend, KILN_BACKEND_OFFLINE))
+    return std::nullopt;
+  return source_fingerprint_of(req);
 }
 
 // What `req` is predicted to cost on its backend (0 when the backend does not say).
@@ -215,6 +262,8 @@ PlannedAsset prepare(Workspace& ws, size_t asset,
   req.format = spec.format;
   req.seed = spec.seed;
   req.params_json = spec.params_json;
+  for (auto& id : spec.postprocess)
+    req.postprocess.push_back(ws.plugins.postprocessors.at(id)->signature());
   p.prepare_error = enhance(ws, spec, req);
   p.fields = fingerprint_fields(req);
   p.fingerprint = fingerprint_of(p.fields);
@@ -294,7 +343,11 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.action = Action::Cached;
       p.reason += "; in cache";
     }
-    if (p.action == Action::Generate && !p.prepare_error) {
+    auto source = source_key(ws, spec, p.request);
+    if (p.action == Action::Generate && !p.prepare_error && source &&
+        ws.cache.contains(*source, k_source_format)) {
+      p.reason += "; the model's image is in the cache, only the postprocessing is done again";
+    } else if (p.action == Action::Generate && !p.prepare_error) {
       p.predicted_cost_usd = predict_cost(ws, spec, p.request, p.fingerprint);
       if (auto left = ws.state.pending(p.fingerprint, p.request.backend))
         p.reason += left->job.empty() ? "; a killed run may have created its job: looked for first"
@@ -443,22 +496,10 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
                                                        : KILN_ERROR_VALIDATION,
                    "validator '" + id + "' rejected the image: " +
                        (vr.message.empty() ? std::string("no reason given") : vr.message),
-                   -1};
+                   -1, vr.missing_property};
     }
   }
   return std::nullopt;
-}
-
-// The running instance of backend `id`, or null.
-const PluginInstance* find_backend(const Workspace& ws, const std::string& id) {
-  auto it = ws.plugins.backends.find(id);
-  return it == ws.plugins.backends.end() ? nullptr : it->second.get();
-}
-
-// Whether the running backend `id` declares `capability` (KILN_BACKEND_*); false if not running.
-bool backend_can(const Workspace& ws, const std::string& id, uint32_t capability) {
-  const PluginInstance* backend = find_backend(ws, id);
-  return backend && (backend->plugin().backend()->capabilities & capability);
 }
 
 // A private scratch folder, removed with this object.
@@ -480,6 +521,35 @@ struct Generated {
   std::string bytes;
 };
 
+// Runs the asset's postprocessors in order on the decoded image, each on what the one before
+// made. A failure names its postprocessor in `source`: a validation failure (this image cannot
+// be processed, another might) stays one; anything else is permanent, since a postprocessor
+// has no transient failures.
+std::optional<Fault> postprocess(Workspace& ws, const AssetSpec& spec, const GenerationRequest& req,
+                                 Image& image, std::string& source) {
+  if (spec.postprocess.empty())
+    return std::nullopt;
+  AssetView view = asset_view(spec, &req.model);
+  for (auto& id : spec.postprocess) {
+    const PluginInstance& inst = *ws.plugins.postprocessors.at(id);
+    source = id;
+    kiln_image raw = image.raw();
+    kiln_result r = ws.registry.make_result(id);
+    kiln_status st = inst.plugin().postprocessor()->process(inst.handle(), view.get(), &raw, &r);
+    if (st != KILN_OK || r.failed()) {
+      Fault f = r.failure();
+      if (f.category != KILN_ERROR_VALIDATION)
+        f.category = KILN_ERROR_PERMANENT;
+      f.message = "postprocessor '" + id + "' failed: " +
+                  (r.message.empty() ? std::string("no reason given") : ws.log.redact(r.message));
+      return f;
+    }
+    if (r.image)
+      image = std::move(*r.image);
+  }
+  return std::nullopt;
+}
+
 // One attempt: backend → decode/convert → encode → validators. A failure comes back with its
 // category, and `record.source` says who failed.
 // `slot` is the backend's job slot, held by the caller and given back here as soon as the
@@ -490,10 +560,41 @@ struct Resume {
   bool lost_create = false; // a killed run began a create whose answer never arrived
 };
 
+// The model's image made game-ready: postprocessors, then fitted to the asset's size, encoded,
+// and judged by the validators on exactly the bytes that will be written.
+Result<Generated> finish_image(Workspace& ws, const AssetSpec& spec, const GenerationRequest& req,
+                               Image image, const fs::path& work, AttemptRecord& record) {
+  if (auto failed = postprocess(ws, spec, req, image, record.source))
+    return *failed;
+  record.source = "kiln";
+  Generated g;
+  g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
+  if (auto rejected = run_validators(ws, spec, g.bytes, work, record.source))
+    return *rejected;
+  return g;
+}
+
 Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const GenerationRequest& req,
                                 const std::string& fingerprint, uint32_t attempt,
                                 const Resume& resume, AttemptRecord& record, SlotLease& slot) {
   const AssetSpec& spec = p.spec;
+  // Only the postprocessing changed since the model made this very request's image: it is done
+  // again on the image in the cache, for free.
+  auto source = source_key(ws, spec, req);
+  if (source)
+    if (auto bytes = ws.cache.get(*source, k_source_format)) {
+      slot.release();
+      record.from_cache = true;
+      record.source = "kiln";
+      auto decoded = decode_image(*bytes);
+      if (decoded) {
+        WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
+        return finish_image(ws, spec, req, std::move(*decoded), scratch.path, record);
+      }
+      ws.log.warning(spec.name + ": the model's image in the cache is damaged (" +
+                     decoded.error().message + "); asking the backend again");
+      record.from_cache = false;
+    }
   record.source = req.backend;
   const PluginInstance* found = find_backend(ws, req.backend);
   if (!found)
@@ -560,16 +661,20 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
       return Fault{KILN_ERROR_RETRYABLE,
                    "backend returned a corrupt image: " + decoded.error().message, -1};
     image = std::move(*decoded);
+    // The model's image as delivered, before any postprocessing: a change to the
+    // postprocessing alone then costs nothing. A cache that cannot be written costs only
+    // that saving.
+    if (source) {
+      try {
+        ws.cache.put(*source, k_source_format, *bytes);
+      } catch (const std::exception& e) {
+        ws.log.warning(spec.name + ": cannot keep the model's image in the cache: " + e.what());
+      }
+    }
   } else {
     return Fault{KILN_ERROR_PERMANENT, "backend reported success but gave no image", -1};
   }
-  Generated g;
-  g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
-
-  // Validators judge exactly the bytes that will be written, fully decoded again.
-  if (auto rejected = run_validators(ws, spec, g.bytes, work, record.source))
-    return *rejected;
-  return g;
+  return finish_image(ws, spec, req, std::move(image), work, record);
 }
 
 // What the run shares between assets while they walk their chains.
@@ -681,6 +786,90 @@ std::string describe_change(const GenerationRequest& from, const Step& to) {
   return text;
 }
 
+std::string property_names(uint32_t bits) {
+  std::vector<std::string> names;
+  if (bits & KILN_PROPERTY_ALPHA)
+    names.push_back("transparency");
+  if (bits & KILN_PROPERTY_TILEABLE)
+    names.push_back("seamless edges");
+  if (bits & KILN_PROPERTY_PALETTE)
+    names.push_back("a limited palette");
+  if (bits & ~uint32_t(KILN_PROPERTY_ALPHA | KILN_PROPERTY_TILEABLE | KILN_PROPERTY_PALETTE))
+    names.push_back("a property this kiln does not know");
+  return join(names, " or ");
+}
+
+// The kiln_image_property bits the model of `req` paints by itself, as its backend says; any
+// when the backend does not say (ABI 1.0) or is not running.
+uint32_t painted_by(const Workspace& ws, const AssetSpec& spec, const GenerationRequest& req) {
+  const PluginInstance* backend = find_backend(ws, req.backend);
+  auto paints = backend ? backend->plugin().table_field(&kiln_backend_functions::paints) : nullptr;
+  if (!paints)
+    return KILN_PROPERTIES_ANY;
+  AssetView view = asset_view(spec, &req.model);
+  kiln_request q = request_view(req, view.get(), "", "");
+  return paints(backend->handle(), &q);
+}
+
+// The properties every image of the asset gets from its postprocessors.
+uint32_t made_by_postprocessors(const Workspace& ws, const AssetSpec& spec) {
+  uint32_t bits = 0;
+  for (auto& id : spec.postprocess)
+    bits |= ws.plugins.postprocessors.at(id)->plugin().provides();
+  return bits;
+}
+
+struct Unfixable {
+  uint32_t missing = 0; // what no image of the request can have
+  std::string why;
+};
+
+// Why no image `req` can make passes the validator that rejected `fault`'s image: it lacks a
+// property (transparency...) that the request's model never paints and that no postprocessor of
+// the asset makes. Nullopt when a new image may pass.
+std::optional<Unfixable> unfixable(const Workspace& ws, const AssetSpec& spec,
+                                   const GenerationRequest& req, const Fault& fault) {
+  uint32_t missing = fault.missing & ~made_by_postprocessors(ws, spec);
+  if (!missing)
+    return std::nullopt;
+  missing &= ~painted_by(ws, spec, req);
+  if (!missing)
+    return std::nullopt;
+  std::string painter = req.model.empty() ? "backend " + req.backend : req.model;
+  return Unfixable{missing, painter + " never paints " + property_names(missing) +
+                                " and no postprocessor of the asset makes it"};
+}
+
+// What would make the missing properties: the postprocessor to add, and where.
+std::string fix_hint(const Workspace& ws, const AssetSpec& spec, uint32_t missing) {
+  std::vector<std::string> ids;
+  for (uint32_t bit = 1; bit && bit <= missing; bit <<= 1) {
+    if (!(missing & bit))
+      continue;
+    // Built-in postprocessors first, then others, by id.
+    const Plugin* best = nullptr;
+    for (const Plugin* p : ws.registry.all())
+      if (p->kind == KILN_KIND_POSTPROCESSOR && (p->provides() & bit)) {
+        bool builtin = p->path.parent_path() == PluginRegistry::builtin_dir();
+        bool best_builtin = best && best->path.parent_path() == PluginRegistry::builtin_dir();
+        if (!best || (builtin && !best_builtin))
+          best = p;
+      }
+    if (!best)
+      continue;
+    if (std::find(ids.begin(), ids.end(), best->id) == ids.end())
+      ids.push_back(best->id);
+  }
+  if (ids.empty())
+    return {};
+  std::string quoted;
+  for (auto& id : ids)
+    quoted += (quoted.empty() ? "\"" : ", \"") + id + "\"";
+  if (!spec.postprocess.empty())
+    return "add " + quoted + " to the asset's postprocess (" + join(spec.postprocess, ", ") + ")";
+  return "add postprocess = [" + quoted + "] to [types." + spec.type + "]";
+}
+
 // Asks the asset's strategies, in chain order, for the next request after `fault`. A proposal
 // for a model that is cooling down, for a backend that is not running, or that the run's retry
 // budget cannot pay for is passed over, and the next strategy is asked. `passed` collects why.
@@ -732,6 +921,12 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
       next.prompt = *r.prompt;
     if (r.negative_prompt)
       next.negative_prompt = *r.negative_prompt;
+    // A rewritten prompt still asks for what the postprocessors need (a plain backdrop...).
+    if (r.prompt)
+      if (auto bad = add_prompt_hints(ws, spec, next)) {
+        passed.push_back(id + ": " + bad->message);
+        continue;
+      }
     // A new model gets the enhancers' prompts for its own family (boosters, whether it takes
     // a negative prompt), except what a strategy has rewritten: a simplified prompt stays.
     if (next.model != current.model) {
@@ -747,6 +942,11 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
       if (!r.negative_prompt)
         next.negative_prompt = enhanced.negative_prompt;
       next.enhancers = enhanced.enhancers;
+    }
+    // Money only for a request whose image can pass: a new seed cannot add transparency.
+    if (auto no_use = unfixable(ws, spec, next, fault)) {
+      passed.push_back(id + ": no use: " + no_use->why);
+      continue;
     }
     if (double left = guards.breakers.open_for(breaker_key(next)); left > 0) {
       char why[160];
@@ -828,7 +1028,10 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
       } else {
         // The money first: an attempt the budget cannot cover sends nothing.
         std::string fingerprint = fingerprint_of(fingerprint_fields(req));
-        double reserved = predict_cost(ws, p.spec, req, fingerprint);
+        // Nothing to pay when the model's image for this request is in the cache already.
+        auto source = source_key(ws, p.spec, req);
+        bool free = source && ws.cache.contains(*source, k_source_format);
+        double reserved = free ? 0.0 : predict_cost(ws, p.spec, req, fingerprint);
         if (!guards.money.reserve(reserved, interrupted)) {
           char why[200];
           std::snprintf(why, sizeof why,
@@ -844,7 +1047,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
           const AttemptRecord& rec;
           ~Settle() { money.settle(reserved, rec.cost_usd); }
         } settle{guards.money, reserved, rec};
-        RateLimiter* limiter = guards.limiter(req.backend);
+        RateLimiter* limiter = free ? nullptr : guards.limiter(req.backend);
         if (limiter) {
           auto wait = std::chrono::ceil<std::chrono::milliseconds>(limiter->reserve());
           if (wait.count() > 0 && !sleep_unless_interrupted(uint32_t(wait.count()))) {
@@ -888,20 +1091,45 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     } // the slot is given back before any wait for a retry
     rec.error = fault;
     counters.failed(fault);
+    auto stop = [&](std::string why) {
+      rec.decision = "stop";
+      rec.decision_reason = std::move(why);
+      return fault;
+    };
 
-    if (fault.category == KILN_ERROR_NEEDS_PERSON || fault.category == KILN_ERROR_INTERRUPTED)
-      return fault; // no strategy can help: a person must act, or the user stopped the run
+    if (fault.category == KILN_ERROR_NEEDS_PERSON)
+      return stop("a person must act; no strategy can help");
+    if (fault.category == KILN_ERROR_INTERRUPTED)
+      return stop("the run was interrupted");
     if (attempt >= policy.max_attempts) {
       fault.message += " (gave up after " + std::to_string(attempt) + " attempts)";
-      return fault;
+      return stop("[retry_policy] max_attempts (" + std::to_string(policy.max_attempts) +
+                  ") reached");
     }
     std::vector<std::string> passed;
     auto next = next_step(ws, guards, p, req, fault, rec.source, attempt, counters, passed);
     if (!next) {
+      std::string why = passed.empty() ? "no strategy of the asset's retry chain acts on a " +
+                                             std::string(category_name(fault.category)) + " failure"
+                                       : join(passed, "; ");
+      // No model of the chain paints what the image lacks, and no postprocessor makes it: the
+      // asset fails now, saying what would fix it, instead of after buying every retry.
+      if (auto lacking = unfixable(ws, p.spec, req, fault)) {
+        out.hint = fix_hint(ws, p.spec, lacking->missing);
+        fault.category = KILN_ERROR_PERMANENT;
+        fault.message += "; no new image can pass: " + lacking->why;
+        if (!out.hint.empty())
+          fault.message += ": " + out.hint;
+        return stop("not retried: no new image can pass: " + lacking->why +
+                    (passed.empty() ? std::string() : " (" + why + ")"));
+      }
       if (!passed.empty())
-        fault.message += " (" + join(passed, "; ") + ")";
-      return fault;
+        fault.message += " (" + why + ")";
+      return stop(why);
     }
+    rec.decision = "retry";
+    rec.decision_reason = (passed.empty() ? std::string() : join(passed, "; ") + "; ") +
+                          next->strategy + ": " + describe_change(req, *next);
     // A retry of the same request on the same backend re-attaches to the remote job when the
     // job itself failed: its result may be paid for already. After a bad image, a new job.
     bool same = fingerprint_fields(next->request) == fingerprint_fields(req);
@@ -1124,9 +1352,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       o.status = "generated";
       char timing[64];
       std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
-      std::string how = o.backend +
-                        (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " +
-                        timing;
+      std::string how =
+          o.backend + (o.attempts.back().from_cache ? " image from the cache" : std::string()) +
+          (o.cost_usd > 0 ? ", " + format_usd(o.cost_usd) : std::string()) + ", " + timing;
       if (o.attempts.size() > 1)
         how += ", " + std::to_string(o.attempts.size()) + " attempts";
       if (o.fallback) {
@@ -1298,12 +1526,24 @@ std::string asset_json(const AssetOutcome& o) {
     str(t.remote_id);
     w.Key("cost_usd");
     w.Double(t.cost_usd);
+    w.Key("from_cache");
+    w.Bool(t.from_cache);
     w.Key("error_category");
     str_or_null(t.error, t.error ? category_name(t.error->category) : "");
     w.Key("error");
     str_or_null(t.error, t.error ? t.error->message : "");
     w.Key("source");
     str_or_null(t.error, t.source);
+    w.Key("decision");
+    if (t.decision.empty())
+      w.Null();
+    else
+      str(t.decision);
+    w.Key("decision_reason");
+    if (t.decision.empty())
+      w.Null();
+    else
+      str(t.decision_reason);
     w.EndObject();
   }
   w.EndArray();
@@ -1321,6 +1561,11 @@ std::string asset_json(const AssetOutcome& o) {
   str_or_null(o.error, o.error ? o.error->message : "");
   w.Key("error_category");
   str_or_null(o.error, o.error ? category_name(o.error->category) : "");
+  w.Key("hint");
+  if (o.hint.empty())
+    w.Null();
+  else
+    str(o.hint);
   w.EndObject();
   return "    " + indented(buf.GetString(), "    ");
 }

@@ -108,8 +108,15 @@ struct AttemptRecord {
   double waited_s = 0; // the delay the strategy asked for before this attempt
   std::string remote_id;
   double cost_usd = 0;
+  // The model's image came from the cache (an earlier run made this very request, only the
+  // postprocessing changed): no backend call, nothing paid.
+  bool from_cache = false;
   std::optional<Fault> error; // none: this attempt made the asset
-  std::string source;         // who failed: the backend, a validator, "kiln"
+  std::string source;         // who failed: the backend, a validator, a postprocessor, "kiln"
+  // After a failure, what the chain decided: "retry" or "stop", and why (which strategy
+  // proposed what, which were passed over and why: a new seed cannot add transparency...).
+  std::string decision;
+  std::string decision_reason;
 };
 
 struct AssetOutcome {
@@ -128,6 +135,9 @@ struct AssetOutcome {
   std::string final_prompt;
   std::string final_negative_prompt;
   std::optional<Fault> error;
+  // What would fix a failure no new image can fix, e.g. `add postprocess = ["remove-background"]
+  // to [types.icon]`.
+  std::string hint;
 };
 
 struct BuildSummary {

@@ -15,7 +15,7 @@ constexpr const char* k_encoding_version = "kiln-fingerprint-1";
 } // namespace
 
 FingerprintFields fingerprint_fields(const GenerationRequest& r) {
-  return {
+  FingerprintFields fields{
       {"backend", r.backend + "@" + r.backend_version},
       {"model", r.model},
       {"prompt", r.prompt},
@@ -27,6 +27,11 @@ FingerprintFields fingerprint_fields(const GenerationRequest& r) {
       {"params", r.params_json},
       {"enhancers", join(r.enhancers, ",")},
   };
+  // Only when there are postprocessors: an asset without any keeps the fingerprint it had
+  // before they existed, so nothing paid for is made again.
+  if (!r.postprocess.empty())
+    fields.emplace_back("postprocess", join(r.postprocess, "\x1e"));
+  return fields;
 }
 
 std::string fingerprint_of(const FingerprintFields& fields) {
@@ -44,6 +49,12 @@ std::string fingerprint_of(const FingerprintFields& fields) {
   return sha256_hex(text);
 }
 
+std::string source_fingerprint_of(const GenerationRequest& request) {
+  GenerationRequest model_only = request;
+  model_only.postprocess.clear();
+  return fingerprint_of(fingerprint_fields(model_only));
+}
+
 std::vector<std::string> describe_changes(const FingerprintFields& before,
                                           const FingerprintFields& after) {
   std::vector<std::string> out;
@@ -53,17 +64,23 @@ std::vector<std::string> describe_changes(const FingerprintFields& before,
         return &v;
     return nullptr;
   };
-  for (auto& [key, v] : after) {
-    const std::string* old = value(before, key);
-    if (old && *old == v)
-      continue;
+  auto note = [&](const std::string& key) {
     std::string what = key == "width" || key == "height" ? "size"
                        : key == "negative_prompt"        ? "negative prompt"
                        : key == "params"                 ? "parameters"
+                       : key == "postprocess"            ? "postprocessing"
                                                          : key;
     if (std::find(out.begin(), out.end(), what + " changed") == out.end())
       out.push_back(what + " changed");
+  };
+  for (auto& [key, v] : after) {
+    const std::string* old = value(before, key);
+    if (!old || *old != v)
+      note(key);
   }
+  for (auto& [key, v] : before) // a field only the old request had (its postprocessors)
+    if (!value(after, key))
+      note(key);
   return out;
 }
 

@@ -25,6 +25,8 @@ struct GenerationRequest {
   std::optional<uint64_t> seed;
   std::string params_json;
   std::vector<std::string> enhancers; // "id@version", in order applied
+  // The postprocessors' signatures ("id@version{options}"), in the order they run.
+  std::vector<std::string> postprocess;
 };
 
 // Named canonical fields, in a fixed order. Stored in the state file so that `kiln plan` can say
@@ -33,6 +35,9 @@ using FingerprintFields = std::vector<std::pair<std::string, std::string>>;
 
 FingerprintFields fingerprint_fields(const GenerationRequest& request);
 std::string fingerprint_of(const FingerprintFields& fields);
+// The fingerprint of what the model is asked for, postprocessors left out: the key of the
+// model's own image, which any postprocessing of it can start from.
+std::string source_fingerprint_of(const GenerationRequest& request);
 
 // A fingerprint as its 32 bytes, for what is kept per asset for a whole run (half the size of
 // its hex text, and no allocation).

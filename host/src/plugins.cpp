@@ -8,6 +8,7 @@
 #define BOOST_DLL_USE_STD_FS
 #include <algorithm>
 #include <boost/dll/shared_library.hpp>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
@@ -675,7 +676,52 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
       info->destroy(handle);
     return nullptr;
   }
-  return std::make_unique<PluginInstance>(&plugin, handle);
+  // The signature: the options the manifest sets, in key order; a file by its content, so an
+  // edited palette changes the fingerprint of what it shapes.
+  std::string signature = plugin.id_version() + "{";
+  std::vector<fs::path> files;
+  if (settings)
+    for (auto& [key, value] : settings->values) {
+      signature += key + "=" + setting_text(value);
+      for (size_t i = 0; i < info->option_count; ++i)
+        if (info->options[i].type == KILN_OPTION_PATH && key == info->options[i].name &&
+            !value.string_value.empty()) {
+          files.push_back(resolve_option_path(*settings, value.string_value));
+          auto bytes = read_file(files.back());
+          signature += "#sha256:" + (bytes ? sha256_hex(*bytes) : std::string("unreadable"));
+        }
+      signature += "\n";
+    }
+  signature += "}";
+  return std::make_unique<PluginInstance>(&plugin, handle, std::move(signature), std::move(files));
+}
+
+std::vector<const PluginInstance*> PluginSet::all() const {
+  std::vector<const PluginInstance*> out;
+  for (auto* kind : {&backends, &enhancers, &validators, &strategies, &postprocessors})
+    for (auto& [id, instance] : *kind)
+      out.push_back(instance.get());
+  return out;
+}
+
+std::string setting_text(const SettingValue& v) {
+  switch (v.type) {
+  case SettingValue::Type::String:
+    return "s:" + v.string_value;
+  case SettingValue::Type::Int:
+    return "i:" + std::to_string(v.int_value);
+  case SettingValue::Type::Float: {
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, v.float_value);
+    return "f:" + std::string(buf, r.ptr);
+  }
+  case SettingValue::Type::Bool:
+    return v.bool_value ? "b:true" : "b:false";
+  case SettingValue::Type::StringList:
+    return "l:" + join(v.list_value, "\x1f");
+  default:
+    return "?:" + v.toml_type;
+  }
 }
 
 PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manifest) {

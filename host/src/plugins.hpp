@@ -97,17 +97,28 @@ struct Plugin {
 // A created plugin instance; destroyed with its owner.
 class PluginInstance {
 public:
-  PluginInstance(const Plugin* plugin, void* instance) : m_plugin(plugin), m_instance(instance) {}
+  PluginInstance(const Plugin* plugin, void* instance, std::string signature = {},
+                 std::vector<fs::path> files = {})
+      : m_plugin(plugin), m_instance(instance), m_signature(std::move(signature)),
+        m_files(std::move(files)) {}
   ~PluginInstance();
   PluginInstance(const PluginInstance&) = delete;
   PluginInstance& operator=(const PluginInstance&) = delete;
 
   const Plugin& plugin() const { return *m_plugin; }
   void* handle() const { return m_instance; }
+  // What of this instance can shape an image: "id@version{key=value\n...}" over the options the
+  // manifest sets (defaults come with the version), a file option with its content's SHA-256.
+  const std::string& signature() const { return m_signature; }
+  // The files its options name (KILN_OPTION_PATH), absolute: inputs of the build like the
+  // manifest (the depfile and the no-op record list them).
+  const std::vector<fs::path>& files() const { return m_files; }
 
 private:
   const Plugin* m_plugin;
   void* m_instance;
+  std::string m_signature;
+  std::vector<fs::path> m_files;
 };
 
 class PluginRegistry {
@@ -155,6 +166,9 @@ private:
   std::map<std::string, const Plugin*, std::less<>> m_by_id;
 };
 
+// An option value in canonical text ("i:4", "s:white", "l:a\x1fb"...), for signatures.
+std::string setting_text(const SettingValue& value);
+
 // A KILN_OPTION_PATH value as the plugin gets it: absolute, relative ones from the manifest's
 // folder.
 fs::path resolve_option_path(const PluginSettings& settings, const std::string& value);
@@ -166,6 +180,9 @@ struct PluginSet {
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> validators;
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> strategies;
   std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>> postprocessors;
+
+  // Every instance, of every kind.
+  std::vector<const PluginInstance*> all() const;
 };
 
 // Checks that every plugin the manifest names exists with the right kind and that every

@@ -14,6 +14,8 @@ struct Fault {
   kiln_error_category category = KILN_ERROR_PERMANENT;
   std::string message;
   int64_t retry_after_ms = -1;
+  // A validator's rejection: the kiln_image_property bits the image lacks.
+  uint32_t missing = 0;
 };
 
 // The report's name for a category: "retryable", "needs_a_person"...

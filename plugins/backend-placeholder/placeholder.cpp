@@ -3,8 +3,10 @@
 //
 // Same request, same bytes: every colour, pattern and word comes from a hash of the final
 // prompt, negative prompt, model, seed, params and size. The background pattern is periodic in
-// both axes, so every image tiles seamlessly (textures need it; it costs nothing for the rest).
-// Asset types listed in `transparent_types` get a shape on a transparent background instead.
+// both axes, and turned so that the wrap-around falls where it changes least: every image tiles
+// seamlessly and passes the `tileable` validator (textures need it; it costs nothing for the
+// rest). Asset types listed in `transparent_types` get a shape on a transparent background
+// instead. It says so through paints(), so a validator asking for either is worth a retry.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -106,6 +108,42 @@ std::vector<std::string> caption_lines(std::string_view prompt, size_t max_chars
   if (!line.empty() && lines.size() < 3)
     lines.push_back(line);
   return lines;
+}
+
+// Rolls a periodic image so that the column pair (and row pair) that differ least meet at the
+// wrap-around: the seam is then smaller than any neighbour difference inside, which a periodic
+// pattern alone does not promise (a checker's edge may fall exactly on the border).
+void roll_seams_to_smoothest(kiln::Image& img) {
+  const uint32_t w = img.width, h = img.height;
+  if (w < 2 || h < 2)
+    return;
+  auto diff = [&](uint32_t x0, uint32_t y0, uint32_t x1, uint32_t y1) {
+    const uint8_t *a = img.at(x0, y0), *b = img.at(x1, y1);
+    return std::abs(a[0] - b[0]) + std::abs(a[1] - b[1]) + std::abs(a[2] - b[2]);
+  };
+  uint32_t best_x = w - 1, best_y = h - 1;
+  uint64_t best = UINT64_MAX;
+  for (uint32_t x = 0; x < w; ++x) { // the pair (x, x+1), wrapping
+    uint64_t sum = 0;
+    for (uint32_t y = 0; y < h; ++y)
+      sum += uint64_t(diff(x, y, (x + 1) % w, y));
+    if (sum < best)
+      best = sum, best_x = x;
+  }
+  best = UINT64_MAX;
+  for (uint32_t y = 0; y < h; ++y) {
+    uint64_t sum = 0;
+    for (uint32_t x = 0; x < w; ++x)
+      sum += uint64_t(diff(x, y, x, (y + 1) % h));
+    if (sum < best)
+      best = sum, best_y = y;
+  }
+  // Pixel (x, y) of the result is (x + best_x + 1, y + best_y + 1) of the pattern.
+  kiln::Image out(w, h);
+  for (uint32_t y = 0; y < h; ++y)
+    for (uint32_t x = 0; x < w; ++x)
+      std::memcpy(out.at(x, y), img.at((x + best_x + 1) % w, (y + best_y + 1) % h), 4);
+  img = std::move(out);
 }
 
 void blend(uint8_t* px, Rgb c, double alpha) {
@@ -228,11 +266,9 @@ public:
         px[3] = 255;
       }
     }
+    roll_seams_to_smoothest(img);
 
-    bool transparent =
-        request.format != "jpg" && std::find(m_transparent_types.begin(), m_transparent_types.end(),
-                                             request.asset.type) != m_transparent_types.end();
-    if (transparent)
+    if (transparent(request))
       cut_out_shape(img, rng.range(0, 2), pal);
     if (m_caption)
       draw_caption(img, request.prompt, pal);
@@ -240,7 +276,18 @@ public:
     result.set_cost_usd(0.0);
   }
 
+  // Every image tiles; the transparent types get a transparent background.
+  uint32_t paints(const kiln::Request& request) override {
+    return KILN_PROPERTY_TILEABLE | (transparent(request) ? KILN_PROPERTY_ALPHA : 0u);
+  }
+
 private:
+  bool transparent(const kiln::Request& request) const {
+    return request.format != "jpg" &&
+           std::find(m_transparent_types.begin(), m_transparent_types.end(), request.asset.type) !=
+               m_transparent_types.end();
+  }
+
   // Keeps a circle, rounded square or diamond with a dark outline; the rest becomes transparent.
   static void cut_out_shape(kiln::Image& img, int shape, const Palette& pal) {
     const double W = img.width, H = img.height, r = 0.42 * std::min(W, H);
@@ -277,5 +324,7 @@ private:
 
 } // namespace
 
-KILN_PLUGIN(Placeholder, "placeholder", "1.0.0",
+// 1.1.0: patterns rolled so their seams are the smoothest column and row (new bytes for the same
+// request, so a new version: every placeholder image is drawn again, for free).
+KILN_PLUGIN(Placeholder, "placeholder", "1.1.0",
             "Free offline images drawn from the prompt: deterministic, tileable, never blank")

@@ -499,6 +499,16 @@ public:
     return price->usd * price->typical_s;
   }
 
+  // flux and SDXL return opaque RGB that does not tile, whatever the prompt asks ("transparent
+  // background" gets a painted checkerboard): a retry cannot add either. Other models: unknown.
+  uint32_t paints(const kiln::Request& request) override {
+    std::string text(request.model.empty() ? m_settings->default_model : request.model);
+    auto model = parse_model_ref(text);
+    if (model && family_of(*model) != Family::Other)
+      return 0;
+    return KILN_PROPERTIES_ANY;
+  }
+
 private:
   // Shared pointers: the adapter moves the instance once; requests run on many threads.
   std::shared_ptr<Settings> m_settings;

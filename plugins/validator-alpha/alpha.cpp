@@ -53,7 +53,8 @@ public:
       std::snprintf(buf, sizeof buf,
                     "no transparent background: %.0f%% of the border is clear, %.0f%% needed",
                     clear_share * 100, m_min_clear * 100);
-      return kiln::Verdict::reject(buf);
+      // Lacking transparency: only a model that paints it or a postprocessor can fix that.
+      return kiln::Verdict::lacks(KILN_PROPERTY_ALPHA, buf);
     }
     double opaque_share = double(opaque) / (double(w) * h);
     if (opaque_share < m_min_opaque) {

@@ -72,7 +72,7 @@ public:
                       "not tileable: the %s seam differs by %.1f, above %.1f (%.1f x the "
                       "image's own %.1f)",
                       axis, seam, limit, m_ratio, inner);
-        return kiln::Verdict::reject(buf);
+        return kiln::Verdict::lacks(KILN_PROPERTY_TILEABLE, buf);
       }
     }
     return kiln::Verdict::accept();

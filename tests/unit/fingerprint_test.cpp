@@ -2,6 +2,8 @@
 // image, sensitive to everything that does.
 #include "engine_support.hpp"
 
+#include <set>
+
 namespace kiln::host {
 namespace {
 
@@ -106,6 +108,35 @@ TEST(Fingerprint, ChangesWithPluginVersions) {
   EXPECT_NE(fingerprint_of(fingerprint_fields(newer_enhancer)), fp);
 }
 
+TEST(Fingerprint, PostprocessorsCountInOrderAndOnlyWhenThereAreAny) {
+  GenerationRequest r;
+  r.prompt = "a sword";
+  r.backend = "placeholder";
+  r.backend_version = "1.0.0";
+  // No postprocessors: the fields (and so every fingerprint made before they existed) are as
+  // they were, so upgrading Kiln makes nothing paid for again.
+  for (auto& [key, value] : fingerprint_fields(r))
+    EXPECT_NE(key, "postprocess");
+  std::string plain = fingerprint_of(fingerprint_fields(r));
+  GenerationRequest both = r;
+  both.postprocess = {"remove-background@1.0.0{}", "trim@1.0.0{margin=i:8\n}"};
+  GenerationRequest swapped = r;
+  swapped.postprocess = {both.postprocess[1], both.postprocess[0]};
+  GenerationRequest option = r;
+  option.postprocess = {both.postprocess[0], "trim@1.0.0{margin=i:9\n}"};
+  std::set<std::string> fingerprints;
+  for (auto* req : {&r, &both, &swapped, &option})
+    fingerprints.insert(fingerprint_of(fingerprint_fields(*req)));
+  EXPECT_EQ(fingerprints.size(), 4u);
+  EXPECT_EQ(fingerprint_of(fingerprint_fields(r)), plain);
+  EXPECT_EQ(describe_changes(fingerprint_fields(r), fingerprint_fields(both)),
+            (std::vector<std::string>{"postprocessing changed"}));
+  EXPECT_EQ(describe_changes(fingerprint_fields(both), fingerprint_fields(r)),
+            (std::vector<std::string>{"postprocessing changed"}));
+  EXPECT_EQ(describe_changes(fingerprint_fields(both), fingerprint_fields(option)),
+            (std::vector<std::string>{"postprocessing changed"}));
+}
+
 TEST(Fingerprint, FieldBoundariesCannotBeForged) {
   GenerationRequest a, b;
   a.prompt = "x";
@@ -123,6 +154,45 @@ TEST(Fingerprint, ChangesAreDescribedForThePlan) {
   b.width = 16;
   EXPECT_EQ(describe_changes(fingerprint_fields(a), fingerprint_fields(b)),
             (std::vector<std::string>{"prompt changed", "size changed"}));
+}
+
+TEST(Plan, PostprocessorsAskTheModelForWhatTheyNeedOncePerPhrase) {
+  Project p(k_base + R"(
+[types.texture]
+width = 64
+height = 64
+style = "seamless tileable texture, top-down"
+enhancers = ["style"]
+postprocess = ["make-tileable"]
+
+[types.sprite]
+width = 32
+height = 32
+postprocess = ["remove-background", "trim", "pixelate"]
+
+[[asset]]
+name = "grass"
+type = "texture"
+prompt = "grass"
+
+[[asset]]
+name = "slime"
+type = "sprite"
+prompt = "a slime"
+)");
+  Plan plan = p.plan();
+  // make-tileable's hint is "seamless tileable texture, even lighting": only the phrase the
+  // style did not already say is added.
+  EXPECT_EQ(p.planned(plan, "grass").request.prompt,
+            "grass, seamless tileable texture, top-down, even lighting");
+  EXPECT_EQ(p.planned(plan, "slime").request.prompt,
+            "a slime, isolated on a plain white background, pixel art");
+  // Postprocessors are in the fingerprint; an asset without any keeps its old one.
+  auto fields = p.planned(plan, "slime").fields;
+  EXPECT_EQ(fields.back().first, "postprocess");
+  EXPECT_EQ(fields.back().second.find("remove-background@"), 0u);
+  for (auto& [key, value] : p.planned(plan, "icons/sword").fields)
+    EXPECT_NE(key, "postprocess");
 }
 
 TEST(Plan, StyleEnhancerShapesTheFinalPrompts) {

@@ -37,7 +37,7 @@ TEST(PluginLoader, LoadsEveryBuiltIn) {
                                       "resolution", "tileable"}));
   const Plugin* p = registry.find("placeholder");
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->version, "1.0.0");
+  EXPECT_EQ(p->version, "1.1.0");
   EXPECT_EQ(p->path.filename(), "kiln-backend-placeholder.so");
 }
 
