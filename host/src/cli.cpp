@@ -536,8 +536,14 @@ int cmd_plugins(int argc, char** argv) {
         std::printf("    %s\n", p->description.c_str());
       for (size_t i = 0; i < p->info->option_count; ++i) {
         const kiln_option_spec& o = p->info->options[i];
-        std::printf("    option %s (default %s): %s\n", o.name,
-                    o.default_value ? o.default_value : "required",
+        static const char* k_types[] = {"?",       "string", "integer", "number",
+                                        "boolean", "list",   "file"};
+        const char* type = o.type <= KILN_OPTION_PATH ? k_types[o.type] : "?";
+        std::string fallback = !o.default_value   ? "required"
+                               : *o.default_value ? "default " + std::string(o.default_value)
+                               : o.type == KILN_OPTION_PATH ? "default none"
+                                                            : "default \"\"";
+        std::printf("    option %s (%s, %s): %s\n", o.name, type, fallback.c_str(),
                     o.description ? o.description : "");
       }
     }
