@@ -186,6 +186,8 @@ struct Colours {
 
 // How deep into the subject (in thirds of a pixel) its edge pixels may mix with the backdrop.
 constexpr uint8_t k_edge = 7;
+// How many pixels a shadow is followed where the smoothed image is steep (next to the subject).
+constexpr uint8_t k_shadow_reach = 3;
 
 class RemoveBackground : public kiln::Postprocessor {
 public:
@@ -245,15 +247,41 @@ public:
       return plain_at[i] != 0;
     };
     // A smooth darkening (or brightening) of the backdrop's own colour: a shadow, or light.
+    // Smooth in every direction: a pale subject's hard edge (a grey disc on white is a darkening
+    // of white too) is steep across it, whichever way a path would cross it. A shadow is entered
+    // from the backdrop as it truly is (not only blurred: the blur makes the rim of a pale,
+    // low-contrast subject look like backdrop) or from more shadow. Where a shadow meets the
+    // subject, the image is steep too (the subject's edge): from the shadow, the fill goes on a
+    // few pixels more through steps no larger than the noise makes, so the shadow is taken up
+    // to the subject's own anti-aliased edge.
+    const std::vector<float> slope =
+        m_shadows ? gradient(colours.smooth, w, h) : std::vector<float>();
+    const float raw_step = std::max(step, 4.5f * noise);
+    const float raw_plain = tolerance + 2.5f * noise;
+    std::vector<uint8_t> leak(n, 0); // pixels entered past a steep place, in a row
+    std::vector<char> shadow(n, 0);  // entered as shadow, not as plain backdrop
     auto shaded = [&](size_t i, size_t from) {
       const Rgb &s = colours.smooth[i], &b = expected[i];
-      if (!m_shadows || luminance(b) < 40 || distance(s, colours.smooth[from]) > step)
+      if (!m_shadows || luminance(b) < 40)
         return false;
+      if (!shadow[from] && distance(colours.raw[from], expected[from]) > raw_plain)
+        return false;
+      // Past a steep place every step counts: the fill does not find its way round a hard
+      // edge into a pale subject's flat inside.
+      if (slope[i] > step || leak[from] > 0) {
+        if (!shadow[from] || leak[from] >= k_shadow_reach ||
+            distance(colours.raw[i], colours.raw[from]) > raw_step)
+          return false;
+        leak[i] = uint8_t(leak[from] + 1);
+      }
       const float k =
           (s[0] * b[0] + s[1] * b[1] + s[2] * b[2]) / (b[0] * b[0] + b[1] * b[1] + b[2] * b[2]);
       if (k < 0.3f || k > 1.3f)
         return false;
-      return distance(s, Rgb{k * b[0], k * b[1], k * b[2]}) <= tolerance;
+      if (distance(s, Rgb{k * b[0], k * b[1], k * b[2]}) > tolerance)
+        return false;
+      shadow[i] = 1;
+      return true;
     };
     std::vector<char> back(n, 0);
     std::vector<size_t> queue;
@@ -283,13 +311,6 @@ public:
     }
     drop_specks(colours, expected, tolerance, back);
 
-    size_t kept = 0;
-    for (char b : back)
-      kept += !b;
-    if (kept == 0)
-      throw kiln::Error("nothing but backdrop: no subject found on the plain background",
-                        KILN_ERROR_VALIDATION);
-
     // Alpha: 0 on the backdrop, fractional at the subject's edge, the image's own elsewhere.
     kiln::Image out(w, h);
     const std::vector<uint8_t> near = distance_to_backdrop(back, w, h);
@@ -313,10 +334,48 @@ public:
           px[c] = uint8_t(std::lround(std::clamp(colour[c], 0.0f, 255.0f)));
         px[3] = uint8_t(a);
       }
+    // A subject of a few pixels is no subject: the image was all backdrop, or the subject is as
+    // pale as the backdrop's shadows and went with them. Said here, not as an empty image later.
+    size_t solid = 0, shadowed = 0;
+    for (size_t i = 0; i < n; ++i) {
+      solid += out.rgba[i * 4 + 3] >= 128;
+      shadowed += back[i] && shadow[i];
+    }
+    if (solid * 200 < n) {
+      char buf[320];
+      std::snprintf(buf, sizeof buf,
+                    "nothing but backdrop: %.1f%% of the image is left as the subject%s",
+                    100.0 * double(solid) / double(n),
+                    shadowed * 20 > n ? "; a subject nearly as light as the backdrop is taken "
+                                        "for its shadow: set shadows = false, or ask for a "
+                                        "backdrop that contrasts with it (key and prompt_hint)"
+                                      : "");
+      throw kiln::Error(buf, KILN_ERROR_VALIDATION);
+    }
     return out;
   }
 
 private:
+  // How steep an image is at each pixel: the length of its colour gradient (central
+  // differences, per pixel, over the three channels).
+  static std::vector<float> gradient(const std::vector<Rgb>& image, uint32_t w, uint32_t h) {
+    std::vector<float> out(size_t(w) * h, 0);
+    for (uint32_t y = 0; y < h; ++y)
+      for (uint32_t x = 0; x < w; ++x) {
+        const Rgb& l = image[size_t(y) * w + (x ? x - 1 : x)];
+        const Rgb& r = image[size_t(y) * w + std::min(w - 1, x + 1)];
+        const Rgb& u = image[size_t(y ? y - 1 : y) * w + x];
+        const Rgb& d = image[size_t(std::min(h - 1, y + 1)) * w + x];
+        float sum = 0;
+        for (size_t c = 0; c < 3; ++c) {
+          const float gx = (r[c] - l[c]) / 2, gy = (d[c] - u[c]) / 2;
+          sum += gx * gx + gy * gy;
+        }
+        out[size_t(y) * w + x] = std::sqrt(sum);
+      }
+    return out;
+  }
+
   // 95 % of the outermost pixels at most 16 alpha: the image has a transparent background.
   static bool border_is_transparent(const kiln::Image& image) {
     const uint32_t w = image.width, h = image.height;
