@@ -187,7 +187,7 @@ struct Colours {
 // How deep into the subject (in thirds of a pixel) its edge pixels may mix with the backdrop.
 constexpr uint8_t k_edge = 7;
 // How many pixels a shadow is followed where the smoothed image is steep (next to the subject).
-constexpr uint8_t k_shadow_reach = 3;
+constexpr uint8_t k_shadow_reach = 6;
 
 class RemoveBackground : public kiln::Postprocessor {
 public:

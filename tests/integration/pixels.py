@@ -113,17 +113,18 @@ def depth_map(width, height, rows):
 
 def halo(width, height, rows):
     """How much brighter the subject's outermost ring is than its own edge a few pixels in: mean
-    brightness at depth 1 minus mean brightness at depth 3 (see depth_map). Positive and large: a
-    light fringe, as a white backdrop left around the subject shows."""
+    brightness at depth 1 minus mean brightness at depth 3 (see depth_map), each pixel weighted by
+    its alpha, as it shows when composited (a nearly clear pixel shows nearly nothing). Positive
+    and large: a light fringe, as a white backdrop left around the subject shows."""
     depth = depth_map(width, height, rows)
-    sums = {1: [0.0, 0], 3: [0.0, 0]}
+    sums = {1: [0.0, 0.0], 3: [0.0, 0.0]}
     for y in range(height):
         for x in range(width):
             d = depth[y][x]
             if d in sums:
                 p = pixel(rows, x, y)
-                sums[d][0] += (p[0] + p[1] + p[2]) / 3
-                sums[d][1] += 1
+                sums[d][0] += p[3] * (p[0] + p[1] + p[2]) / 3
+                sums[d][1] += p[3]
     if not sums[1][1] or not sums[3][1]:
         return 0.0
     return sums[1][0] / sums[1][1] - sums[3][0] / sums[3][1]
