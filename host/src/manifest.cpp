@@ -629,10 +629,18 @@ private:
     auto list = [&](const std::string& key, std::vector<std::string> fallback) {
       std::vector<std::string> out;
       if (auto n = lookup(layers, key, spec)) {
+        // Each element's place, moved as the array's was (a layer parsed with the whole file).
+        const SourceLoc at = spec.field_locs[key];
+        const int64_t shift = int64_t(at.line) - int64_t(loc_of(*n).line);
         if (auto a = n->as_array())
           for (auto&& e : *a)
-            if (auto s = e.as_string())
+            if (auto s = e.as_string()) {
               out.push_back(s->get());
+              SourceLoc item = loc_of(e);
+              if (item.line)
+                item.line = uint32_t(int64_t(item.line) + shift);
+              spec.item_locs.emplace(key + '\x1f' + s->get(), item);
+            }
         return out;
       }
       spec.field_locs.emplace(key, spec.loc);
@@ -918,8 +926,10 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     m.assets.add(place, spec.name, spec.format);
     auto use = [&](const char* field, const std::vector<std::string>& ids) {
       auto& uses = m.plugin_uses[field];
-      for (auto& id : ids)
-        uses.emplace(id, spec.field_locs[field]);
+      for (auto& id : ids) {
+        auto item = spec.item_locs.find(field + std::string(1, '\x1f') + id);
+        uses.emplace(id, item != spec.item_locs.end() ? item->second : spec.field_locs[field]);
+      }
     };
     use("backend", {spec.backend});
     use("enhancers", spec.enhancers);

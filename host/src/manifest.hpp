@@ -58,6 +58,8 @@ struct AssetSpec {
   // Where each resolved field was set (the asset, its type or [defaults]), for errors found
   // after resolution such as an unknown plugin id.
   std::map<std::string, SourceLoc> field_locs;
+  // Where each id of a list field was written: "validators\x1fnot-blank" -> its place.
+  std::map<std::string, SourceLoc> item_locs;
 
   // name + "." + format: the file below the output directory.
   std::string relative_output() const { return name + "." + format; }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <boost/dll/shared_library.hpp>
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
@@ -85,10 +86,28 @@ void host_set_image(kiln_result* r, const kiln_image* image) {
     host_fail(r, KILN_ERROR_PERMANENT, kiln_cstr("plugin handed the host an empty image"));
     return;
   }
-  Image copy(image->width, image->height);
-  for (uint32_t y = 0; y < image->height; ++y)
-    std::memcpy(copy.at(0, y), image->pixels + y * image->stride, size_t(image->width) * 4);
-  r->image = std::move(copy);
+  // Rows shorter than the width would be read past the plugin's buffer; a side beyond what
+  // Kiln makes is no image for a game (and would take the host's memory).
+  std::string why;
+  if (image->stride < size_t(image->width) * 4)
+    why = "plugin handed the host an image whose rows (" + std::to_string(image->stride) +
+          " bytes apart) are shorter than its width of " + std::to_string(image->width) + " pixels";
+  else if (image->width > k_max_image_side_px || image->height > k_max_image_side_px)
+    why = "plugin handed the host a " + std::to_string(image->width) + "x" +
+          std::to_string(image->height) + " image; the largest side Kiln takes is " +
+          std::to_string(k_max_image_side_px);
+  if (!why.empty()) {
+    host_fail(r, KILN_ERROR_PERMANENT, kiln::str(why));
+    return;
+  }
+  try {
+    Image copy(image->width, image->height);
+    for (uint32_t y = 0; y < image->height; ++y)
+      std::memcpy(copy.at(0, y), image->pixels + y * image->stride, size_t(image->width) * 4);
+    r->image = std::move(copy);
+  } catch (const std::bad_alloc&) {
+    host_fail(r, KILN_ERROR_PERMANENT, kiln_cstr("not enough memory for the plugin's image"));
+  }
 }
 void host_set_image_file(kiln_result* r, kiln_str path) {
   r->image_file = std::string(sv(path));
@@ -233,6 +252,10 @@ const kiln_host_api k_host_api = {
     host_scale_image,
 };
 
+// The largest file a KILN_OPTION_PATH option may name (a palette, a lookup table): it is read
+// whole, to fingerprint it, by every run.
+constexpr uintmax_t k_max_option_file_bytes = 16u << 20;
+
 // Smallest info struct this host can read: up to and including `functions`.
 constexpr size_t k_min_info_size = offsetof(kiln_plugin_info, functions) + sizeof(void*);
 
@@ -362,7 +385,8 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
                        ? info->abi_minor
                        : 0;
   if (info->kind == KILN_KIND_POSTPROCESSOR && minor < 1)
-    fail("is a postprocessor but was built for Kiln plugin ABI 1." + std::to_string(minor) +
+    fail(std::string("('") + (info->id ? info->id : "") +
+         "') is a postprocessor but was built for Kiln plugin ABI 1." + std::to_string(minor) +
          ", before postprocessors existed (1.1)");
   if (!valid_id(info->id))
     fail(std::string("has an invalid id '") + (info->id ? info->id : "") +
@@ -541,7 +565,31 @@ bool parse_default(const kiln_option_spec& spec, SettingValue& out) {
 
 } // namespace
 
-namespace {} // namespace
+namespace { // Whether `text` has `word` in it as a word of its own (not inside another name).
+bool names_word(std::string_view text, std::string_view word) {
+  auto part = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  };
+  for (size_t at = text.find(word); at != std::string_view::npos; at = text.find(word, at + 1))
+    if ((at == 0 || !part(text[at - 1])) &&
+        (at + word.size() == text.size() || !part(text[at + word.size()])))
+      return true;
+  return false;
+}
+
+// A value as the option's declared type reads it: an integer written for a number option is
+// that number, so `margin = 8` and `margin = 8.0` say the same.
+std::string option_text(uint32_t type, const SettingValue& v) {
+  if (type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int) {
+    SettingValue as_float = v;
+    as_float.type = SettingValue::Type::Float;
+    as_float.float_value = double(v.int_value);
+    return setting_text(as_float);
+  }
+  return setting_text(v);
+}
+
+} // namespace
 
 fs::path resolve_option_path(const PluginSettings& settings, const std::string& value) {
   fs::path p(value);
@@ -604,13 +652,29 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
       }
       if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
         v.float_value = double(v.int_value);
+      if (spec.type == KILN_OPTION_FLOAT && !std::isfinite(v.float_value)) {
+        diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
+                                    " must be a finite number, not " +
+                                    (std::isnan(v.float_value) ? "nan" : "inf"));
+        continue;
+      }
       if (spec.type == KILN_OPTION_PATH && !v.string_value.empty()) {
         fs::path file = resolve_option_path(*settings, v.string_value);
         std::error_code ec;
-        if (!fs::is_regular_file(file, ec)) {
-          diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
-                                      ": no file '" + file.string() +
-                                      "' (paths are relative to the manifest's folder)");
+        auto status = fs::status(file, ec);
+        std::string problem;
+        if (!fs::exists(status))
+          problem = "no file '" + file.string() + "' (paths are relative to the manifest's folder)";
+        else if (fs::is_directory(status))
+          problem = "'" + file.string() + "' is a folder, not a file";
+        else if (!fs::is_regular_file(status))
+          problem = "'" + file.string() + "' is not a regular file";
+        else if (fs::file_size(file, ec) > k_max_option_file_bytes)
+          problem = "'" + file.string() + "' is larger than " +
+                    std::to_string(k_max_option_file_bytes >> 20) + " MiB";
+        if (!problem.empty()) {
+          diag.error(v.value_loc,
+                     "option '" + std::string(spec.name) + "' of " + label + ": " + problem);
           continue;
         }
         v.string_value = file.string();
@@ -668,28 +732,42 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
   void* handle = nullptr;
   kiln_status status = info->create(&k_host_api, &options, &handle, &result);
   if (status != KILN_OK || result.failed() || !handle) {
-    diag.error(settings ? settings->loc : SourceLoc{},
-               label + " could not start: " +
-                   (result.message.empty() ? std::string("create() failed without a message")
-                                           : m_log.redact(result.message)));
+    // At the option the plugin names ("margin must be..."), else at its table.
+    SourceLoc where = settings ? settings->loc : SourceLoc{};
+    if (settings)
+      for (auto& [key, value] : settings->values)
+        if (names_word(result.message, key)) {
+          where = value.value_loc;
+          break;
+        }
+    diag.error(where, label + " could not start: " +
+                          (result.message.empty() ? std::string("create() failed without a message")
+                                                  : m_log.redact(result.message)));
     if (handle)
       info->destroy(handle);
     return nullptr;
   }
-  // The signature: the options the manifest sets, in key order; a file by its content, so an
-  // edited palette changes the fingerprint of what it shapes.
+  // The signature: the options the manifest sets to something else than their default, in key
+  // order (writing a default out changes nothing); a file by its content, so an edited palette
+  // changes the fingerprint of what it shapes.
   std::string signature = plugin.id_version() + "{";
   std::vector<fs::path> files;
   if (settings)
     for (auto& [key, value] : settings->values) {
-      signature += key + "=" + setting_text(value);
+      const kiln_option_spec* spec = nullptr;
       for (size_t i = 0; i < info->option_count; ++i)
-        if (info->options[i].type == KILN_OPTION_PATH && key == info->options[i].name &&
-            !value.string_value.empty()) {
-          files.push_back(resolve_option_path(*settings, value.string_value));
-          auto bytes = read_file(files.back());
-          signature += "#sha256:" + (bytes ? sha256_hex(*bytes) : std::string("unreadable"));
-        }
+        if (key == info->options[i].name)
+          spec = &info->options[i];
+      SettingValue fallback;
+      if (spec && spec->default_value && parse_default(*spec, fallback) &&
+          option_text(spec->type, value) == option_text(spec->type, fallback))
+        continue;
+      signature += key + "=" + setting_text(value);
+      if (spec && spec->type == KILN_OPTION_PATH && !value.string_value.empty()) {
+        files.push_back(resolve_option_path(*settings, value.string_value));
+        auto bytes = read_file(files.back());
+        signature += "#sha256:" + (bytes ? sha256_hex(*bytes) : std::string("unreadable"));
+      }
       signature += "\n";
     }
   signature += "}";

@@ -75,7 +75,11 @@ Rgb parse_hex6(const std::string& s) {
 
 // A GIMP palette ("GIMP Palette", then "R G B name" lines) or a list of hex colours, one a line
 // ("#rrggbb" or "rrggbb"); '#' followed by anything but hex digits, and ';', start a comment
-// ("#fff" and "#rrggbbaa" are refused rather than skipped). Throws naming the file and line.
+// ("#fff" and "#rrggbbaa" are refused rather than skipped). Throws naming the file and line,
+// not the line's text: the path may name any file (a mistake, or a manifest from a stranger's
+// pull request pointing at a secret), whose content must not reach a build log.
+constexpr size_t k_max_palette = 4096;
+
 std::vector<Rgb> load_palette(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
@@ -85,9 +89,12 @@ std::vector<Rgb> load_palette(const std::string& path) {
   bool gimp = false;
   for (int number = 1; std::getline(in, line); ++number) {
     auto fail = [&](const std::string& why) {
-      return kiln::Error(path + ":" + std::to_string(number) + ": " + why + " in palette: '" +
-                         trim(line) + "'");
+      return kiln::Error(path + ":" + std::to_string(number) + ": " + why +
+                         " (not a palette line)");
     };
+    if (colours.size() > k_max_palette)
+      throw kiln::Error(path + ": more than " + std::to_string(k_max_palette) +
+                        " colours is no palette");
     std::string t = trim(line);
     if (number == 1 && t.rfind("\xEF\xBB\xBF", 0) == 0) // a UTF-8 byte order mark
       t = trim(t.substr(3));

@@ -165,12 +165,76 @@ TEST(PluginOptions, UnknownPluginsAreNamedWithHints) {
                      "'placeholder'?)"),
             std::string::npos)
       << msg;
-  EXPECT_NE(msg.find("assets.toml:5:14: unknown validator 'not-blnk' (did you mean "
+  EXPECT_NE(msg.find("assets.toml:5:15: unknown validator 'not-blnk' (did you mean "
                      "'not-blank'?)"),
             std::string::npos)
       << msg;
   EXPECT_NE(msg.find("unknown validator 'style' ('style' is an enhancer)"), std::string::npos)
       << msg;
+}
+
+TEST(PluginOptions, NumbersMustBeFinite) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\npostprocess = [\"trim\"]\n"
+                        "[postprocessors.trim]\nmargin = nan\n") +
+            k_asset);
+  EXPECT_EQ(f.error(), "assets.toml:6:10: option 'margin' of postprocessor 'trim' must be a "
+                       "finite number, not nan\n"
+                       "    margin = nan\n"
+                       "             ^");
+  Fixture inf(std::string("[types.t]\nwidth = 8\nheight = 8\nvalidators = [\"alpha\"]\n"
+                          "[validators.alpha]\nmin_clear_border = -inf\n") +
+              k_asset);
+  EXPECT_NE(inf.error().find("must be a finite number, not inf"), std::string::npos);
+}
+
+TEST(PluginOptions, APluginsRefusalPointsAtTheOptionItNames) {
+  Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\npostprocess = [\"pixelate\"]\n"
+                        "[postprocessors.pixelate]\npixel_size = 2\ncolors = 1000\n") +
+            k_asset);
+  EXPECT_EQ(f.error(), "assets.toml:7:10: postprocessor 'pixelate' could not start: colors must "
+                       "be 2 to 256\n"
+                       "    colors = 1000\n"
+                       "             ^");
+}
+
+TEST(PluginOptions, AFileOptionMustNameAFileOfModestSize) {
+  TempDir dir;
+  fs::create_directories(dir / "art");
+  auto manifest_with = [&](const std::string& palette) {
+    return std::string("[types.t]\nwidth = 8\nheight = 8\npostprocess = [\"pixelate\"]\n"
+                       "[postprocessors.pixelate]\npalette = \"") +
+           palette + "\"\n" + k_asset;
+  };
+  auto error = [&](const std::string& palette) {
+    Log log{KILN_LOG_ERROR};
+    PluginRegistry registry{log};
+    registry.load_directory(KILN_PLUGIN_BUILD_DIR);
+    Manifest m = parse_manifest(manifest_with(palette), dir / "assets.toml", "assets.toml");
+    return fatal_message([&] { instantiate_manifest_plugins(registry, m); });
+  };
+  EXPECT_NE(error("art").find("option 'palette' of postprocessor 'pixelate': '" +
+                              (dir / "art").string() + "' is a folder, not a file"),
+            std::string::npos);
+  EXPECT_NE(error("/dev/zero").find("'/dev/zero' is not a regular file"), std::string::npos);
+  {
+    std::ofstream big(dir / "art" / "big.hex");
+    big.seekp((16 << 20) + 1);
+    big << "\n";
+  }
+  EXPECT_NE(error("art/big.hex").find("is larger than 16 MiB"), std::string::npos);
+}
+
+TEST(PluginOptions, WritingADefaultOutDoesNotChangeTheSignature) {
+  auto signature = [](const std::string& table) {
+    Fixture f(std::string("[types.t]\nwidth = 8\nheight = 8\npostprocess = [\"trim\"]\n") + table +
+              k_asset);
+    PluginSet set = instantiate_manifest_plugins(f.registry, f.manifest);
+    return set.postprocessors.at("trim")->signature();
+  };
+  std::string plain = signature("");
+  EXPECT_EQ(signature("[postprocessors.trim]\nmargin = 8\n"), plain);
+  EXPECT_EQ(signature("[postprocessors.trim]\nmargin = 8.0\nalpha_threshold = 16\n"), plain);
+  EXPECT_NE(signature("[postprocessors.trim]\nmargin = 9\n"), plain);
 }
 
 TEST(PluginOptions, RequiredOptionMustBeGiven) {

@@ -898,17 +898,21 @@ TEST(PostprocessPixelate, BadPaletteNamesTheFileAndLine) {
     std::ofstream(dir / "bad.hex") << "#ff0000\n\nnot a colour\n";
     std::ofstream(dir / "empty.hex") << "# nothing here\n";
     std::ofstream(dir / "short.hex") << "# web colours\n#ff0000\n#fff\n";
+    // Not a palette at all, and what it holds must not reach a build log.
+    std::ofstream(dir / "environ") << "REPLICATE_API_TOKEN=kiln-test-secret-4f2a\n";
   }
   for (auto [file, expected] : {std::pair{"bad.gpl", "bad.gpl:4: a channel is outside 0-255"},
                                 {"bad.hex", "bad.hex:3: expected a colour"},
                                 {"empty.hex", "empty.hex: the palette has no colours"},
-                                {"short.hex", "short.hex:3: expected six hex digits"}}) {
+                                {"short.hex", "short.hex:3: expected six hex digits"},
+                                {"environ", "environ:1: expected a colour"}}) {
     PluginSettings settings;
     settings.dir = dir.path();
     settings.values["palette"] = string_setting(file);
     p.diag = Diagnostics("assets.toml", std::make_shared<const std::string>());
     EXPECT_FALSE(p.make("pixelate", &settings)) << file;
     EXPECT_NE(p.diag.text().find((dir / expected).string()), std::string::npos) << p.diag.text();
+    EXPECT_EQ(p.diag.text().find("kiln-test-secret"), std::string::npos) << p.diag.text();
   }
 }
 
