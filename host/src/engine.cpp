@@ -216,11 +216,11 @@ bool backend_can(const Workspace& ws, const std::string& id, uint32_t capability
 constexpr const char* k_source_format = "source";
 
 // The cache key of the model's own image for `req`, before any postprocessing, when a paid
-// backend makes it and the asset has postprocessors (otherwise the output's cache entry is
-// all there is to keep).
-std::optional<std::string> source_key(const Workspace& ws, const AssetSpec& spec,
-                                      const GenerationRequest& req) {
-  if (spec.postprocess.empty() || backend_can(ws, req.backend, KILN_BACKEND_OFFLINE))
+// backend makes it: that very request is never bought again, whether only the postprocessing
+// changed, or its image failed a check and the asset is built again (it fails the same way, for
+// free, and the chain moves on to what was not tried).
+std::optional<std::string> source_key(const Workspace& ws, const GenerationRequest& req) {
+  if (backend_can(ws, req.backend, KILN_BACKEND_OFFLINE))
     return std::nullopt;
   return source_fingerprint_of(req);
 }
@@ -301,6 +301,7 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
   // Each asset is prepared, decided and reduced to its PlanEntry before the next: planning
   // holds one asset's request at a time.
   Plan plan;
+  plan.force = options.force;
   plan.entries.reserve(options.only.empty() ? m.size() : 0);
   std::map<std::string, std::string> checks_memo; // validator ids -> checks_of()
   std::map<std::pair<std::string, std::string>, uint16_t> group_ids;
@@ -343,10 +344,13 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.action = Action::Cached;
       p.reason += "; in cache";
     }
-    auto source = source_key(ws, spec, p.request);
+    auto source = options.force ? std::nullopt : source_key(ws, p.request);
     if (p.action == Action::Generate && !p.prepare_error && source &&
         ws.cache.contains(*source, k_source_format)) {
-      p.reason += "; the model's image is in the cache, only the postprocessing is done again";
+      p.reason += spec.postprocess.empty()
+                      ? "; the model's image is in the cache, made from it again"
+                      : "; the model's image is in the cache, only the postprocessing is done "
+                        "again";
     } else if (p.action == Action::Generate && !p.prepare_error) {
       p.predicted_cost_usd = predict_cost(ws, spec, p.request, p.fingerprint);
       if (auto left = ws.state.pending(p.fingerprint, p.request.backend))
@@ -413,6 +417,7 @@ PlannedAsset Plan::asset(Workspace& ws, size_t i) const {
   p.predicted_cost_usd = e.predicted_cost_usd;
   p.recheck = e.recheck;
   p.fallback_on_disk = e.fallback_on_disk;
+  p.force = force;
   if (e.same_as != PlanEntry::k_none)
     p.same_as = e.same_as;
   if (!p.prepare_error && (e.prepare_failed || digest_of_hex(p.fingerprint) != e.fingerprint))
@@ -484,22 +489,29 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
   // A scratch copy so validators can open the file by path; the bytes they judge are in memory.
   std::ofstream(work_file, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
   AssetView asset = asset_view(spec); // validators judge against the asset as declared
+  std::optional<Fault> rejected;
   for (auto& id : spec.validators) {
     const PluginInstance& v = *ws.plugins.validators.at(id);
     kiln_result vr = ws.registry.make_result(id);
     kiln_status vs = v.plugin().validator()->validate(v.handle(), asset.get(), &file, &vr);
     if (vs != KILN_OK || vr.failed()) {
+      // The first rejection is the one reported; the validators after it still say what else
+      // the image lacks, so a fix names every missing property at once.
+      if (rejected) {
+        rejected->missing |= vr.missing_property;
+        continue;
+      }
       source = id;
       // A validator may say no image can pass (a setting contradicts the asset): permanent,
       // so the chain does not pay for new images that would be rejected the same way.
-      return Fault{vr.category == KILN_ERROR_PERMANENT ? KILN_ERROR_PERMANENT
-                                                       : KILN_ERROR_VALIDATION,
-                   "validator '" + id + "' rejected the image: " +
-                       (vr.message.empty() ? std::string("no reason given") : vr.message),
-                   -1, vr.missing_property};
+      rejected =
+          Fault{vr.category == KILN_ERROR_PERMANENT ? KILN_ERROR_PERMANENT : KILN_ERROR_VALIDATION,
+                "validator '" + id + "' rejected the image: " +
+                    (vr.message.empty() ? std::string("no reason given") : vr.message),
+                -1, vr.missing_property};
     }
   }
-  return std::nullopt;
+  return rejected;
 }
 
 // A private scratch folder, removed with this object.
@@ -531,6 +543,9 @@ std::optional<Fault> postprocess(Workspace& ws, const AssetSpec& spec, const Gen
     return std::nullopt;
   AssetView view = asset_view(spec, &req.model);
   for (auto& id : spec.postprocess) {
+    // Ctrl-C is seen between postprocessors: the model's image is in the cache already.
+    if (interrupted())
+      return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
     const PluginInstance& inst = *ws.plugins.postprocessors.at(id);
     source = id;
     kiln_image raw = image.raw();
@@ -544,8 +559,21 @@ std::optional<Fault> postprocess(Workspace& ws, const AssetSpec& spec, const Gen
                   (r.message.empty() ? std::string("no reason given") : ws.log.redact(r.message));
       return f;
     }
-    if (r.image)
+    if (r.image) {
+      // A postprocessor has no business growing the image past the asset and what it was
+      // given (a runaway one would take the machine's memory at every retry).
+      uint64_t bound =
+          4 * std::max(uint64_t(image.width) * image.height, uint64_t(spec.width) * spec.height);
+      if (uint64_t(r.image->width) * r.image->height > bound)
+        return Fault{KILN_ERROR_PERMANENT,
+                     "postprocessor '" + id + "' returned a " + std::to_string(r.image->width) +
+                         "x" + std::to_string(r.image->height) + " image from a " +
+                         std::to_string(image.width) + "x" + std::to_string(image.height) +
+                         " one for a " + std::to_string(spec.width) + "x" +
+                         std::to_string(spec.height) + " asset: more than four times the larger",
+                     -1};
       image = std::move(*r.image);
+    }
   }
   return std::nullopt;
 }
@@ -567,6 +595,8 @@ Result<Generated> finish_image(Workspace& ws, const AssetSpec& spec, const Gener
   if (auto failed = postprocess(ws, spec, req, image, record.source))
     return *failed;
   record.source = "kiln";
+  if (interrupted())
+    return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
   Generated g;
   g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
   if (auto rejected = run_validators(ws, spec, g.bytes, work, record.source))
@@ -578,10 +608,11 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
                                 const std::string& fingerprint, uint32_t attempt,
                                 const Resume& resume, AttemptRecord& record, SlotLease& slot) {
   const AssetSpec& spec = p.spec;
-  // Only the postprocessing changed since the model made this very request's image: it is done
-  // again on the image in the cache, for free.
-  auto source = source_key(ws, spec, req);
-  if (source)
+  // The model made this very request's image before (only the postprocessing changed, or it
+  // failed a check in an earlier run): it is made again from the image in the cache, for free.
+  // --force asks the model again.
+  auto source = source_key(ws, req);
+  if (source && !p.force)
     if (auto bytes = ws.cache.get(*source, k_source_format)) {
       slot.release();
       record.from_cache = true;
@@ -862,12 +893,24 @@ std::string fix_hint(const Workspace& ws, const AssetSpec& spec, uint32_t missin
   }
   if (ids.empty())
     return {};
-  std::string quoted;
-  for (auto& id : ids)
-    quoted += (quoted.empty() ? "\"" : ", \"") + id + "\"";
-  if (!spec.postprocess.empty())
-    return "add " + quoted + " to the asset's postprocess (" + join(spec.postprocess, ", ") + ")";
-  return "add postprocess = [" + quoted + "] to [types." + spec.type + "]";
+  // The makers first: a background goes before trim and pixelate look for the subject.
+  std::vector<std::string> chain = ids;
+  for (auto& id : spec.postprocess)
+    if (std::find(chain.begin(), chain.end(), id) == chain.end())
+      chain.push_back(id);
+  auto quoted = [](const std::vector<std::string>& list) {
+    std::string out;
+    for (auto& id : list)
+      out += (out.empty() ? "\"" : ", \"") + id + "\"";
+    return out;
+  };
+  if (spec.postprocess.empty())
+    return "add postprocess = [" + quoted(chain) + "] to [types." + spec.type + "]";
+  std::string where;
+  if (auto it = spec.field_locs.find("postprocess"); it != spec.field_locs.end() && it->second.line)
+    where =
+        " (" + ws.manifest.diagnostics.display_path() + ":" + std::to_string(it->second.line) + ")";
+  return "make it postprocess = [" + quoted(chain) + "]" + where;
 }
 
 // Asks the asset's strategies, in chain order, for the next request after `fault`. A proposal
@@ -1029,8 +1072,8 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
         // The money first: an attempt the budget cannot cover sends nothing.
         std::string fingerprint = fingerprint_of(fingerprint_fields(req));
         // Nothing to pay when the model's image for this request is in the cache already.
-        auto source = source_key(ws, p.spec, req);
-        bool free = source && ws.cache.contains(*source, k_source_format);
+        auto source = source_key(ws, req);
+        bool free = source && !p.force && ws.cache.contains(*source, k_source_format);
         double reserved = free ? 0.0 : predict_cost(ws, p.spec, req, fingerprint);
         if (!guards.money.reserve(reserved, interrupted)) {
           char why[200];
@@ -1091,6 +1134,11 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     } // the slot is given back before any wait for a retry
     rec.error = fault;
     counters.failed(fault);
+    // What the model cannot paint and the asset does not make: said even when the chain goes
+    // on to a stand-in, which is no fix.
+    if (out.hint.empty())
+      if (auto lacking = unfixable(ws, p.spec, req, fault))
+        out.hint = fix_hint(ws, p.spec, lacking->missing);
     auto stop = [&](std::string why) {
       rec.decision = "stop";
       rec.decision_reason = std::move(why);
@@ -1115,7 +1163,6 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
       // No model of the chain paints what the image lacks, and no postprocessor makes it: the
       // asset fails now, saying what would fix it, instead of after buying every retry.
       if (auto lacking = unfixable(ws, p.spec, req, fault)) {
-        out.hint = fix_hint(ws, p.spec, lacking->missing);
         fault.category = KILN_ERROR_PERMANENT;
         fault.message += "; no new image can pass: " + lacking->why;
         if (!out.hint.empty())
@@ -1360,7 +1407,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       if (o.fallback) {
         const AttemptRecord& last_failed = o.attempts[o.attempts.size() - 2];
         ws.log.warning(o.name + ": wrote a fallback stand-in; the last real attempt failed: " +
-                       last_failed.error->message);
+                       last_failed.error->message + (o.hint.empty() ? "" : " (" + o.hint + ")"));
         progress.finished(Outcome::Generated, "fallback " + o.name + " (" + how + ")", o.cost_usd,
                           true);
       } else {

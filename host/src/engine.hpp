@@ -39,6 +39,8 @@ struct PlannedAsset {
   bool recheck = false;
   // The file on disk is a fallback stand-in from an earlier run: it is made again.
   bool fallback_on_disk = false;
+  // --force: the model is asked again even for a request whose image is in the cache.
+  bool force = false;
   // Another asset of this run makes the same image (same fingerprint): this one takes its bytes
   // instead of paying again. Index into the plan.
   std::optional<size_t> same_as;
@@ -66,6 +68,7 @@ public:
   std::vector<std::pair<std::string, std::string>> groups; // backend id, model
   std::vector<std::string> reasons;                        // "new", "prompt changed"...
   double predicted_cost_usd = 0;
+  bool force = false; // --force
 
   uint32_t reason_id(std::string reason); // an index into reasons, added if new
 

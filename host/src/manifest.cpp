@@ -484,6 +484,14 @@ private:
     for (auto& key : k_list_keys)
       if (auto n = t.get(key))
         get_string_list(*n, key);
+    // A postprocessor twice is a slip (each pass is paid in time, and a second trim or pixelate
+    // changes nothing but the fingerprint).
+    if (auto n = t.get("postprocess"); n && n->as_array()) {
+      std::set<std::string> seen;
+      for (auto&& e : *n->as_array())
+        if (auto id = e.as_string(); id && !seen.insert(id->get()).second)
+          m_d.error(loc_of(e), "postprocessor " + in_quotes(id->get()) + " is listed twice");
+    }
     if (auto n = t.get("params"))
       expect_table(*n, "params");
   }

@@ -345,7 +345,7 @@ class CliTest(unittest.TestCase):
                           "assets.toml:34:8: duplicate asset name 'icons/sword' "
                           "(first declared at assets.toml:29)"),
             "unknown plugin": (good.replace('enhancers = ["style"]', 'enhancers = ["styel"]'),
-                               "assets.toml:14:13: unknown enhancer 'styel' "
+                               "assets.toml:14:14: unknown enhancer 'styel' "
                                "(did you mean 'style'?)"),
         }
         for what, (text, message) in cases.items():

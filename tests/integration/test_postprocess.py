@@ -141,6 +141,100 @@ class PaidPathTest(FakeReplicateCase):
         self.assertIn(hint, r.stderr)
         self.assertAlmostEqual(report["summary"]["cost_usd"], 0.009)
 
+        # Built again as it is: the same three requests are not bought again (their images are
+        # in the cache); they fail the same way, for free, with the same fix.
+        r, again = self.build("--backend", "replicate", "--only", "icons/*")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(len(self.server.stats()["create_requests"]), 3)
+        self.assertEqual(again["summary"]["cost_usd"], 0)
+        self.assertTrue(all(a["hint"] == hint and a["attempts"][0]["from_cache"]
+                            for a in again["assets"]), again["assets"])
+        # --force asks the model again.
+        r, forced = self.build("--backend", "replicate", "--only", "icons/sword", "--force")
+        self.assertEqual(len(self.server.stats()["create_requests"]), 4)
+
+    def test_the_fix_names_every_missing_property_and_survives_a_fallback(self):
+        text = f"""[project]
+output_dir = "out"
+allow_fallback = true
+
+[defaults]
+backend = "replicate"
+model = "{FLUX}"
+
+[backends.replicate]
+base_url = "{self.server.url}/v1"
+
+[types.sprite]
+width = 64
+height = 64
+postprocess = ["trim"]
+validators = ["tileable", "alpha"]
+retry = ["adjust-parameters", "fallback"]
+
+[[asset]]
+name = "tiles/floor"
+type = "sprite"
+prompt = "stone floor tile, seamless tileable texture"
+"""
+        self.write(text)
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        floor = report["assets"][0]
+        # A new seed is not bought; the placeholder's stand-in (free, and it paints both) is
+        # taken, as the chain says, and the fix is still named: both properties, the makers
+        # before trim, and where.
+        self.assertEqual([t["strategy"] for t in floor["attempts"]], ["initial", "fallback"])
+        self.assertEqual(len(self.server.stats()["create_requests"]), 1)
+        self.assertTrue(floor["fallback"])
+        self.assertEqual(floor["hint"], 'make it postprocess = ["remove-background", "make-tileable", '
+                                        '"trim"] (assets.toml:15)')
+        self.assertIn(floor["hint"], r.stderr)
+
+
+class HostileImagesTest(unittest.TestCase):
+    """A postprocessor that hands the host images it must not trust (tests/plugins/bad_image.c):
+    each asset fails alone, naming the postprocessor and what was wrong; nothing crashes."""
+
+    def test_untrustworthy_images_from_a_postprocessor_fail_their_asset_only(self):
+        tmp = tempfile.mkdtemp(prefix="kiln-bad-image-")
+        try:
+            with open(os.path.join(tmp, "assets.toml"), "w") as f:
+                f.write(f"""[project]
+output_dir = "out"
+
+[plugins]
+paths = ["{os.environ["KILN_BAD_IMAGE_DIR"]}"]
+
+[types.t]
+width = 32
+height = 32
+postprocess = ["bad-image"]
+validators = ["resolution"]
+retry = []
+""" + "".join(f'\n[[asset]]\nname = "{n}"\ntype = "t"\nprompt = "{n}"\n'
+              for n in ("short-rows", "huge", "grown", "fine")))
+            env = dict(os.environ, KILN_CACHE_DIR=os.path.join(tmp, "cache"))
+            env.pop("KILN_PLUGIN_PATH", None)
+            report = os.path.join(tmp, "report.json")
+            r = subprocess.run([KILN, "build", "--report", report], cwd=tmp, env=env,
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            with open(report) as f:
+                assets = by_name(json.load(f))
+            self.assertEqual(assets["fine"]["status"], "generated")
+            for name, why in (("short-rows", "are shorter than its width of"),
+                              ("huge", "the largest side Kiln takes is 16384"),
+                              ("grown", "more than four times the larger")):
+                a = assets[name]
+                self.assertEqual((a["status"], a["error_category"]), ("failed", "permanent"), name)
+                self.assertIn("postprocessor 'bad-image'", a["error"])
+                self.assertIn(why, a["error"])
+                self.assertEqual(a["attempts"][0]["source"], "bad-image")
+                self.assertIn(name + ": ", r.stderr)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
 
 class PostprocessCliTest(unittest.TestCase):
     def setUp(self):
