@@ -534,8 +534,8 @@ int cmd_plugins(int argc, char** argv) {
     if (verbose) {
       if (!p->description.empty())
         std::printf("    %s\n", p->description.c_str());
-      for (size_t i = 0; i < p->info->option_count; ++i) {
-        const kiln_option_spec& o = p->info->options[i];
+      for (size_t i = 0; i < p->options.size(); ++i) {
+        const kiln_option_spec& o = p->options[i];
         static const char* k_types[] = {"?",       "string", "integer", "number",
                                         "boolean", "list",   "file"};
         const char* type = o.type <= KILN_OPTION_PATH ? k_types[o.type] : "?";
@@ -543,7 +543,8 @@ int cmd_plugins(int argc, char** argv) {
                                : *o.default_value ? "default " + std::string(o.default_value)
                                : o.type == KILN_OPTION_PATH ? "default none"
                                                             : "default \"\"";
-        std::printf("    option %s (%s, %s): %s\n", o.name, type, fallback.c_str(),
+        std::printf("    option %s (%s, %s%s): %s\n", o.name, type, fallback.c_str(),
+                    p->shapes[i] || p->kind == KILN_KIND_VALIDATOR ? "" : ", not in fingerprints",
                     o.description ? o.description : "");
       }
     }

@@ -256,6 +256,7 @@ PlannedAsset prepare(Workspace& ws, size_t asset,
   req.negative_prompt = spec.negative;
   req.backend = backend.plugin().id;
   req.backend_version = backend.plugin().version;
+  req.backend_options = backend.shaping_options();
   req.model = spec.model;
   req.width = spec.width;
   req.height = spec.height;
@@ -263,7 +264,7 @@ PlannedAsset prepare(Workspace& ws, size_t asset,
   req.seed = spec.seed;
   req.params_json = spec.params_json;
   for (auto& id : spec.postprocess)
-    req.postprocess.push_back(ws.plugins.postprocessors.at(id)->signature());
+    req.postprocess.push_back(ws.plugins.postprocessors.at(id)->shaping_signature());
   p.prepare_error = enhance(ws, spec, req);
   p.fields = fingerprint_fields(req);
   p.fingerprint = fingerprint_of(p.fields);
@@ -953,6 +954,7 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
         continue;
       }
       next.backend_version = backend->plugin().version;
+      next.backend_options = backend->shaping_options();
     }
     if (r.model)
       next.model = *r.model;

@@ -16,7 +16,7 @@ constexpr const char* k_encoding_version = "kiln-fingerprint-1";
 
 FingerprintFields fingerprint_fields(const GenerationRequest& r) {
   FingerprintFields fields{
-      {"backend", r.backend + "@" + r.backend_version},
+      {"backend", r.backend + "@" + r.backend_version + r.backend_options},
       {"model", r.model},
       {"prompt", r.prompt},
       {"negative_prompt", r.negative_prompt},

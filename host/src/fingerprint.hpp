@@ -18,6 +18,9 @@ struct GenerationRequest {
   std::string negative_prompt;
   std::string backend;         // plugin id
   std::string backend_version; // plugin version
+  // The backend's options that can change an image, as the manifest sets them ("{caption=
+  // b:false\n}"), "" when none is: a placeholder without captions is another image.
+  std::string backend_options;
   std::string model;
   uint32_t width = 0;
   uint32_t height = 0;

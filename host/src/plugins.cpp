@@ -440,13 +440,20 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
     break;
   }
   }
+  std::vector<kiln_option_spec> options;
+  std::vector<bool> shapes;
   for (size_t i = 0; i < info->option_count; ++i) {
-    const kiln_option_spec& o = info->options[i];
+    kiln_option_spec o = info->options[i];
     if (!o.name || !*o.name)
       fail("declares option " + std::to_string(i + 1) + " without a name");
-    if (o.type < KILN_OPTION_STRING || o.type > KILN_OPTION_PATH)
+    uint32_t flags = o.type & ~KILN_OPTION_TYPE_MASK;
+    o.type &= KILN_OPTION_TYPE_MASK;
+    if (o.type < KILN_OPTION_STRING || o.type > KILN_OPTION_PATH ||
+        (flags & ~KILN_OPTION_NOT_SHAPING))
       fail("declares option '" + std::string(o.name) + "' with unknown type " +
-           std::to_string(o.type));
+           std::to_string(info->options[i].type));
+    options.push_back(o);
+    shapes.push_back(!(flags & KILN_OPTION_NOT_SHAPING));
   }
 
   if (auto it = m_by_id.find(info->id); it != m_by_id.end())
@@ -461,6 +468,8 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   plugin->description = info->description ? info->description : "";
   plugin->kind = kiln_plugin_kind(info->kind);
   plugin->abi_minor = minor;
+  plugin->options = std::move(options);
+  plugin->shapes = std::move(shapes);
   m_libraries.push_back(std::move(lib));
   m_by_id.emplace(plugin->id, plugin.get());
   m_plugins.push_back(std::move(plugin));
@@ -602,12 +611,11 @@ namespace {
 // fills `r` with every option's value (given, else the default). False when anything is wrong.
 bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagnostics& diag,
                      ResolvedOptions& r) {
-  const kiln_plugin_info* info = plugin.info;
   std::string label = std::string(kind_name(plugin.kind)) + " '" + plugin.id + "'";
   size_t errors_before = diag.error_count();
   std::vector<std::string> names;
-  for (size_t i = 0; i < info->option_count; ++i)
-    names.emplace_back(info->options[i].name);
+  for (auto& o : plugin.options)
+    names.emplace_back(o.name);
 
   if (settings) {
     for (auto& [key, value] : settings->values)
@@ -623,12 +631,13 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
       }
   }
 
-  r.values.reserve(info->option_count);
-  r.strings.reserve(info->option_count * 2);
-  r.list_storage.reserve(info->option_count);
-  r.lists.reserve(info->option_count);
-  for (size_t i = 0; i < info->option_count; ++i) {
-    const kiln_option_spec& spec = info->options[i];
+  const size_t count = plugin.options.size();
+  r.values.reserve(count);
+  r.strings.reserve(count * 2);
+  r.list_storage.reserve(count);
+  r.lists.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const kiln_option_spec& spec = plugin.options[i];
     SettingValue v;
     const SettingValue* given = nullptr;
     if (settings)
@@ -747,31 +756,36 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
       info->destroy(handle);
     return nullptr;
   }
-  // The signature: the options the manifest sets to something else than their default, in key
-  // order (writing a default out changes nothing); a file by its content, so an edited palette
-  // changes the fingerprint of what it shapes.
-  std::string signature = plugin.id_version() + "{";
+  // The signatures: the options the manifest sets to something else than their default, in
+  // key order (writing a default out changes nothing); a file by its content, so an edited
+  // palette changes the fingerprint of what it shapes. The shaping one leaves out what cannot
+  // change an image (a timeout, a URL).
+  std::string signature = plugin.id_version() + "{", shaping = signature;
   std::vector<fs::path> files;
   if (settings)
     for (auto& [key, value] : settings->values) {
-      const kiln_option_spec* spec = nullptr;
-      for (size_t i = 0; i < info->option_count; ++i)
-        if (key == info->options[i].name)
-          spec = &info->options[i];
+      size_t i = 0;
+      while (i < plugin.options.size() && key != plugin.options[i].name)
+        ++i;
+      const kiln_option_spec* spec = i < plugin.options.size() ? &plugin.options[i] : nullptr;
       SettingValue fallback;
       if (spec && spec->default_value && parse_default(*spec, fallback) &&
           option_text(spec->type, value) == option_text(spec->type, fallback))
         continue;
-      signature += key + "=" + setting_text(value);
+      std::string text = key + "=" + setting_text(value);
       if (spec && spec->type == KILN_OPTION_PATH && !value.string_value.empty()) {
         files.push_back(resolve_option_path(*settings, value.string_value));
         auto bytes = read_file(files.back());
-        signature += "#sha256:" + (bytes ? sha256_hex(*bytes) : std::string("unreadable"));
+        text += "#sha256:" + (bytes ? sha256_hex(*bytes) : std::string("unreadable"));
       }
-      signature += "\n";
+      signature += text + "\n";
+      if (!spec || plugin.shapes[i])
+        shaping += text + "\n";
     }
   signature += "}";
-  return std::make_unique<PluginInstance>(&plugin, handle, std::move(signature), std::move(files));
+  shaping += "}";
+  return std::make_unique<PluginInstance>(&plugin, handle, std::move(signature), std::move(shaping),
+                                          std::move(files));
 }
 
 std::vector<const PluginInstance*> PluginSet::all() const {

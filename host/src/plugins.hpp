@@ -62,6 +62,10 @@ struct Plugin {
   std::string description;
   kiln_plugin_kind kind = KILN_KIND_BACKEND;
   uint32_t abi_minor = 0; // KILN_PLUGIN_ABI_MINOR it was built against (0: before 1.1)
+  // The option schema, each `type` without its flags; `shapes[i]`: option i can change an
+  // image (it lacks KILN_OPTION_NOT_SHAPING) and so is part of fingerprints.
+  std::vector<kiln_option_spec> options;
+  std::vector<bool> shapes;
 
   const kiln_backend_functions* backend() const {
     return static_cast<const kiln_backend_functions*>(info->functions);
@@ -98,18 +102,28 @@ struct Plugin {
 class PluginInstance {
 public:
   PluginInstance(const Plugin* plugin, void* instance, std::string signature = {},
-                 std::vector<fs::path> files = {})
+                 std::string shaping_signature = {}, std::vector<fs::path> files = {})
       : m_plugin(plugin), m_instance(instance), m_signature(std::move(signature)),
-        m_files(std::move(files)) {}
+        m_shaping_signature(std::move(shaping_signature)), m_files(std::move(files)) {}
   ~PluginInstance();
   PluginInstance(const PluginInstance&) = delete;
   PluginInstance& operator=(const PluginInstance&) = delete;
 
   const Plugin& plugin() const { return *m_plugin; }
   void* handle() const { return m_instance; }
-  // What of this instance can shape an image: "id@version{key=value\n...}" over the options the
-  // manifest sets (defaults come with the version), a file option with its content's SHA-256.
+  // What of this instance can change a verdict: "id@version{key=value\n...}" over the options
+  // the manifest sets to other than their defaults (defaults come with the version), a file
+  // option with its content's SHA-256.
   const std::string& signature() const { return m_signature; }
+  // The same over the options that can change an image (not KILN_OPTION_NOT_SHAPING): what a
+  // backend or postprocessor puts into fingerprints.
+  const std::string& shaping_signature() const { return m_shaping_signature; }
+  // Only its options' part, "" when none is set: "{caption=b:false\n}".
+  std::string shaping_options() const {
+    size_t brace = m_shaping_signature.find('{');
+    std::string options = m_shaping_signature.substr(brace);
+    return options == "{}" ? std::string() : options;
+  }
   // The files its options name (KILN_OPTION_PATH), absolute: inputs of the build like the
   // manifest (the depfile and the no-op record list them).
   const std::vector<fs::path>& files() const { return m_files; }
@@ -118,6 +132,7 @@ private:
   const Plugin* m_plugin;
   void* m_instance;
   std::string m_signature;
+  std::string m_shaping_signature;
   std::vector<fs::path> m_files;
 };
 

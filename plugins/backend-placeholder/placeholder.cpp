@@ -278,7 +278,7 @@ public:
 
   // Every image tiles; the transparent types get a transparent background.
   uint32_t paints(const kiln::Request& request) override {
-    return KILN_PROPERTY_TILEABLE | (transparent(request) ? KILN_PROPERTY_ALPHA : 0u);
+    return KILN_PROPERTY_TILEABLE | (transparent(request) ? uint32_t(KILN_PROPERTY_ALPHA) : 0u);
   }
 
 private:

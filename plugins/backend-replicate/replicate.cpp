@@ -465,22 +465,25 @@ public:
       add_price(s.prices, entry);
   }
 
+  // Only `model` can change an image; the rest are how and where to ask, and what it costs.
   static kiln::OptionSchema options() {
+    constexpr uint32_t k_not_shaping = KILN_OPTION_NOT_SHAPING;
     return {
-        {"token_env", "environment variable holding the API token", KILN_OPTION_STRING,
-         "REPLICATE_API_TOKEN"},
-        {"base_url", "the API's base URL", KILN_OPTION_STRING, "https://api.replicate.com/v1"},
+        {"token_env", "environment variable holding the API token",
+         KILN_OPTION_STRING | k_not_shaping, "REPLICATE_API_TOKEN"},
+        {"base_url", "the API's base URL", KILN_OPTION_STRING | k_not_shaping,
+         "https://api.replicate.com/v1"},
         {"model", "model for assets that name none", KILN_OPTION_STRING,
          "black-forest-labs/flux-schnell"},
         {"sync_wait_s", "seconds a create may wait for the result (Prefer: wait); 0 = poll",
-         KILN_OPTION_INT, "10"},
-        {"timeout_s", "seconds before an unfinished prediction is cancelled", KILN_OPTION_INT,
-         "300"},
-        {"max_download_mb", "largest output file accepted", KILN_OPTION_INT, "64"},
+         KILN_OPTION_INT | k_not_shaping, "10"},
+        {"timeout_s", "seconds before an unfinished prediction is cancelled",
+         KILN_OPTION_INT | k_not_shaping, "300"},
+        {"max_download_mb", "largest output file accepted", KILN_OPTION_INT | k_not_shaping, "64"},
         {"prices",
          "extra or corrected prices: \"owner/name: 0.003 per image\", \"owner/name: 0.000725 "
          "per second, 11 s typical\"",
-         KILN_OPTION_STRING_LIST, ""},
+         KILN_OPTION_STRING_LIST | k_not_shaping, ""},
     };
   }
 

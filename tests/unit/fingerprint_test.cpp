@@ -137,6 +137,23 @@ TEST(Fingerprint, PostprocessorsCountInOrderAndOnlyWhenThereAreAny) {
             (std::vector<std::string>{"postprocessing changed"}));
 }
 
+// Issue 15: a backend option that shapes the image is in the fingerprint; one that cannot (a
+// URL, a timeout) is not, nor is an option written out at its default.
+TEST(Fingerprint, BackendOptionsThatShapeTheImageCount) {
+  std::string plain = sword_fingerprint(k_base);
+  EXPECT_NE(sword_fingerprint(k_base + "\n[backends.placeholder]\ncaption = false\n"), plain);
+  EXPECT_EQ(sword_fingerprint(k_base + "\n[backends.placeholder]\ncaption = true\n"), plain);
+  const std::string paid = replace(k_base, "enhancers = [\"style\"]",
+                                   "enhancers = [\"style\"]\nbackend = \"replicate\"");
+  std::string replicate = sword_fingerprint(paid);
+  EXPECT_EQ(sword_fingerprint(paid + "\n[backends.replicate]\nbase_url = "
+                                     "\"http://127.0.0.1:9/v1\"\ntimeout_s = 60\n"
+                                     "sync_wait_s = 0\ntoken_env = \"OTHER\"\n"),
+            replicate);
+  EXPECT_NE(sword_fingerprint(paid + "\n[backends.replicate]\nmodel = \"stability-ai/sdxl\"\n"),
+            replicate);
+}
+
 TEST(Fingerprint, FieldBoundariesCannotBeForged) {
   GenerationRequest a, b;
   a.prompt = "x";

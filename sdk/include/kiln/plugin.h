@@ -70,7 +70,7 @@ extern "C" {
  * a plugin whose struct_size covers it, so plugins of every minor version keep loading.
  *   1.1: the postprocessor kind, image properties (kiln_image_property), kiln_asset::postprocess,
  *        kiln_backend_functions::paints, kiln_host_api::set_missing_property and scale_image,
- *        kiln_plugin_info::abi_minor, KILN_OPTION_PATH.
+ *        kiln_plugin_info::abi_minor, KILN_OPTION_PATH, KILN_OPTION_NOT_SHAPING.
  */
 #define KILN_PLUGIN_ABI_MINOR 1u
 
@@ -180,6 +180,16 @@ typedef enum kiln_option_type {
 } kiln_option_type;
 
 /**
+ * OR'ed into kiln_option_spec::type: the option cannot change an image (a timeout, a URL, a
+ * token's name, a wait, a price), so it is left out of fingerprints: changing it makes nothing
+ * again. Every other option of a backend or postprocessor is part of the fingerprint of every
+ * image it makes: when in doubt, leave this out. Plugins from before 1.1 have none. @since 1.1
+ */
+#define KILN_OPTION_NOT_SHAPING 0x100u
+/** The kiln_option_type part of kiln_option_spec::type, without the flags. */
+#define KILN_OPTION_TYPE_MASK 0xffu
+
+/**
  * One option a plugin accepts, from the manifest table of the same name as the plugin id
  * (`[backends.<id>]`, `[enhancers.<id>]`, `[strategies.<id>]`, `[validators.<id>]`,
  * `[postprocessors.<id>]`). The host rejects unknown options
@@ -190,7 +200,7 @@ typedef struct kiln_option_spec {
   const char* name;
   /** NUL-terminated one-line help text, shown by `kiln plugins -v`. */
   const char* description;
-  /** A kiln_option_type. */
+  /** A kiln_option_type, maybe with KILN_OPTION_NOT_SHAPING (@since 1.1). */
   uint32_t type;
   /**
    * NUL-terminated default in text form ("4.0", "true", "icon,sprite" for a list), or NULL
@@ -202,7 +212,7 @@ typedef struct kiln_option_spec {
 /** The value of one option, as resolved by the host (manifest value, else the default). */
 typedef struct kiln_option_value {
   kiln_str name;
-  /** A kiln_option_type, always the declared one. */
+  /** A kiln_option_type, always the declared one (without flags). */
   uint32_t type;
   /** KILN_OPTION_STRING; KILN_OPTION_PATH: the absolute path, or "" for none. */
   kiln_str string_value;
