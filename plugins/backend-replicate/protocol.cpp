@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <rapidjson/document.h>
@@ -256,8 +257,17 @@ std::optional<Prediction> parse_prediction(std::string_view body) {
   return p;
 }
 
+CreateAnswer classify_create_answer(int status, std::string_view body) {
+  if (status >= 200 && status < 300)
+    return parse_prediction(body) ? CreateAnswer::Created : CreateAnswer::Unknown;
+  if (status == 0 || status == 408 || status >= 500)
+    return CreateAnswer::Unknown;
+  return CreateAnswer::Refused;
+}
+
 std::optional<std::string> find_lost_prediction(std::string_view list_body, const ModelRef& model,
-                                                std::string_view input_json) {
+                                                std::string_view input_json,
+                                                const LostSearch& search) {
   rapidjson::Document list, input;
   list.Parse(list_body.data(), list_body.size());
   input.Parse(input_json.data(), input_json.size());
@@ -270,13 +280,65 @@ std::optional<std::string> find_lost_prediction(std::string_view list_body, cons
     std::string name = member(p, "model") ? string_of(*member(p, "model")) : "";
     std::string version = member(p, "version") ? string_of(*member(p, "version")) : "";
     bool same_model = model.official() ? name == model.name : version == model.version;
+    auto* removed = member(p, "data_removed");
     if (!in || *in != input || !same_model || status == "failed" || status == "canceled" ||
-        status == "aborted")
+        status == "aborted" || (removed && removed->IsBool() && removed->GetBool()))
       continue;
-    if (auto* id = member(p, "id"); id && id->IsString())
-      return string_of(*id);
+    std::string id = member(p, "id") ? string_of(*member(p, "id")) : "";
+    if (id.empty() ||
+        std::find(search.exclude.begin(), search.exclude.end(), id) != search.exclude.end())
+      continue;
+    if (search.created_after) {
+      // A result without a readable created_at is kept: paying twice is the worse mistake.
+      auto created = parse_iso_time(member(p, "created_at") ? string_of(*member(p, "created_at"))
+                                                            : std::string());
+      if (created && *created < *search.created_after)
+        continue;
+    }
+    return id;
   }
   return std::nullopt;
+}
+
+std::optional<double> parse_iso_time(std::string_view text) {
+  std::string s(trim(text));
+  std::tm tm{};
+  const char* rest = strptime(s.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!rest)
+    return std::nullopt;
+  double seconds = double(timegm(&tm));
+  if (*rest == '.') {
+    char* end = nullptr;
+    double fraction = std::strtod(rest, &end);
+    if (end == rest + 1)
+      return std::nullopt;
+    seconds += fraction;
+    rest = end;
+  }
+  if (*rest == 'Z' || *rest == 'z') {
+    ++rest;
+  } else if (*rest == '+' || *rest == '-') {
+    int hours = 0, minutes = 0, used = 0;
+    if (std::sscanf(rest + 1, "%2d:%2d%n", &hours, &minutes, &used) != 2 || used != 5)
+      return std::nullopt;
+    double offset = hours * 3600.0 + minutes * 60.0;
+    seconds -= *rest == '+' ? offset : -offset;
+    rest += 1 + used;
+  } else {
+    return std::nullopt; // no zone: not a time Replicate writes
+  }
+  if (*rest != '\0')
+    return std::nullopt;
+  return seconds;
+}
+
+std::optional<double> parse_http_date(std::string_view text) {
+  std::string h(trim(text));
+  std::tm tm{};
+  const char* rest = strptime(h.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  if (!rest || *rest != '\0')
+    return std::nullopt;
+  return double(timegm(&tm));
 }
 
 Problem parse_problem(std::string_view body) {
@@ -319,9 +381,8 @@ int64_t retry_after_ms(const Problem& problem, std::string_view header) {
   double seconds = std::strtod(h.c_str(), &end);
   if (end != h.c_str() && *end == '\0' && seconds >= 0)
     return int64_t(std::ceil(seconds * 1000.0));
-  std::tm tm{};
-  if (strptime(h.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
-    double delta = std::difftime(timegm(&tm), std::time(nullptr));
+  if (auto date = parse_http_date(h)) {
+    double delta = *date - double(std::time(nullptr));
     return delta > 0 ? int64_t(delta * 1000.0) : 0;
   }
   return -1;

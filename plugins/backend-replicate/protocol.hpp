@@ -83,11 +83,35 @@ struct Prediction {
 // nullopt when `body` is not a prediction object (no id or status).
 std::optional<Prediction> parse_prediction(std::string_view body);
 
+// What a create's answer says about money. Replicate has no idempotency key: only a prediction
+// object (Created) or a definite refusal (429, 401, 402, any 4xx but 408: nothing was created)
+// settle it. No answer, a 5xx or 408 (often a proxy's HTML page) and a 2xx whose body is not a
+// prediction leave the prediction possibly created, and billed: Unknown, look for it.
+enum class CreateAnswer { Created, Refused, Unknown };
+CreateAnswer classify_create_answer(int status, std::string_view body);
+
+// How a lost create's prediction is told apart from older ones of the same request.
+struct LostSearch {
+  // Only predictions created at or after this time (seconds since the epoch, on the server's
+  // clock): those of this create, not an older identical one. None: no bound (a killed run's
+  // create, whose time is unknown).
+  std::optional<double> created_after;
+  // Ids already accounted for (predictions this run created or re-attached to).
+  std::vector<std::string> exclude;
+};
+
 // In a page of GET /predictions (newest first), the newest prediction of `model` whose input is
-// exactly `input_json` and which may still deliver: how a create whose answer was lost is found
-// again instead of being paid for twice.
+// exactly `input_json`, which may still deliver and which `search` allows: how a create whose
+// answer was lost is found again instead of being paid for twice.
 std::optional<std::string> find_lost_prediction(std::string_view list_body, const ModelRef& model,
-                                                std::string_view input_json);
+                                                std::string_view input_json,
+                                                const LostSearch& search = {});
+
+// Seconds since the epoch of an ISO 8601 UTC time as Replicate writes `created_at`
+// ("2024-05-01T12:00:00.123456Z", also "+00:00" or another offset); nullopt if unreadable.
+std::optional<double> parse_iso_time(std::string_view text);
+// Seconds since the epoch of an HTTP date ("Thu, 01 Jan 2009 00:00:00 GMT"); nullopt if not one.
+std::optional<double> parse_http_date(std::string_view text);
 
 // An RFC 7807 answer: title, detail, invalid_fields, retry_after (seconds, 429 only).
 struct Problem {

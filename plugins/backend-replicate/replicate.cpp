@@ -6,8 +6,12 @@
 //   Kiln holds an id that may still succeed it never creates another: it waits, re-fetches, or
 //   cancels first (timeout, Ctrl-C);
 // - a resumed request (resume_job_id) re-attaches to its prediction and only creates a new one
-//   when that prediction can no longer deliver (failed, cancelled, outputs removed); one whose
-//   create was cut short by a crash (lost_create) first looks for it among the newest;
+//   when that prediction can no longer deliver (failed, cancelled, outputs removed);
+// - Replicate has no idempotency key, so a create whose answer is not a prediction (no answer,
+//   a 5xx or 408, a 2xx with a body that is not a prediction: a proxy gave up after the server
+//   had created it) may have created one, billed: it is looked for among the newest predictions,
+//   twice, and re-attached to if found. So is the create of a killed run (lost_create). Only a
+//   definite refusal (429, 401, 402, other 4xx) is known to have created nothing;
 // - downloads are free, predictions are not: a failed download is a retryable failure whose
 //   retry (the host's one retry loop) re-attaches to the same prediction and downloads again.
 #include "protocol.hpp"
@@ -72,6 +76,21 @@ struct SharedState {
   Token token = Token::Unchecked;
   std::string rejection;
   std::atomic<bool> warned_unpriced{false};
+
+  // Every prediction this run created or re-attached to: a lost create's search skips them, as
+  // they belong to other attempts (an older identical request whose image was rejected).
+  void remember(const std::string& id) {
+    std::lock_guard lock(ids_mutex);
+    ids.push_back(id);
+  }
+  std::vector<std::string> known_ids() {
+    std::lock_guard lock(ids_mutex);
+    return ids;
+  }
+
+private:
+  std::mutex ids_mutex;
+  std::vector<std::string> ids;
 };
 
 // One asset's request: create (or re-attach), wait, charge, download.
@@ -102,7 +121,7 @@ public:
     if (!m_request.resume_job_id.empty())
       p = reattach(std::string(m_request.resume_job_id));
     if (p.id.empty() && m_request.lost_create)
-      p = find_lost_create();
+      p = find_lost_create(input_json(m_request, family_of(m_model)), std::nullopt);
     if (p.id.empty())
       p = create();
     p = wait(std::move(p));
@@ -129,7 +148,7 @@ private:
       req.headers.push_back(std::move(h));
     req.body = body;
     req.timeout_ms = timeout_ms;
-    req.read_headers = {"retry-after", "preference-applied"};
+    req.read_headers = {"retry-after", "preference-applied", "date"};
     return m_out.http().send(req);
   }
 
@@ -166,6 +185,7 @@ private:
     }
     case 402:
       throw Error(text, KILN_ERROR_NEEDS_PERSON);
+    case 408:
     case 429:
       throw Error(text, KILN_ERROR_RETRYABLE, retry_after_ms(problem, r.header("retry-after")));
     default:
@@ -193,53 +213,100 @@ private:
     }
     m_out.log(KILN_LOG_DEBUG,
               "creating a prediction of " + describe_model() + " with input " + input);
+    double sent_at = epoch_now();
     kiln::HttpResponse r = api("POST", url, body, timeout_ms, std::move(headers));
-    if (r.status == 0)
-      if (auto found = find_lost(input))
-        return *found;
-    if (r.status != 200 && r.status != 201 && r.status != 202)
-      fail_http(r, "creating a prediction of " + describe_model());
-    auto p = parse_prediction(r.body);
-    if (!p)
-      throw Error("creating a prediction of " + describe_model() +
+    std::string what = "creating a prediction of " + describe_model();
+    switch (classify_create_answer(r.status, r.body)) {
+    case CreateAnswer::Created:
+      break;
+    case CreateAnswer::Refused:
+      fail_http(r, what);
+    case CreateAnswer::Unknown: {
+      m_out.log(KILN_LOG_DEBUG, what + ": " +
+                                    (r.status ? "HTTP " + std::to_string(r.status) : r.error) +
+                                    "; it may have been created: looking for it among the newest");
+      Prediction found = find_lost_create(input, sent_at);
+      if (!found.id.empty())
+        return found;
+      // Not created (as far as two looks can tell): fail as usual; the host's retry creates.
+      what += " (not among the newest predictions after " +
+              std::to_string(k_lost_create_grace_ms / 1000) + " s: not created)";
+      if (r.status < 200 || r.status >= 300)
+        fail_http(r, what);
+      throw Error(what + ": HTTP " + std::to_string(r.status) +
                       ": the answer is not a prediction object",
                   KILN_ERROR_RETRYABLE);
+    }
+    }
+    auto p = parse_prediction(r.body);
     m_out.set_remote_id(p->id);
+    m_shared.remember(p->id);
     m_out.log(KILN_LOG_DEBUG, "prediction " + p->id + " is " + p->status);
     return *p;
   }
 
-  // A create of a killed run whose answer never arrived. Its request may still be on its way:
-  // sent by the dead process, not yet handled by the server (seen in tests as one duplicate in
-  // about forty kill-restart cycles). So when the newest predictions do not show it, look once
-  // more after a grace period; a crash is rare, paying twice is not cheap.
-  Prediction find_lost_create() {
-    std::string input = input_json(m_request, family_of(m_model));
+  static double epoch_now() {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // A create that may have created a prediction without Kiln learning its id: one of this run
+  // whose answer was not a prediction (`sent_at`: when it was sent, on this machine's clock), or
+  // one of a killed run (lost_create; `sent_at` unknown). The server may register it late: a
+  // proxy's 504 can come before the server is done, and a killed run's request may still be on
+  // its way (seen in tests as one duplicate in about forty kill-restart cycles). So when the
+  // newest predictions do not show it, look once more after a grace period; paying twice is
+  // not cheap. An empty prediction when neither look finds it.
+  Prediction find_lost_create(const std::string& input, std::optional<double> sent_at) {
     for (int look = 0; look < 2; ++look) {
       if (look == 1 && !m_out.wait_ms(k_lost_create_grace_ms))
         throw Error("interrupted while looking for a lost prediction", KILN_ERROR_INTERRUPTED);
-      if (auto found = find_lost(input))
+      if (auto found = find_lost(input, sent_at))
         return std::move(*found);
     }
     return {};
   }
   static constexpr uint32_t k_lost_create_grace_ms = 2000;
 
-  // A create whose answer never arrived may still have started a prediction, which would be
-  // paid for whether or not Kiln knows its id: look for it among the newest predictions.
-  std::optional<Prediction> find_lost(const std::string& input) {
+  // One look at the newest predictions for one of this model and input, re-attached to if it
+  // can still deliver. Only predictions created after `sent_at` count: an older identical one
+  // (an earlier run's, which --force asked to replace, or an earlier attempt's whose image was
+  // rejected) is not this create's, and re-attaching to it would deliver its image again instead
+  // of a new one. The bound is applied here, not with the list's `created_after` filter, so that
+  // it compares the server's `created_at` with the server's own clock (this answer's Date
+  // header): a machine whose clock runs ahead would otherwise filter out the very prediction it
+  // paid for. For a killed run's create there is no bound: its time is not journaled, and an
+  // identical request's image is as valid (the cost of a rare case, not a second payment).
+  std::optional<Prediction> find_lost(const std::string& input, std::optional<double> sent_at) {
     kiln::HttpResponse list = api("GET", m_s.base_url + "/predictions");
-    if (list.status != 200)
+    if (list.status != 200) {
+      m_out.log(KILN_LOG_DEBUG,
+                "listing the newest predictions: " +
+                    (list.status ? "HTTP " + std::to_string(list.status) : list.error));
       return std::nullopt;
-    auto id = find_lost_prediction(list.body, m_model, input);
+    }
+    LostSearch search;
+    search.exclude = m_shared.known_ids();
+    if (sent_at) {
+      // Date has whole seconds and is stamped before the answer arrives: server time minus
+      // local time is at least date - now, so the bound never lies after the create was sent.
+      auto date = parse_http_date(list.header("date"));
+      double offset = date ? *date - epoch_now() : -k_clock_tolerance_s;
+      search.created_after = *sent_at + offset - 1.0;
+    }
+    auto id = find_lost_prediction(list.body, m_model, input, search);
     if (!id)
       return std::nullopt;
+    // Reported at once: the host journals it, so even a failure from here on re-attaches.
+    m_out.set_remote_id(*id);
     m_out.log(KILN_LOG_WARNING, "the answer to a create was lost; found its prediction " + *id);
     Prediction p = reattach(*id);
     if (p.id.empty())
       return std::nullopt;
     return p;
   }
+  // Without a Date header, this machine's clock is trusted to within this.
+  static constexpr double k_clock_tolerance_s = 60;
 
   // The prediction of an earlier attempt or run, if it can still deliver; else an empty one.
   Prediction reattach(const std::string& id) {
@@ -255,6 +322,7 @@ private:
       return {};
     }
     m_out.set_remote_id(p->id);
+    m_shared.remember(p->id);
     m_out.log(KILN_LOG_INFO, "re-attached to prediction " + id + " (" + p->status + ")");
     return *p;
   }

@@ -289,7 +289,9 @@ class ReplicateTest(FakeReplicateCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         stats = self.server.stats()
         self.assertEqual(len(stats["creates"]), 2, "one prediction per asset")
-        self.assertEqual(stats["lists"], 2)
+        # One look finds the first; the dropped create (nothing created) gets two, the second
+        # after the grace period, before its retry creates.
+        self.assertEqual(stats["lists"], 3)
         self.assertIn("found its prediction " + stats["creates"][0]["id"], r.stderr)
         for asset in EIGHT[:2]:
             self.assert_output(*asset)
@@ -466,6 +468,94 @@ class ReplicateTest(FakeReplicateCase):
         r = self.kiln("plan")
         self.assertEqual(r.returncode, 2)
         self.assertIn("no price in dollars", r.stderr)
+
+    # Replicate has no idempotency key: a create answered by anything but a prediction or a
+    # definite refusal may have created one, billed. It is found and re-attached to, never paid
+    # for twice; a definite refusal is not looked for.
+    def assert_one_prediction_delivered(self, r, report, creates=1):
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["creates"]), 1, "one prediction paid for")
+        self.assertEqual(len(stats["create_requests"]), creates)
+        asset = report["assets"][0]
+        self.assertEqual(asset["status"], "generated")
+        self.assertEqual(asset["remote_id"], stats["creates"][0]["id"])
+        self.assertAlmostEqual(asset["cost_usd"], 0.003)
+        self.assertAlmostEqual(report["summary"]["cost_usd"], 0.003)
+        self.assert_output(*EIGHT[0])
+        return stats
+
+    def test_a_504_after_the_create_is_found_not_paid_again(self):
+        self.write(EIGHT[:1])
+        self.server.control(faults={"create": [{"status": 504, "after_create": True}]})
+        r, report = self.build()
+        stats = self.assert_one_prediction_delivered(r, report)
+        self.assertEqual(stats["create_requests"][0]["status"], 504)
+        self.assertEqual(stats["lists"], 1)
+        self.assertIn("found its prediction " + stats["creates"][0]["id"], r.stderr)
+
+    def test_a_502_and_a_500_after_the_create_are_found_not_paid_again(self):
+        for status in (502, 500):
+            with self.subTest(status=status):
+                shutil.rmtree(os.path.join(self.tmp, "out"), ignore_errors=True)
+                shutil.rmtree(os.path.join(self.tmp, "cache"), ignore_errors=True)
+                self.server.stop()
+                self.server = FakeReplicate()
+                self.write(EIGHT[:1])
+                self.server.control(faults={"create": [{"status": status, "after_create": True}]})
+                r, report = self.build()
+                self.assert_one_prediction_delivered(r, report)
+
+    def test_a_2xx_answer_that_is_not_a_prediction_is_found_not_paid_again(self):
+        self.write(EIGHT[:1])
+        self.server.control(faults={"create": [{"garbage_after_create": True}]})
+        r, report = self.build()
+        stats = self.assert_one_prediction_delivered(r, report)
+        self.assertEqual(stats["create_requests"][0]["status"], 201)
+        self.assertEqual(stats["lists"], 1)
+
+    def test_a_prediction_listed_late_is_found_by_the_second_look(self):
+        self.write(EIGHT[:1])
+        self.server.control(list_delay_s=1.0,
+                            faults={"create": [{"status": 504, "after_create": True}]})
+        r, report = self.build()
+        stats = self.assert_one_prediction_delivered(r, report)
+        self.assertEqual(stats["lists"], 2, "the first look misses, the second finds it")
+
+    def test_a_500_before_creating_is_looked_for_twice_then_created_again(self):
+        self.write(EIGHT[:1])
+        self.server.control(faults={"create": [{"status": 500}]})
+        r, report = self.build()
+        stats = self.assert_one_prediction_delivered(r, report, creates=2)
+        self.assertEqual(stats["lists"], 2)
+        self.assertEqual([c["status"] for c in stats["create_requests"]], [500, 201])
+        self.assertIn("not created", report["assets"][0]["attempts"][0]["error"])
+
+    def test_a_throttled_create_created_nothing_and_is_not_looked_for(self):
+        self.write(EIGHT[:1])
+        self.server.control(faults={"create": [{"status": 429, "retry_after": 1}]})
+        r, report = self.build()
+        stats = self.assert_one_prediction_delivered(r, report, creates=2)
+        self.assertEqual(stats["lists"], 0)
+
+    def test_an_older_identical_prediction_is_not_taken_for_a_lost_create(self):
+        # --force asks for a new image of an unchanged request: the previous run's prediction
+        # (same model and input, outputs still there) must not be delivered again.
+        self.write(EIGHT[:1])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The search allows ~2 s for the Date header's whole seconds and clock differences.
+        time.sleep(2.5)
+        self.server.control(faults={"create": [{"status": 504}]})
+        r, report = self.build("--force")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        stats = self.server.stats()
+        self.assertEqual(len(stats["creates"]), 2)
+        first, second = stats["creates"]
+        self.assertEqual(first["input"], second["input"])
+        self.assertEqual(stats["lists"], 2)
+        self.assertEqual(report["assets"][0]["remote_id"], second["id"])
+        self.assertNotIn("found its prediction", r.stderr)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,17 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
   predict_time_s   metrics.predict_time reported (default: latency_s)
   faults           {"create": [...], "get": [...], "download": [...], "cancel": [...]}: queues
                    consumed one entry per request of that kind; entries: {"status": 429,
-                   "retry_after": 2}, {"status": 402}, {"status": 500}, {"status": 502} (an HTML
-                   body, as from a gateway), {"drop": true}, {"truncate": true} (downloads),
+                   "retry_after": 2}, {"status": 402}, {"status": 500}, {"status": 502} or
+                   {"status": 504} (an HTML body, as from a gateway; nothing created),
+                   {"drop": true}, {"truncate": true} (downloads),
                    {"lose_answer": true} (create the prediction, then drop the connection),
-                   {"ok": true} (answer normally)
+                   {"status": 504, "after_create": true} (create the prediction, billed, then
+                   answer as a failing nginx proxy does: "504 Gateway Time-out" with an HTML
+                   body; also 500, 502 and 503), {"garbage_after_create": true} (create it,
+                   then answer 201 with a body cut short, not JSON), {"ok": true} (answer
+                   normally). Faults not about creating leave nothing created.
+  list_delay_s     seconds after its creation before a prediction shows in GET /v1/predictions
+                   (0): models whose predictions are registered late
   create_limit     {"rate": 8, "burst": 4}: a token bucket on create requests, as Replicate
                    limits creates per account; over it, 429 with a whole-second `retry_after`
   image_faults     {"blank_rate": 0.3, "truncate_rate": 0.1, "seed": 1}: that share of
@@ -195,7 +202,8 @@ class Fake:
         self.files = tempfile.mkdtemp(prefix="fake-replicate-")
         self.config = {"latency_s": 0.2, "sync_mode": "processing_with_output",
                        "output_mode": "url", "expire_after_s": 3600, "predict_time_s": None,
-                       "faults": {}, "prompt_rules": [], "image_faults": {}}
+                       "faults": {}, "prompt_rules": [], "image_faults": {},
+                       "list_delay_s": 0}
         self.inputs_seen = {}
         self.bucket = None  # create_limit's (tokens, time), from the first create
         self.predictions = {}
@@ -356,6 +364,16 @@ class Fake:
 
 FAKE = None
 
+GATEWAY_REASONS = {500: "Internal Server Error", 502: "Bad Gateway",
+                   503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
+
+
+def gateway_page(status):
+    """The HTML error page nginx answers with when its upstream fails."""
+    title = f"{status} {GATEWAY_REASONS.get(status, 'Error')}"
+    return (f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center>"
+            f"<hr><center>nginx</center></body></html>").encode()
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -409,6 +427,8 @@ class Handler(BaseHTTPRequestHandler):
         elif status == 502:
             self.reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
                        content_type="text/html")
+        elif status == 504:
+            self.reply(504, gateway_page(504), content_type="text/html")
         else:
             self.problem(status, "Internal Server Error", "Something went wrong.")
         return True
@@ -465,9 +485,12 @@ class Handler(BaseHTTPRequestHandler):
         """GET /v1/predictions: the newest first, 100 a page (one page here)."""
         if not self.authorised():
             return
+        now = time.time()
         with FAKE.lock:
             FAKE.stats["lists"] += 1
-            newest = sorted(FAKE.predictions.values(), key=lambda p: -p["created"])[:100]
+            delay = FAKE.config.get("list_delay_s") or 0
+            listed = [p for p in FAKE.predictions.values() if p["created"] + delay <= now]
+            newest = sorted(listed, key=lambda p: -p["created"])[:100]
         results = [FAKE.view(p, self.base()) for p in newest]
         self.reply(200, {"next": None, "previous": None, "results": results})
 
@@ -551,7 +574,9 @@ class Handler(BaseHTTPRequestHandler):
                                 f"Request was throttled. Your rate limit resets in ~{wait}s.",
                                 retry_after=wait)
         fault = FAKE.next_fault("create")
-        if fault and not fault.get("ok") and not fault.get("lose_answer"):
+        after_create = fault and (fault.get("lose_answer") or fault.get("after_create")
+                                  or fault.get("garbage_after_create"))
+        if fault and not fault.get("ok") and not after_create:
             answer(fault.get("status", 0))
             if fault.get("status") == 429:
                 record["retry_after"] = fault.get("retry_after", 1)
@@ -611,6 +636,16 @@ class Handler(BaseHTTPRequestHandler):
         answer(201)
         if fault and fault.get("lose_answer"):
             return self.drop()  # created, but the client never hears of it
+        if fault and fault.get("after_create"):
+            # Created and billed, but a proxy in between gave up: the client hears an error.
+            record["after_create"] = True
+            answer(fault["status"])
+            return self.reply(fault["status"], gateway_page(fault["status"]),
+                              content_type="text/html")
+        if fault and fault.get("garbage_after_create"):
+            record["garbage_after_create"] = True
+            whole = json.dumps(FAKE.view(p, self.base())).encode()
+            return self.reply(201, whole[:len(whole) // 3])
         headers = []
         if wait is not None:
             deadline = time.time() + wait

@@ -196,6 +196,69 @@ TEST(ReplicateProtocol, ALostCreateIsFoundByItsExactInput) {
   EXPECT_EQ(find_lost_prediction("<html>", flux, "{}"), std::nullopt);
 }
 
+// A create of this run is looked for among predictions created after it was sent only, and never
+// among the ones this run already knows: an older identical prediction is not this create's.
+TEST(ReplicateProtocol, ALostCreateIsNotMistakenForAnOlderIdenticalOne) {
+  auto flux = *parse_model_ref("black-forest-labs/flux-schnell");
+  const char* page = R"({"next":null,"results":[
+    {"id":"gone","model":"black-forest-labs/flux-schnell","version":"hidden","status":"succeeded",
+     "data_removed":true,"created_at":"2024-05-01T12:00:30.000000Z","input":{"prompt":"a potion"}},
+    {"id":"new","model":"black-forest-labs/flux-schnell","version":"hidden","status":"starting",
+     "created_at":"2024-05-01T12:00:10.250000Z","input":{"prompt":"a potion"}},
+    {"id":"old","model":"black-forest-labs/flux-schnell","version":"hidden","status":"succeeded",
+     "created_at":"2024-05-01T12:00:00.000000Z","input":{"prompt":"a potion"}}]})";
+  const char* input = R"({"prompt":"a potion"})";
+  const double noon = 1714564800; // 2024-05-01T12:00:00Z
+  // Outputs removed: it cannot deliver, skipped.
+  EXPECT_EQ(find_lost_prediction(page, flux, input), "new");
+  EXPECT_EQ(find_lost_prediction(page, flux, input, {noon + 5, {}}), "new");
+  EXPECT_EQ(find_lost_prediction(page, flux, input, {noon + 10.25, {}}), "new"); // inclusive
+  EXPECT_EQ(find_lost_prediction(page, flux, input, {noon + 10.5, {}}), std::nullopt);
+  EXPECT_EQ(find_lost_prediction(page, flux, input, {noon + 5, {"new"}}), std::nullopt);
+  // No bound (a killed run's create, its time unknown): any identical one this run does not own.
+  EXPECT_EQ(find_lost_prediction(page, flux, input, {std::nullopt, {"new"}}), "old");
+  // A result without a readable created_at is kept: paying twice is the worse mistake.
+  const char* undated = R"({"results":[{"id":"x","model":"black-forest-labs/flux-schnell",
+    "status":"processing","input":{"prompt":"a potion"}}]})";
+  EXPECT_EQ(find_lost_prediction(undated, flux, input, {noon, {}}), "x");
+}
+
+TEST(ReplicateProtocol, OnlyADefiniteAnswerToACreateSettlesIt) {
+  const char* created = R"({"id":"abc","status":"starting","input":{}})";
+  EXPECT_EQ(classify_create_answer(201, created), CreateAnswer::Created);
+  EXPECT_EQ(classify_create_answer(200, created), CreateAnswer::Created);
+  // Possibly created, billed: no answer, a gateway's page, a body cut short, 408.
+  EXPECT_EQ(classify_create_answer(0, ""), CreateAnswer::Unknown);
+  const char* nginx = "<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 "
+                      "Gateway Time-out</h1></center><hr><center>nginx</center></body></html>";
+  EXPECT_EQ(classify_create_answer(504, nginx), CreateAnswer::Unknown);
+  EXPECT_EQ(classify_create_answer(500, R"({"title":"Internal Server Error","status":500})"),
+            CreateAnswer::Unknown);
+  EXPECT_EQ(classify_create_answer(502, ""), CreateAnswer::Unknown);
+  EXPECT_EQ(classify_create_answer(408, ""), CreateAnswer::Unknown);
+  EXPECT_EQ(classify_create_answer(201, R"({"id":"abc","status":"star)"), CreateAnswer::Unknown);
+  EXPECT_EQ(classify_create_answer(201, nginx), CreateAnswer::Unknown);
+  EXPECT_EQ(classify_create_answer(201, R"({"detail":"ok"})"), CreateAnswer::Unknown);
+  // Definite refusals: nothing was created.
+  for (int status : {400, 401, 402, 403, 404, 409, 422, 429})
+    EXPECT_EQ(classify_create_answer(status, R"({"detail":"no"})"), CreateAnswer::Refused)
+        << status;
+}
+
+TEST(ReplicateProtocol, TimesOfPredictionsAndAnswers) {
+  const double noon = 1714564800; // 2024-05-01T12:00:00Z
+  EXPECT_EQ(parse_iso_time("2024-05-01T12:00:00Z"), noon);
+  EXPECT_DOUBLE_EQ(*parse_iso_time("2024-05-01T12:00:00.455455Z"), noon + 0.455455);
+  EXPECT_EQ(parse_iso_time("2024-05-01T14:00:00+02:00"), noon);
+  EXPECT_EQ(parse_iso_time("2024-05-01T11:30:00.5-00:30"), noon + 0.5);
+  EXPECT_EQ(parse_iso_time("2024-05-01T12:00:00"), std::nullopt); // no zone
+  EXPECT_EQ(parse_iso_time("2024-05-01T12:00:00Zjunk"), std::nullopt);
+  EXPECT_EQ(parse_iso_time(""), std::nullopt);
+  EXPECT_EQ(parse_http_date("Wed, 01 May 2024 12:00:00 GMT"), noon);
+  EXPECT_EQ(parse_http_date("Wed, 01 May 2024 12:00:00 GMT trailing"), std::nullopt);
+  EXPECT_EQ(parse_http_date("soon"), std::nullopt);
+}
+
 TEST(ReplicateProtocol, ProblemsAndRetryAfter) {
   Problem p = parse_problem(R"({"title":"Input validation failed","status":422,
     "detail":"- input.num_inference_steps: Must be less than or equal to 4\n- input.x: nope\n",
