@@ -292,7 +292,11 @@ int cmd_build(int argc, char** argv) {
                     .c_str()
               : "",
           summary.duration_s);
-    std::printf("%s\n", line);
+    std::string text = line;
+    if (summary.cache_rejected)
+      text += "; " + std::to_string(summary.cache_rejected) + " bad cache entr" +
+              (summary.cache_rejected == 1 ? "y" : "ies") + " removed, not installed";
+    std::printf("%s\n", text.c_str());
   }
   noop_forget(key);
   if (summary.interrupted)

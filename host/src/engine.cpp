@@ -435,6 +435,15 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// What the asset's entry in the cache must hold: its format and size.
+Cache::Expect expected_in_cache(const PlannedAsset& p) {
+  Cache::Expect e;
+  e.format = p.spec.format;
+  e.width = p.spec.width;
+  e.height = p.spec.height;
+  return e;
+}
+
 // Writes `bytes` to the output unless the file already holds exactly them (its mtime must not
 // move: the build integration relies on it), then records it in the state.
 void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p,
@@ -613,20 +622,37 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
   // failed a check in an earlier run): it is made again from the image in the cache, for free.
   // --force asks the model again.
   auto source = source_key(ws, req);
-  if (source && !p.force)
-    if (auto bytes = ws.cache.get(*source, k_source_format)) {
-      slot.release();
-      record.from_cache = true;
-      record.source = "kiln";
-      auto decoded = decode_image(*bytes);
-      if (decoded) {
-        WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
-        return finish_image(ws, spec, req, std::move(*decoded), scratch.path, record);
-      }
+  auto from_cache = [&]() -> std::optional<Result<Generated>> {
+    auto bytes = ws.cache.get(*source, k_source_format);
+    if (!bytes)
+      return std::nullopt;
+    auto decoded = decode_image(*bytes);
+    if (!decoded) {
       ws.log.warning(spec.name + ": the model's image in the cache is damaged (" +
                      decoded.error().message + "); asking the backend again");
-      record.from_cache = false;
+      return std::nullopt;
     }
+    slot.release();
+    record.from_cache = true;
+    record.source = "kiln";
+    WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
+    return finish_image(ws, spec, req, std::move(*decoded), scratch.path, record);
+  };
+  if (source && !p.force)
+    if (auto done = from_cache())
+      return std::move(*done);
+  // One process at a time pays for a request: a second build tree sharing the cache waits
+  // here, then takes the first one's image.
+  std::optional<Cache::Lease> lease;
+  if (source && !p.force) {
+    lease = ws.cache.lease(*source, [&] {
+      ws.log.warning(spec.name + ": another kiln is making the same image; waiting for it");
+    });
+    if (!lease)
+      return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
+    if (auto done = from_cache())
+      return std::move(*done);
+  }
   record.source = req.backend;
   const PluginInstance* found = find_backend(ws, req.backend);
   if (!found)
@@ -687,11 +713,16 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
     auto bytes = read_file(r.image_file);
     if (!bytes)
       return Fault{KILN_ERROR_RETRYABLE,
-                   "backend's image file '" + r.image_file + "' cannot be read", -1};
+                   "backend's image file '" + r.image_file + "' cannot be read", -1, 0, "corrupt"};
     auto decoded = decode_image(*bytes);
-    if (!decoded)
+    if (!decoded) {
+      const Fault& why = decoded.error();
       return Fault{KILN_ERROR_RETRYABLE,
-                   "backend returned a corrupt image: " + decoded.error().message, -1};
+                   (why.download == "unsupported" ? "backend returned an unsupported image: "
+                                                  : "backend returned a corrupt image: ") +
+                       why.message,
+                   -1, 0, why.download.empty() ? "corrupt" : why.download};
+    }
     image = std::move(*decoded);
     // The model's image as delivered, before any postprocessing: a change to the
     // postprocessing alone then costs nothing. A cache that cannot be written costs only
@@ -1032,6 +1063,7 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
           "; re-attaching before creating");
     }
   guards.budget.first_attempt();
+  bool downloaded_again = false; // this request's job was downloaded a second time
   for (uint32_t attempt = 1;; ++attempt) {
     const GenerationRequest& req = step.request;
     AttemptRecord& rec = out.attempts.emplace_back();
@@ -1147,6 +1179,28 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
       return fault;
     };
 
+    // A job that delivered a file Kiln cannot use is downloaded again once, for free (the
+    // backend re-attaches to it). After that an unsupported one (a GIF, an HTML page, a
+    // decompression bomb) fails for good: a new prediction of the same request would deliver
+    // the same kind of file. A corrupt one goes to the chain, which may buy a new prediction.
+    if (!fault.download.empty()) {
+      bool can_resume = backend_can(ws, req.backend, KILN_BACKEND_CAN_RESUME);
+      if (!downloaded_again && can_resume && !rec.remote_id.empty()) {
+        downloaded_again = true;
+        rec.decision = "retry";
+        rec.decision_reason = "downloading job " + rec.remote_id + " again (free)";
+        ws.log.warning(p.spec.name + ": " + fault.message + "; downloading it again");
+        resume = Resume{rec.remote_id};
+        step = Step{"download-again", req, 0, step.fallback};
+        continue;
+      }
+      if (fault.download == "unsupported") {
+        fault.category = KILN_ERROR_PERMANENT;
+        fault.message = "unsupported image: " + fault.message +
+                        (downloaded_again ? " (twice; not bought again)" : "");
+        return stop("an unsupported image: a new prediction would not do better");
+      }
+    }
     if (fault.category == KILN_ERROR_NEEDS_PERSON)
       return stop("a person must act; no strategy can help");
     if (fault.category == KILN_ERROR_INTERRUPTED)
@@ -1185,8 +1239,10 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
     bool can_resume = backend_can(ws, req.backend, KILN_BACKEND_CAN_RESUME);
     resume =
         Resume{same && can_resume && rec.source == req.backend ? rec.remote_id : std::string()};
-    if (!same)
+    if (!same) {
       counters.same_request_failures = 0;
+      downloaded_again = false;
+    }
 
     ws.log.warning(p.spec.name + ": " + fault.message + " (attempt " + std::to_string(attempt) +
                    "); " + next->strategy + ": " + describe_change(req, *next));
@@ -1343,10 +1399,13 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       if (options.verbosity <= KILN_LOG_DEBUG)
         progress.note("up to date " + o.name);
     } else {
-      auto bytes = ws.cache.get(p.fingerprint, p.spec.format);
+      std::string why;
+      auto bytes = ws.cache.get(p.fingerprint, p.spec.format, expected_in_cache(p), &why);
       if (!bytes || structural_problem(*bytes)) {
-        ws.log.warning("cache entry for " + o.name + " is unreadable or damaged; generating");
-        generate_instead(p.reason + " (cache entry damaged)");
+        ws.log.warning("the cache entry of " + o.name + " is bad (" +
+                       (why.empty() ? std::string("truncated") : why) +
+                       "): removed, not installed; making the image again");
+        generate_instead(p.reason + " (bad cache entry)");
         continue;
       }
       try {
@@ -1394,9 +1453,16 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
         return;
       }
       // The cache first: once it holds the image, a crash loses nothing that was paid for. A
-      // fallback stand-in is not the image asked for, so it is never cached.
-      if (!o.fallback)
-        ws.cache.put(p.fingerprint, p.spec.format, g->bytes);
+      // fallback stand-in is not the image asked for, so it is never cached. A cache that
+      // cannot be written (a full disk, a read-only home) costs that safety, not the image.
+      if (!o.fallback) {
+        try {
+          ws.cache.put(p.fingerprint, p.spec.format, g->bytes);
+        } catch (const std::exception& e) {
+          ws.log.warning(o.name + ": cannot keep the image in the cache (" + e.what() +
+                         "); writing the output anyway");
+        }
+      }
       install_output(ws, state_mutex, p, g->bytes, o.fallback);
       o.status = "generated";
       char timing[64];
@@ -1464,8 +1530,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
     AssetOutcome o = outcome_of(p);
     const AssetOutcome& leader = leaders.at(*p.same_as);
     try {
-      auto bytes =
-          leader.fallback ? read_file(leader.output) : ws.cache.get(p.fingerprint, p.spec.format);
+      auto bytes = leader.fallback
+                       ? read_file(leader.output)
+                       : ws.cache.get(p.fingerprint, p.spec.format, expected_in_cache(p));
       if (leader.status != "generated") {
         o.error = leader.error.value_or(Fault{});
         o.error->message =
@@ -1492,6 +1559,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
 
   std::error_code ec; // the scratch folders' parent, once empty (a folder in use is kept)
   fs::remove(StateFile::kiln_dir(ws.manifest.output_dir) / "work", ec);
+  summary.cache_rejected = ws.cache.rejected();
   summary.over_budget = guards.money.refused();
   summary.budget_needed_usd = guards.money.needed();
   summary.spent_before_usd = ws.state.spent_before();
@@ -1645,6 +1713,8 @@ std::string summary_json(const BuildSummary& s) {
   w.Double(s.predicted_cost_usd);
   w.Key("duration_s");
   w.Double(s.duration_s);
+  w.Key("cache_rejected");
+  w.Uint(s.cache_rejected);
   w.EndObject();
   return indented(buf.GetString(), "  ");
 }

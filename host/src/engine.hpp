@@ -156,6 +156,7 @@ struct BuildSummary {
   uint32_t over_budget = 0;
   double budget_needed_usd = 0;
   double spent_before_usd = 0; // by killed runs before this one (from the journal)
+  uint32_t cache_rejected = 0; // bad cache entries found, removed and not installed
   double cost_usd = 0;
   double predicted_cost_usd = 0;
   double duration_s = 0;

@@ -13,30 +13,72 @@
 
 namespace kiln::host {
 
-Result<Image> decode_image(std::string_view bytes) {
+std::optional<ImageProbe> probe_image(std::string_view bytes) {
   std::string_view format = detect_format(bytes);
   if (format.empty())
-    return Fault{KILN_ERROR_PERMANENT, "not a PNG, JPEG or WebP file", -1};
+    return std::nullopt;
+  int w = 0, h = 0, channels = 0;
+  bool known =
+      format == "webp"
+          ? WebPGetInfo(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &w, &h) != 0
+          : stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), int(bytes.size()),
+                                  &w, &h, &channels) != 0;
+  if (!known || w <= 0 || h <= 0)
+    return std::nullopt;
+  return ImageProbe{std::string(format), uint32_t(w), uint32_t(h)};
+}
+
+Result<Image> decode_image(std::string_view bytes) {
+  std::string_view format = detect_format(bytes);
+  if (format.empty()) {
+    std::string what = bytes.substr(0, 6) == "GIF87a" || bytes.substr(0, 6) == "GIF89a" ? "a GIF"
+                       : bytes.find("<html") != std::string_view::npos ||
+                               bytes.find("<HTML") != std::string_view::npos
+                           ? "an HTML page"
+                           : "not a PNG, JPEG or WebP file";
+    Fault f{KILN_ERROR_PERMANENT,
+            what == "not a PNG, JPEG or WebP file" ? what : what + ", not a PNG, JPEG or WebP file",
+            -1};
+    f.download = "unsupported";
+    return f;
+  }
+  // The size first, from the header: a small file can declare a picture that takes gigabytes
+  // to decode (a decompression bomb).
+  int w = 0, h = 0, channels = 0;
+  bool known =
+      format == "webp"
+          ? WebPGetInfo(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &w, &h) != 0
+          : stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), int(bytes.size()),
+                                  &w, &h, &channels) != 0;
+  if (known &&
+      (w <= 0 || h <= 0 || uint32_t(w) > k_max_image_side_px || uint32_t(h) > k_max_image_side_px ||
+       uint64_t(w) * uint64_t(h) > k_max_decoded_pixels)) {
+    Fault f{KILN_ERROR_PERMANENT,
+            std::string(format) + " of " + std::to_string(w) + "x" + std::to_string(h) +
+                " pixels: larger than Kiln decodes (" + std::to_string(k_max_image_side_px) +
+                " a side, " + std::to_string(k_max_decoded_pixels / 1000000) + " megapixels)",
+            -1};
+    f.download = "unsupported";
+    return f;
+  }
   Image out;
   if (format == "webp") {
-    int w = 0, h = 0;
     uint8_t* px =
         WebPDecodeRGBA(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &w, &h);
     if (!px)
-      return Fault{KILN_ERROR_PERMANENT, "WebP data is corrupt or truncated", -1};
+      return Fault{KILN_ERROR_PERMANENT, "WebP data is corrupt or truncated", -1, 0, "corrupt"};
     out = Image(uint32_t(w), uint32_t(h));
     std::memcpy(out.rgba.data(), px, out.rgba.size());
     WebPFree(px);
     return out;
   }
-  int w = 0, h = 0, channels = 0;
   stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
                                       int(bytes.size()), &w, &h, &channels, 4);
   if (!px)
     return Fault{KILN_ERROR_PERMANENT,
                  std::string(format == "png" ? "PNG" : "JPEG") + " data is corrupt (" +
                      stbi_failure_reason() + ")",
-                 -1};
+                 -1, 0, "corrupt"};
   out = Image(uint32_t(w), uint32_t(h));
   std::memcpy(out.rgba.data(), px, out.rgba.size());
   stbi_image_free(px);

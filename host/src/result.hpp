@@ -11,11 +11,21 @@
 namespace kiln::host {
 
 struct Fault {
+  Fault() = default;
+  Fault(kiln_error_category category_, std::string message_, int64_t retry_after_ms_ = -1,
+        uint32_t missing_ = 0, std::string download_ = {})
+      : category(category_), message(std::move(message_)), retry_after_ms(retry_after_ms_),
+        missing(missing_), download(std::move(download_)) {}
+
   kiln_error_category category = KILN_ERROR_PERMANENT;
   std::string message;
   int64_t retry_after_ms = -1;
   // A validator's rejection: the kiln_image_property bits the image lacks.
   uint32_t missing = 0;
+  // The job delivered a file that could not be used as it came: "corrupt" (damaged, truncated:
+  // downloading it again may help) or "unsupported" (not an image Kiln reads, or too large: a
+  // new prediction of the same model will not do better). Empty for every other failure.
+  std::string download;
 };
 
 // The report's name for a category: "retryable", "needs_a_person"...

@@ -1,6 +1,8 @@
 #include "state.hpp"
 
 #include "fatal.hpp"
+#include "image.hpp"
+#include "interrupt.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -621,20 +623,195 @@ fs::path Cache::default_dir() {
   return fs::temp_directory_path() / "kiln-cache";
 }
 
-fs::path Cache::path_for(const std::string& fp, const std::string& format) const {
-  return m_dir / "v1" / fp.substr(0, 2) / (fp + "." + format);
+fs::path Cache::entry_path(const std::string& key, const std::string& kind) const {
+  return m_dir / "ac" / key.substr(0, 2) / (key + "." + kind);
 }
 
-bool Cache::contains(const std::string& fp, const std::string& format) const {
-  return stat_file(path_for(fp, format)).has_value();
+fs::path Cache::legacy_path(const std::string& key, const std::string& kind) const {
+  return m_dir / "v1" / key.substr(0, 2) / (key + "." + kind);
 }
 
-std::optional<std::string> Cache::get(const std::string& fp, const std::string& format) const {
-  return read_file(path_for(fp, format));
+fs::path Cache::content_path(const std::string& sha) const {
+  return m_dir / "cas" / sha.substr(0, 2) / sha;
 }
 
-void Cache::put(const std::string& fp, const std::string& format, std::string_view bytes) {
-  write_file_atomic(path_for(fp, format), bytes);
+bool Cache::contains(const std::string& key, const std::string& kind) const {
+  return stat_file(entry_path(key, kind)) || stat_file(legacy_path(key, kind));
+}
+
+bool Cache::has_content(const std::string& sha) const {
+  return stat_file(content_path(sha)).has_value();
+}
+
+void Cache::reject(const fs::path& entry, const std::string& why, std::string* out_why) {
+  std::error_code ec;
+  fs::remove(entry, ec);
+  ++m_rejected;
+  if (out_why)
+    *out_why = why;
+}
+
+namespace {
+
+struct EntryInfo {
+  std::string sha256, format;
+  uint64_t size = 0;
+  uint32_t width = 0, height = 0;
+};
+
+std::optional<EntryInfo> parse_entry(const std::string& text) {
+  EntryInfo e;
+  char sha[65] = {}, format[8] = {};
+  unsigned long long size = 0;
+  unsigned w = 0, h = 0;
+  if (std::sscanf(text.c_str(), "%64s %llu %7s %ux%u", sha, &size, format, &w, &h) != 5 ||
+      !digest_of_hex(sha))
+    return std::nullopt;
+  e.sha256 = sha;
+  e.size = size;
+  e.format = format;
+  e.width = w;
+  e.height = h;
+  return e;
+}
+
+// Why `bytes` are not what is expected of them, or nullopt.
+std::optional<std::string> mismatch(std::string_view bytes, const EntryInfo& declared,
+                                    const Cache::Expect& expect) {
+  auto probe = probe_image(bytes);
+  if (!probe)
+    return std::string("not an image Kiln reads");
+  auto size = [](uint32_t w, uint32_t h) {
+    return std::to_string(w) + "x" + std::to_string(h);
+  };
+  if (!declared.format.empty() &&
+      (probe->format != declared.format || probe->width != declared.width ||
+       probe->height != declared.height))
+    return "holds a " + probe->format + " of " + size(probe->width, probe->height) +
+           ", its entry says " + declared.format + " of " + size(declared.width, declared.height);
+  if (!expect.format.empty() && probe->format != expect.format)
+    return "is a " + probe->format + ", the asset wants " + expect.format;
+  if (expect.width && (probe->width != expect.width || probe->height != expect.height))
+    return "is " + size(probe->width, probe->height) + ", the asset is " +
+           size(expect.width, expect.height);
+  return std::nullopt;
+}
+
+} // namespace
+
+std::optional<std::string> Cache::get(const std::string& key, const std::string& kind,
+                                      const Expect& expect, std::string* why) {
+  fs::path entry = entry_path(key, kind);
+  if (auto text = read_file(entry)) {
+    auto info = parse_entry(*text);
+    if (!info) {
+      reject(entry, "its entry is not one Kiln wrote", why);
+      return std::nullopt;
+    }
+    auto bytes = read_file(content_path(info->sha256));
+    if (!bytes) {
+      reject(entry, "its content is missing", why);
+      return std::nullopt;
+    }
+    std::string actual = sha256_hex(*bytes);
+    if (actual != info->sha256) {
+      std::error_code ec;
+      fs::remove(content_path(info->sha256), ec); // damaged or replaced: useless to anyone
+      reject(entry, "its bytes do not match their digest", why);
+      return std::nullopt;
+    }
+    if (!expect.sha256.empty() && actual != expect.sha256) {
+      reject(entry, "its bytes are not the ones recorded for it", why);
+      return std::nullopt;
+    }
+    if (auto wrong = mismatch(*bytes, *info, expect)) {
+      reject(entry, "it " + *wrong, why);
+      return std::nullopt;
+    }
+    return bytes;
+  }
+  // The first layout: no digest to check, so the bytes are checked for what they must be.
+  fs::path legacy = legacy_path(key, kind);
+  auto bytes = read_file(legacy);
+  if (!bytes)
+    return std::nullopt;
+  if (auto wrong = mismatch(*bytes, EntryInfo{}, expect)) {
+    reject(legacy, "it " + *wrong, why);
+    return std::nullopt;
+  }
+  if (!expect.sha256.empty() && sha256_hex(*bytes) != expect.sha256) {
+    reject(legacy, "its bytes are not the ones recorded for it", why);
+    return std::nullopt;
+  }
+  try {
+    put(key, kind, *bytes);
+    std::error_code ec;
+    fs::remove(legacy, ec);
+  } catch (const std::exception&) {
+    // Read-only: it stays where it was.
+  }
+  return bytes;
+}
+
+void Cache::put(const std::string& key, const std::string& kind, std::string_view bytes) {
+  std::string sha = sha256_hex(bytes);
+  fs::path content = content_path(sha);
+  if (!stat_file(content))
+    write_file_atomic(content, bytes);
+  auto probe = probe_image(bytes);
+  std::string text = sha + " " + std::to_string(bytes.size()) + " " +
+                     (probe ? probe->format + " " + std::to_string(probe->width) + "x" +
+                                  std::to_string(probe->height)
+                            : std::string("? 0x0")) +
+                     "\n";
+  write_file_atomic(entry_path(key, kind), text);
+}
+
+Cache::Lease& Cache::Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    if (m_fd >= 0)
+      ::close(m_fd);
+    m_fd = std::exchange(other.m_fd, -1);
+  }
+  return *this;
+}
+
+Cache::Lease::~Lease() {
+  if (m_fd >= 0)
+    ::close(m_fd); // releases the flock
+}
+
+std::optional<Cache::Lease> Cache::lease(const std::string& key,
+                                         const std::function<void()>& on_wait) {
+  fs::path path = m_dir / "leases" / key.substr(0, 2) / (key + ".lock");
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return Lease();
+  bool waited = false;
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      ::close(fd);
+      return Lease();
+    }
+    if (!waited) {
+      waited = true;
+      on_wait();
+    }
+    if (!sleep_unless_interrupted(100)) {
+      ::close(fd);
+      return std::nullopt;
+    }
+  }
+  return Lease(fd);
+}
+
+fs::path Cache::keep_content(std::string_view bytes) {
+  fs::path content = content_path(sha256_hex(bytes));
+  if (!stat_file(content))
+    write_file_atomic(content, bytes);
+  return content;
 }
 
 } // namespace kiln::host

@@ -5,6 +5,7 @@
 #include "fingerprint.hpp"
 #include "util.hpp"
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -173,21 +174,75 @@ struct FileStamp {
 };
 std::optional<FileStamp> stat_file(const fs::path& path);
 
-// The local cache: <dir>/v1/<fp[0:2]>/<fp>.<format>, written atomically.
+// What a cache read must find, beyond bytes matching their digest.
+struct CacheExpect {
+  std::string format;  // "png", "jpg", "webp"; empty: any of them
+  uint32_t width = 0;  // 0: any
+  uint32_t height = 0; // 0: any
+  std::string sha256;  // recorded elsewhere (kiln.lock, the state); empty: not known
+};
+
+// The local cache, content-addressed as a remote one is (bazel-remote's layout):
+//   <dir>/cas/<sha[0:2]>/<sha>        the bytes, by their SHA-256, never changed once written;
+//   <dir>/ac/<key[0:2]>/<key>.<kind>  "<sha256> <size> <format> <width>x<height>": what a
+//                                     fingerprint made (kind: the output's format, or
+//                                     "source" for a model's own image).
+// Every read is verified before anything is installed from it: the bytes against their
+// digest, their format and size against the entry (and the asset), and, when the caller knows
+// it, the digest against the one recorded in kiln.lock or the state. A bad entry is a miss: it
+// is removed and counted (rejected()), never installed. Entries of the first layout
+// (<dir>/v1/<fp[0:2]>/<fp>.<format>) are read, checked by decoding, and moved over.
 class Cache {
 public:
   explicit Cache(fs::path dir) : m_dir(std::move(dir)) {}
   // KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln.
   static fs::path default_dir();
 
-  fs::path path_for(const std::string& fingerprint, const std::string& format) const;
-  bool contains(const std::string& fingerprint, const std::string& format) const;
-  std::optional<std::string> get(const std::string& fingerprint, const std::string& format) const;
-  void put(const std::string& fingerprint, const std::string& format, std::string_view bytes);
+  using Expect = CacheExpect;
+
+  bool contains(const std::string& key, const std::string& kind) const;
+  // The verified bytes of `key`'s entry, or nullopt (missing, or bad: then removed and
+  // counted, with `why` set when given).
+  std::optional<std::string> get(const std::string& key, const std::string& kind,
+                                 const Expect& expect = {}, std::string* why = nullptr);
+  // Stores `bytes` as what `key` made. Throws std::runtime_error when it cannot be written.
+  void put(const std::string& key, const std::string& kind, std::string_view bytes);
+  // Whether bytes with this digest were ever stored: Kiln made them.
+  bool has_content(const std::string& sha256) const;
+  // Keeps bytes by their digest only (an artist's edit about to be replaced); their path.
+  fs::path keep_content(std::string_view bytes);
+  fs::path content_path(const std::string& sha256) const;
+  // Entries found bad and removed since this object was made.
+  uint32_t rejected() const { return m_rejected.load(); }
+
+  // Held while a process makes what `key` stands for: another process (a second build tree on
+  // the same cache) that wants the same key waits, then finds it in the cache instead of
+  // paying for it again. Released when destroyed (or by the kernel, however the holder ends).
+  class Lease {
+  public:
+    Lease() = default;
+    explicit Lease(int fd) : m_fd(fd) {}
+    Lease(Lease&& other) noexcept : m_fd(std::exchange(other.m_fd, -1)) {}
+    Lease& operator=(Lease&& other) noexcept;
+    ~Lease();
+    bool held() const { return m_fd >= 0; }
+
+  private:
+    int m_fd = -1;
+  };
+  // Takes the lease of `key`, waiting (and calling `on_wait` once) while another process holds
+  // it. A lease that cannot be had (a read-only cache) is not held, and nothing waits for it.
+  // Nullopt when the run is interrupted while waiting.
+  std::optional<Lease> lease(const std::string& key, const std::function<void()>& on_wait);
   const fs::path& dir() const { return m_dir; }
 
 private:
+  fs::path entry_path(const std::string& key, const std::string& kind) const;
+  fs::path legacy_path(const std::string& key, const std::string& kind) const;
+  void reject(const fs::path& entry, const std::string& why, std::string* out_why);
+
   fs::path m_dir;
+  std::atomic<uint32_t> m_rejected{0};
 };
 
 } // namespace kiln::host

@@ -89,20 +89,28 @@ class RecoveryTest(FakeReplicateCase):
             rejected += [t for t in a["attempts"] if t["error"]]
             self.assertEqual(image_size(self.output(name, fmt), fmt), (128, 128))
         # Every bad image the server sent is a rejected attempt in the report, with its reason.
-        self.assertEqual(len(rejected), faults.count("blank") + faults.count("truncate"))
+        # A broken file is downloaded once more first (free: the same prediction); the server
+        # keeps serving it broken, so that is a second rejected attempt, then a new prediction.
+        self.assertEqual(len(rejected), faults.count("blank") + 2 * faults.count("truncate"))
         blank = [t for t in rejected if t["source"] == "not-blank"]
         broken = [t for t in rejected if t["source"] == "kiln"]
         self.assertEqual(len(blank), faults.count("blank"))
-        self.assertEqual(len(broken), faults.count("truncate"))
+        self.assertEqual(len(broken), 2 * faults.count("truncate"))
+        again = [t for a in report["assets"] for t in a["attempts"]
+                 if t["strategy"] == "download-again"]
+        self.assertEqual(len(again), faults.count("truncate"))
+        self.assertTrue(all(t["cost_usd"] == 0 for t in again), again)
         self.assertTrue(all(t["error_category"] == "validation" and "image is blank" in t["error"]
                             for t in blank), blank)
         self.assertTrue(all(t["error_category"] == "retryable" and "corrupt" in t["error"]
                             for t in broken), broken)
-        # A blank image gets a new seed; a broken file the same request, as a new prediction.
+        # A blank image gets a new seed; a broken file, once downloaded again, the same request
+        # as a new prediction.
         strategies = {t["strategy"] for a in report["assets"] for t in a["attempts"][1:]}
-        self.assertLessEqual({"adjust-parameters", "backoff"}, strategies)
+        self.assertLessEqual({"adjust-parameters", "backoff", "download-again"}, strategies)
         self.assertNotIn("fallback", strategies)
-        self.assertEqual(len(stats["creates"]), sum(len(a["attempts"]) for a in report["assets"]))
+        self.assertEqual(len(stats["creates"]),
+                         sum(len(a["attempts"]) for a in report["assets"]) - len(again))
 
         # Every output decodes fully and is not blank: the validators agree on a second look.
         r2 = self.kiln("build")

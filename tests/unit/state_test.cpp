@@ -1,6 +1,7 @@
 // The state: a snapshot plus an append-only journal. What a killed run recorded must be there
 // for the next one, a torn last record must not poison the file, and compaction must keep
 // every record.
+#include "image.hpp"
 #include "state.hpp"
 #include "test_support.hpp"
 
@@ -169,6 +170,80 @@ TEST(State, AJobLeftByAKilledRunIsPendingUntilItsOutputIsWritten) {
   EXPECT_FALSE(third.pending(written_fp, "replicate"));
   EXPECT_EQ(third.pending(open_fp, "replicate")->job, "job-b");
   EXPECT_TRUE(third.pending(std::string(64, 'c'), "replicate")->lost_create);
+}
+
+} // namespace
+} // namespace kiln::host
+
+namespace kiln::host {
+namespace {
+
+using test::TempDir;
+
+std::string png_of(uint32_t w, uint32_t h, uint8_t shade) {
+  Image img(w, h);
+  for (size_t i = 0; i < img.rgba.size(); ++i)
+    img.rgba[i] = i % 4 == 3 ? 255 : uint8_t(shade + i % 7);
+  return encode_image(img, "png");
+}
+
+const std::string k_fp = std::string(64, 'a');
+
+TEST(Cache, KeepsBytesByDigestAndChecksEveryRead) {
+  TempDir dir;
+  Cache cache(dir / "cache");
+  std::string good = png_of(32, 32, 10);
+  cache.put(k_fp, "png", good);
+  EXPECT_TRUE(cache.contains(k_fp, "png"));
+  EXPECT_TRUE(cache.has_content(sha256_hex(good)));
+  Cache::Expect expect{"png", 32, 32, ""};
+  EXPECT_EQ(cache.get(k_fp, "png", expect), good);
+  EXPECT_EQ(cache.rejected(), 0u);
+  // Content replaced by another valid image (a poisoned shared cache): caught by its digest,
+  // removed, counted.
+  write_file_atomic(cache.content_path(sha256_hex(good)), png_of(999, 7, 10));
+  std::string why;
+  EXPECT_FALSE(cache.get(k_fp, "png", expect, &why));
+  EXPECT_EQ(why, "its bytes do not match their digest");
+  EXPECT_EQ(cache.rejected(), 1u);
+  EXPECT_FALSE(cache.contains(k_fp, "png"));
+}
+
+TEST(Cache, AnEntryOfTheWrongSizeOrOtherBytesThanRecordedIsAMiss) {
+  TempDir dir;
+  Cache cache(dir / "cache");
+  cache.put(k_fp, "png", png_of(999, 7, 10)); // a consistent entry, but not this asset's
+  std::string why;
+  EXPECT_FALSE(cache.get(k_fp, "png", Cache::Expect{"png", 32, 32, ""}, &why));
+  EXPECT_EQ(why, "it is 999x7, the asset is 32x32");
+  cache.put(k_fp, "png", png_of(32, 32, 10));
+  EXPECT_FALSE(cache.get(k_fp, "png", Cache::Expect{"webp", 32, 32, ""}, &why));
+  EXPECT_EQ(why, "it is a png, the asset wants webp");
+  std::string recorded = png_of(32, 32, 90);
+  cache.put(k_fp, "png", png_of(32, 32, 10));
+  EXPECT_FALSE(cache.get(k_fp, "png", Cache::Expect{"png", 32, 32, sha256_hex(recorded)}, &why));
+  EXPECT_EQ(why, "its bytes are not the ones recorded for it");
+  EXPECT_EQ(cache.rejected(), 3u);
+  // An entry file that is not Kiln's.
+  cache.put(k_fp, "png", recorded);
+  write_file_atomic(dir / "cache" / "ac" / "aa" / (k_fp + ".png"), png_of(8, 8, 1));
+  EXPECT_FALSE(cache.get(k_fp, "png", {}, &why));
+  EXPECT_EQ(why, "its entry is not one Kiln wrote");
+}
+
+TEST(Cache, EntriesOfTheFirstLayoutAreCheckedAndMovedOver) {
+  TempDir dir;
+  Cache cache(dir / "cache");
+  std::string old = png_of(16, 16, 40);
+  write_file_atomic(dir / "cache" / "v1" / "aa" / (k_fp + ".png"), old);
+  EXPECT_TRUE(cache.contains(k_fp, "png"));
+  EXPECT_EQ(cache.get(k_fp, "png", Cache::Expect{"png", 16, 16, ""}), old);
+  EXPECT_FALSE(fs::exists(dir / "cache" / "v1" / "aa" / (k_fp + ".png")));
+  EXPECT_TRUE(fs::exists(dir / "cache" / "ac" / "aa" / (k_fp + ".png")));
+  // A first-layout entry of the wrong size is removed too.
+  write_file_atomic(dir / "cache" / "v1" / "bb" / (std::string(64, 'b') + ".png"), old);
+  EXPECT_FALSE(cache.get(std::string(64, 'b'), "png", Cache::Expect{"png", 8, 8, ""}));
+  EXPECT_EQ(cache.rejected(), 1u);
 }
 
 } // namespace
