@@ -55,7 +55,8 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
   prompt_rules     [{"contains": "...", "fate": "nsfw" | "fail" | "abort" | "slow" | "expire",
                      "times": n, "error": "..."}]: the next n predictions whose prompt contains
                    the text end that way ("slow" never finishes by itself, "expire" succeeds
-                   with its outputs already removed)
+                   with its outputs already removed); "gif" and "html" succeed with an output
+                   that is a GIF or an HTML page (some models answer GIFs; a CDN error page)
 GET /_stats returns what happened: every create request (time, status, prompt), created
 predictions, polls, cancels, downloads and downloads that carried an Authorization header.
 """
@@ -257,6 +258,17 @@ class Fake:
             return "truncate"
         return None
 
+    # A 1x1 GIF, and what a CDN serves when it has lost the file.
+    GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00"
+           b"\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+    HTML = b"<html><head><title>Error</title></head><body><h1>Not an image</h1></body></html>"
+
+    def odd_file(self, fate):
+        path = os.path.join(self.files, f"{new_id()}.{fate}")
+        with open(path, "wb") as f:
+            f.write(self.GIF if fate == "gif" else self.HTML)
+        return path
+
     def render(self, fmt, width, height, seed, fault=None, prompt=""):
         """Paints one output as the models do (see kiln-test-image): opaque, the plain backdrop
         only if the prompt asks for it, textures that do not tile."""
@@ -276,6 +288,9 @@ class Fake:
              "created": time.time(), "latency": latency, "fate": fate, "error": error,
              "canceled_at": None, "cancel_after": cancel_after_s, "files": [],
              "predict_time": self.config["predict_time_s"]}
+        if fate in ("gif", "html"):
+            p["files"].append(self.odd_file(fate))
+            p["fate"] = "succeed"
         if fate in ("succeed", "expire"):
             if model == FLUX:
                 w, h = FLUX_SIZES[inputs.get("aspect_ratio", "1:1")]
@@ -507,8 +522,8 @@ class Handler(BaseHTTPRequestHandler):
         fault = FAKE.next_fault("download")
         with open(files[parts[3]], "rb") as f:
             data = f.read()
-        kind = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[
-            parts[3].rsplit(".", 1)[1]]
+        kind = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
+                "html": "text/html"}[parts[3].rsplit(".", 1)[1]]
         if fault and fault.get("truncate"):
             self.send_response(200)
             self.send_header("Content-Type", kind)
