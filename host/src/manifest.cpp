@@ -7,13 +7,16 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
+#include <thread>
 #include <toml++/toml.h>
 #include <unistd.h>
 #include <unordered_map>
@@ -58,6 +61,14 @@ std::string type_name(const toml::node& n) {
   default:
     return "a date/time";
   }
+}
+
+// Names as a case-insensitive file system sees them (names are ASCII).
+std::string fold_case(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    c = char(std::tolower(static_cast<unsigned char>(c)));
+  return out;
 }
 
 std::string in_quotes(std::string_view s) {
@@ -287,8 +298,10 @@ private:
     if (auto dir = get_string(*t, "output_dir", "output_dir")) {
       if (dir->empty())
         m_d.error(loc_of(*t->get("output_dir")), "output_dir must not be empty");
-      else
+      else {
         m_m->output_dir = (m_m->dir / *dir).lexically_normal();
+        m_m->output_dir_loc = loc_of(*t->get("output_dir"));
+      }
     }
     if (auto fb = t->get("allow_fallback")) {
       if (auto b = fb->as_boolean())
@@ -826,6 +839,22 @@ struct LayerTables {
   toml::table root; // the manifest without its assets
 };
 
+namespace {
+
+std::optional<FileStamp> stamp_of(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0)
+    return std::nullopt;
+  return FileStamp{uint64_t(st.st_size),
+                   int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+bool same_stamp(const FileStamp& a, const FileStamp& b) {
+  return a.size == b.size && a.mtime_ns == b.mtime_ns;
+}
+
+} // namespace
+
 struct Manifest::Source {
   struct Fd {
     int fd = -1;
@@ -834,23 +863,33 @@ struct Manifest::Source {
         ::close(fd);
     }
   };
+  // The file as read again after it changed during the run: its [defaults] and [types], and
+  // where each asset of the manifest's index is now, found by its name (12 bytes an asset).
+  struct Reread {
+    static constexpr uint32_t k_twice = 1; // an offset with length 0: the name is there twice
+    FileStamp stamp;
+    std::shared_ptr<const LayerTables> layers; // null: the tables outside [[asset]] have errors
+    std::vector<AssetIndex::Place> places;     // by index; length 0: not there (or twice)
+    bool complete() const {
+      return layers && std::all_of(places.begin(), places.end(),
+                                   [](const AssetIndex::Place& p) { return p.length > 0; });
+    }
+  };
+  // The latest reading, shared by every thread and every copy of the manifest: the file is read
+  // again once per change, not once per asset.
+  struct Rereads {
+    std::mutex mutex;
+    std::shared_ptr<const Reread> latest;
+  };
+
   std::shared_ptr<const std::string> text; // null: read from the file
   std::shared_ptr<Fd> file;
-  FileStamp stamp; // the file's, when it was read
+  FileStamp stamp; // the file's, when it was loaded
   std::string display_path;
+  std::shared_ptr<Rereads> rereads = std::make_shared<Rereads>();
 
-  std::string read(AssetIndex::Place place) const {
-    if (text)
-      return text->substr(place.offset, place.length);
-    struct stat st;
-    if (::fstat(file->fd, &st) != 0 || uint64_t(st.st_size) != stamp.size ||
-        int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec != stamp.mtime_ns)
-      throw Fatal(display_path + " changed during the run: run kiln again");
-    auto out = pread_exact(file->fd, place.offset, place.length);
-    if (!out)
-      throw Fatal("cannot read " + display_path + " again: " + std::strerror(errno));
-    return std::move(*out);
-  }
+  // The file as it is at `stamp`, indexed for `m`; null when it changed again while read.
+  std::shared_ptr<const Reread> reread(const Manifest& m, FileStamp stamp) const;
 };
 
 std::string_view AssetIndex::format(size_t i) const {
@@ -900,7 +939,19 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
   m.layers = layers;
 
   // Each asset is parsed, checked and dropped: only its place and name are kept.
-  std::unordered_multimap<uint64_t, std::pair<uint32_t, uint32_t>> seen; // name hash -> index, line
+  // Names are compared with their case folded: on macOS and Windows `Icons/Sword` and
+  // `icons/sword` are the same file.
+  std::unordered_multimap<uint64_t, std::pair<uint32_t, uint32_t>> seen; // -> index, line
+  auto hash_of = [](const std::string& folded) {
+    return std::hash<std::string>{}(folded);
+  };
+  // Every folder some asset's name makes (`b` and `b.png` of `b/c` and `b.png/c`), folded ->
+  // index, line: no asset may be one of them (a name is a file or a folder of files, not both;
+  // `b.png` could not even be written).
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> folders_of;
+  auto line_of = [&](const std::pair<uint32_t, uint32_t>& first) {
+    return " (line " + std::to_string(first.second) + ")";
+  };
   m.assets.reserve(split.assets.size());
   for (auto& chunk : split.assets) {
     AssetIndex::Place place{uint32_t(chunk.begin), uint32_t(chunk.end - chunk.begin), chunk.line};
@@ -915,19 +966,86 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     AssetSpec spec;
     SourceLoc name_loc;
     bool ok = parser.asset(root, spec, name_loc);
+    const std::string folded = fold_case(spec.name);
+    const uint64_t hash = hash_of(folded);
     if (!spec.name.empty()) {
-      uint64_t hash = std::hash<std::string_view>{}(spec.name);
+      const std::pair<uint32_t, uint32_t>*same = nullptr, *same_but_case = nullptr;
       auto [first, last] = seen.equal_range(hash);
+      for (auto it = first; it != last && !same; ++it) {
+        std::string_view other = m.assets.name(it->second.first);
+        if (other == spec.name)
+          same = &it->second;
+        else if (!same_but_case && fold_case(other) == folded)
+          same_but_case = &it->second;
+      }
+      if (same)
+        d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) + " (first declared at " +
+                              d.display_path() + ":" + std::to_string(same->second) + ")");
+      else if (same_but_case)
+        d.error(name_loc, "asset name " + in_quotes(spec.name) + " is the same as " +
+                              in_quotes(m.assets.name(same_but_case->first)) +
+                              line_of(*same_but_case) + " but for case");
+      ok = ok && !same && !same_but_case;
+    }
+    std::vector<std::string> folders; // of this asset
+    auto earlier = [&](const std::string& folded_name) -> const std::pair<uint32_t, uint32_t>* {
+      auto [first, last] = seen.equal_range(hash_of(folded_name));
       for (auto it = first; it != last; ++it)
-        if (m.assets.name(it->second.first) == spec.name) {
-          d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) +
-                                " (first declared at " + d.display_path() + ":" +
-                                std::to_string(it->second.second) + ")");
+        if (fold_case(m.assets.name(it->second.first)) == folded_name)
+          return &it->second;
+      return nullptr;
+    };
+    if (ok) {
+      // It is a folder of an earlier asset's name.
+      if (auto it = folders_of.find(folded); it != folders_of.end()) {
+        d.error(name_loc, "asset name " + in_quotes(spec.name) + " is a folder of asset " +
+                              in_quotes(m.assets.name(it->second.first)) + line_of(it->second) +
+                              ": a name is an asset or a folder of assets, not both");
+        ok = false;
+      }
+      // Its file is where an earlier asset needs a folder.
+      if (auto it = folders_of.find(fold_case(spec.relative_output()));
+          ok && it != folders_of.end()) {
+        d.error(name_loc, "asset name " + in_quotes(spec.name) + " writes its file to " +
+                              in_quotes(spec.relative_output()) + ", a folder of asset " +
+                              in_quotes(m.assets.name(it->second.first)) + line_of(it->second));
+        ok = false;
+      }
+      // It needs a folder that is an earlier asset, or where an earlier asset writes its file.
+      for (size_t slash = spec.name.find('/'); ok && slash != std::string::npos;
+           slash = spec.name.find('/', slash + 1)) {
+        std::string_view folder(spec.name.data(), slash);
+        std::string folded_folder = fold_case(folder);
+        if (auto* other = earlier(folded_folder)) {
+          d.error(name_loc, "asset name " + in_quotes(spec.name) + " is inside " +
+                                in_quotes(folder) + ", which is asset " +
+                                in_quotes(m.assets.name(other->first)) + line_of(*other) +
+                                ": a name is an asset or a folder of assets, not both");
           ok = false;
           break;
         }
-      if (ok)
-        seen.emplace(hash, std::pair{uint32_t(m.assets.size()), name_loc.line});
+        folders.push_back(folded_folder);
+        size_t dot = folder.rfind('.');
+        if (dot == std::string_view::npos || folder.find('/', dot) != std::string_view::npos)
+          continue;
+        std::string format = fold_case(folder.substr(dot + 1));
+        if (std::find(k_formats.begin(), k_formats.end(), format) == k_formats.end())
+          continue;
+        auto* other = earlier(fold_case(folder.substr(0, dot)));
+        if (other && m.assets.format(other->first) == format) {
+          d.error(name_loc, "asset name " + in_quotes(spec.name) + " needs a folder " +
+                                in_quotes(folder) + " where asset " +
+                                in_quotes(m.assets.name(other->first)) + line_of(*other) +
+                                " writes its file");
+          ok = false;
+        }
+      }
+    }
+    if (ok) {
+      std::pair<uint32_t, uint32_t> at{uint32_t(m.assets.size()), name_loc.line};
+      seen.emplace(hash, at);
+      for (auto& folder : folders)
+        folders_of.emplace(std::move(folder), at);
     }
     if (!ok)
       continue;
@@ -960,19 +1078,195 @@ Manifest parse_manifest(std::string_view text, const fs::path& path,
   return parse_text(std::make_shared<const std::string>(text), path, display_path);
 }
 
+namespace {
+
+// `text` (the manifest's file at `stamp`) split and indexed for `m`: the new [defaults] and
+// [types], and where each of m's assets is now, found by its name (its offset and line may
+// have moved). Only the places are kept, not the text.
+std::shared_ptr<const Manifest::Source::Reread>
+index_again(const Manifest& m, const std::string& text, FileStamp stamp) {
+  auto out = std::make_shared<Manifest::Source::Reread>();
+  out->stamp = stamp;
+  out->places.resize(m.assets.size());
+  if (text.size() > UINT32_MAX)
+    return out;
+  Split split = split_manifest(text);
+  auto layers = std::make_shared<LayerTables>();
+  try {
+    layers->root = toml::parse(split.header, m.path.string());
+    Manifest header; // checked as when loaded; what it sets is the run's already
+    header.path = m.path;
+    header.dir = m.dir;
+    Diagnostics scratch;
+    Parser(&header, scratch).header(layers->root);
+    if (!scratch.has_errors())
+      out->layers = std::move(layers);
+  } catch (const toml::parse_error&) {
+  }
+  split.header = std::string();
+  if (!out->layers)
+    return out; // every asset fails: no need to find them
+
+  std::unordered_map<std::string_view, uint32_t> by_name;
+  by_name.reserve(m.assets.size());
+  for (size_t i = 0; i < m.assets.size(); ++i)
+    by_name.emplace(m.assets.name(i), uint32_t(i));
+  for (auto& chunk : split.assets) {
+    toml::table root;
+    try {
+      root = toml::parse(std::string_view(text).substr(chunk.begin, chunk.end - chunk.begin));
+    } catch (const toml::parse_error&) {
+      continue; // its name is unknown: the asset it was is not found
+    }
+    auto name = root["asset"][0]["name"].as_string();
+    if (!name)
+      continue;
+    auto it = by_name.find(name->get());
+    if (it == by_name.end())
+      continue;
+    AssetIndex::Place& place = out->places[it->second];
+    if (place.length == 0 && place.offset == 0)
+      place = {uint32_t(chunk.begin), uint32_t(chunk.end - chunk.begin), chunk.line};
+    else
+      place = {Manifest::Source::Reread::k_twice, 0, 0};
+  }
+  return out;
+}
+
+// What the ids of an asset's list field are.
+std::string plugin_kind(std::string_view field) {
+  if (field == "enhancers")
+    return "enhancer";
+  if (field == "validators")
+    return "validator";
+  if (field == "retry")
+    return "retry strategy";
+  return "postprocessor";
+}
+
+} // namespace
+
+std::shared_ptr<const Manifest::Source::Reread> Manifest::Source::reread(const Manifest& m,
+                                                                         FileStamp at) const {
+  std::lock_guard<std::mutex> lock(rereads->mutex);
+  for (int settle = 0;; ++settle) {
+    if (rereads->latest && same_stamp(rereads->latest->stamp, at))
+      return rereads->latest;
+    auto now_text = pread_exact(file->fd, 0, size_t(at.size));
+    auto after = stamp_of(file->fd);
+    if (!now_text || !after || !same_stamp(*after, at))
+      return nullptr; // changed again while read
+    auto now = index_again(m, *now_text, at);
+    rereads->latest = now;
+    // An asset missing or an error may be a save caught half-written (an editor truncates the
+    // file, then writes it): once settled, the file is read again.
+    if (now->complete() || settle == 2)
+      return now;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = stamp_of(file->fd);
+    if (!after || same_stamp(*after, at))
+      return now;
+    at = *after;
+  }
+}
+
+bool Manifest::changed_on_disk() const {
+  if (source->text || !source->file)
+    return false;
+  auto stamp = stamp_of(source->file->fd);
+  return !stamp || !same_stamp(*stamp, source->stamp);
+}
+
 AssetSpec Manifest::asset(size_t i) const {
+  const std::string_view name = assets.name(i);
+  auto changed = [&](const std::string& why) {
+    return Fatal(source->display_path + " changed during the run" +
+                 (why.empty() ? std::string() : " (" + why + ")") + ": run kiln again");
+  };
+  const std::string asset_label = "asset " + in_quotes(name);
   AssetIndex::Place place = assets.place(i);
-  toml::table root = toml::parse(source->read(place), path.string());
+  std::shared_ptr<const LayerTables> now_layers = layers;
+  bool read_again = false; // the file changed: found again by name
+  std::string text;
+  if (source->text) {
+    text = source->text->substr(place.offset, place.length);
+  } else {
+    // The stamp is checked before and after the asset is read: a change in between is read
+    // again, never half old.
+    const int fd = source->file->fd;
+    for (int attempt = 0;; ++attempt) {
+      auto stamp = stamp_of(fd);
+      if (!stamp)
+        throw Fatal("cannot read " + source->display_path + " again: " + std::strerror(errno));
+      read_again = !same_stamp(*stamp, source->stamp);
+      if (!read_again) {
+        place = assets.place(i);
+        now_layers = layers;
+      } else if (auto now = source->reread(*this, *stamp)) {
+        if (!now->layers)
+          throw changed("its tables outside [[asset]] have errors now");
+        place = now->places[i];
+        if (place.length == 0)
+          throw changed(asset_label +
+                        (place.offset == Source::Reread::k_twice
+                             ? " is in it twice now"
+                             : " is not in it any more, or its table does not parse"));
+        now_layers = now->layers;
+        stamp = now->stamp;
+      } else {
+        if (attempt == 4)
+          throw changed("it is still being written");
+        continue;
+      }
+      auto bytes = pread_exact(fd, place.offset, place.length);
+      const int error = errno;
+      auto after = stamp_of(fd);
+      if (after && same_stamp(*after, *stamp)) {
+        if (!bytes)
+          throw Fatal("cannot read " + source->display_path + " again: " + std::strerror(error));
+        text = std::move(*bytes);
+        break;
+      }
+      if (attempt == 4)
+        throw changed("it is still being written");
+    }
+  }
+  toml::table root;
+  try {
+    root = toml::parse(text, path.string());
+  } catch (const toml::parse_error&) {
+    throw changed(asset_label + " is not in it any more, or its table does not parse");
+  }
   Diagnostics scratch;
   Parser parser(nullptr, scratch, place.line - 1);
-  parser.use_layers(layers->root, false);
+  parser.use_layers(now_layers->root, false);
   AssetSpec spec;
   SourceLoc name_loc;
   if (!parser.asset(root, spec, name_loc))
-    throw Fatal(source->display_path + " changed during the run: run kiln again");
+    throw changed(asset_label + " has errors now");
+  if (spec.name != name) // the file changed without its stamp changing
+    throw changed(asset_label + " is not in it any more, or its table does not parse");
   if (!m_backend_override.empty()) {
     spec.backend = m_backend_override;
     spec.field_locs["backend"] = SourceLoc{}; // set on the command line
+  }
+  if (read_again) {
+    // The run started the plugins its assets named when it was loaded, and no others.
+    for (auto [field, ids] :
+         {std::pair<const char*, const std::vector<std::string>*>{"enhancers", &spec.enhancers},
+          {"validators", &spec.validators},
+          {"retry", &spec.retry},
+          {"postprocess", &spec.postprocess}}) {
+      auto uses = plugin_uses.find(field);
+      for (auto& id : *ids)
+        if (uses == plugin_uses.end() || !uses->second.count(id))
+          throw changed(asset_label + " now uses " + plugin_kind(field) + " " + in_quotes(id) +
+                        ", which this run did not load");
+    }
+    auto backends = plugin_uses.find("backend");
+    if (backends == plugin_uses.end() || !backends->second.count(spec.backend))
+      throw changed(asset_label + " now uses backend " + in_quotes(spec.backend) +
+                    ", which this run did not load");
   }
   return spec;
 }

@@ -3,7 +3,10 @@
 #include "manifest.hpp"
 #include "test_support.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 namespace kiln::host {
 namespace {
@@ -373,18 +376,202 @@ TEST(Manifest, AnAssetTableThatIsNotAnArrayIsRefused) {
             std::string::npos);
 }
 
-TEST(Manifest, AManifestChangedDuringTheRunIsNotReadHalfOld) {
+// Writes `text` to `file` in place (the run's descriptor sees it) and moves its modification time
+// on, so the change shows in the stamp even within one tick of the file system's clock.
+void rewrite(const fs::path& file, const std::string& text) {
+  static int tick = 0;
+  std::ofstream(file) << text;
+  fs::last_write_time(file, fs::file_time_type::clock::now() + std::chrono::seconds(++tick));
+}
+
+std::string asset_text(const std::string& name, const std::string& prompt) {
+  return "[[asset]]\nname = \"" + name + "\"\ntype = \"icon\"\nprompt = \"" + prompt + "\"\n";
+}
+
+// An edit during the run is read again: each asset is found by its name in the new text and
+// resolved with the new [defaults] and [types]; the engine then compares fingerprints, so an
+// asset the edit leaves alone goes on and one it changed fails.
+TEST(Manifest, AManifestEditedDuringTheRunIsReadAgainAndAssetsFoundByName) {
   test::TempDir dir;
   fs::path file = dir / "assets.toml";
-  std::string text =
-      std::string(k_head) + "[[asset]]\nname = \"a\"\ntype = \"icon\"\nprompt = \"a\"\n";
-  std::ofstream(file) << text;
+  std::string head = k_head;
+  std::string a = asset_text("a", "an apple"), b = asset_text("b", "a bell"),
+              c = asset_text("c", "a cat");
+  rewrite(file, head + "\n" + a + "\n" + b + "\n" + c);
   Manifest m = load_manifest(file, "assets.toml");
   m.keep_text_on_disk();
-  EXPECT_EQ(m.asset(0).prompt, "a");
-  std::ofstream(file) << text << "# edited\n";
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(m.asset(1).prompt, "a bell");
+  EXPECT_EQ(m.asset(1).loc.line, 10u);
+
+  // A comment appended: nothing moves.
+  rewrite(file, head + "\n" + a + "\n" + b + "\n" + c + "# edited\n");
+  const std::vector<std::string> prompts = {"an apple", "a bell", "a cat"};
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(m.asset(i).prompt, prompts[i]);
+  EXPECT_EQ(m.asset(1).loc.line, 10u);
+
+  // Lines added above, whitespace changed, the assets reordered, another asset's prompt changed.
+  std::string spaced_a = "[[asset]]\n  name   =   \"a\"\n\ntype = \"icon\"   # fruit\nprompt = "
+                         "'an apple'\n";
+  rewrite(file, "# the game's art\n\n" + head + "\n" + c + "\n" + asset_text("b", "a drum") + "\n" +
+                    spaced_a);
+  AssetSpec a_now = m.asset(0);
+  EXPECT_EQ(a_now.name, "a");
+  EXPECT_EQ(a_now.prompt, "an apple");
+  EXPECT_EQ(a_now.width, 256u);
+  EXPECT_EQ(a_now.loc.line, 17u);         // where it is now
+  EXPECT_EQ(m.asset(1).prompt, "a drum"); // its own prompt changed: the new one
+  EXPECT_EQ(m.asset(2).prompt, "a cat");
+  EXPECT_EQ(m.relative_output(0), "a.png");
+
+  // The header changed too: the new [types] apply.
+  rewrite(file, "[types.icon]\nwidth = 128\nheight = 256\n\n" + a + "\n" + b + "\n" + c);
+  EXPECT_EQ(m.asset(0).width, 128u);
+  EXPECT_EQ(m.asset(2).width, 128u);
+
+  // An asset removed, one that no longer checks: each fails naming it; the others resolve.
+  rewrite(file, head + "\n" + a + "\n" + c + "width = 0\n\n" + asset_text("d", "a dog"));
+  EXPECT_EQ(m.asset(0).prompt, "an apple");
+  EXPECT_EQ(fatal_message([&] { m.asset(1); }),
+            "assets.toml changed during the run (asset 'b' is not in it any more, or its table "
+            "does not parse): run kiln again");
+  EXPECT_EQ(fatal_message([&] { m.asset(2); }),
+            "assets.toml changed during the run (asset 'c' has errors now): run kiln again");
+
+  // An asset now declared twice: which one is meant is unknown.
+  rewrite(file, head + "\n" + a + "\n" + b + "\n" + asset_text("b", "another bell"));
+  EXPECT_EQ(m.asset(0).prompt, "an apple");
+  EXPECT_EQ(fatal_message([&] { m.asset(1); }),
+            "assets.toml changed during the run (asset 'b' is in it twice now): run kiln again");
+
+  // A header that no longer parses fails every asset.
+  rewrite(file, "[types.icon\n" + a);
   EXPECT_EQ(fatal_message([&] { m.asset(0); }),
-            "assets.toml changed during the run: run kiln again");
+            "assets.toml changed during the run (its tables outside [[asset]] have errors "
+            "now): run kiln again");
+}
+
+TEST(Manifest, AnAssetEditedToUseAPluginTheRunDidNotLoadFails) {
+  test::TempDir dir;
+  fs::path file = dir / "assets.toml";
+  rewrite(file, std::string(k_head) + asset_text("a", "an apple"));
+  Manifest m = load_manifest(file, "assets.toml");
+  m.keep_text_on_disk();
+  rewrite(file, std::string(k_head) + asset_text("a", "an apple") + "enhancers = [\"style\"]\n");
+  EXPECT_EQ(fatal_message([&] { m.asset(0); }),
+            "assets.toml changed during the run (asset 'a' now uses enhancer 'style', which "
+            "this run did not load): run kiln again");
+}
+
+// The file is read and indexed again once per change, not once per asset: many assets from
+// several threads after an edit cost about one load.
+TEST(Manifest, AnEditedManifestIsReadAgainOncePerChangeForAllThreads) {
+  test::TempDir dir;
+  fs::path file = dir / "assets.toml";
+  const size_t n = 3000;
+  std::string text = k_head;
+  for (size_t i = 0; i < n; ++i)
+    text += "\n" + asset_text("icons/i" + std::to_string(i), "icon " + std::to_string(i));
+  rewrite(file, text);
+  Manifest m = load_manifest(file, "assets.toml");
+  m.keep_text_on_disk();
+  rewrite(file, "# moved\n" + text + "# edited\n");
+  auto start = std::chrono::steady_clock::now();
+  std::atomic<size_t> next{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (size_t i; (i = next++) < n;)
+        if (m.asset(i).prompt != "icon " + std::to_string(i))
+          ++wrong;
+    });
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(wrong, 0u);
+  // Read again per asset, this takes minutes (n parses of n tables); once, well under a second.
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 20);
+}
+
+// Names that are the same file on a case-insensitive file system (macOS, Windows).
+TEST(Manifest, NamesThatDifferOnlyByCaseAreRefused) {
+  EXPECT_EQ(error_of(std::string(k_head) + R"(
+[[asset]]
+name = "icons/sword"
+type = "icon"
+prompt = "a sword"
+
+[[asset]]
+name = "Icons/Sword"
+type = "icon"
+prompt = "another sword"
+
+[[asset]]
+name = "ICONS/SWORD"
+type = "icon"
+format = "webp"
+prompt = "a third sword"
+)"),
+            "assets.toml:11:8: asset name 'Icons/Sword' is the same as 'icons/sword' (line 6) "
+            "but for case\n"
+            "    name = \"Icons/Sword\"\n"
+            "           ^\n"
+            "assets.toml:16:8: asset name 'ICONS/SWORD' is the same as 'icons/sword' (line 6) "
+            "but for case\n"
+            "    name = \"ICONS/SWORD\"\n"
+            "           ^");
+}
+
+// `b` writes the file b.png; `b.png/c` needs a folder b.png: they cannot both exist.
+TEST(Manifest, AnOutputFileThatIsAnotherAssetsFolderIsRefused) {
+  EXPECT_EQ(error_of(std::string(k_head) + R"(
+[[asset]]
+name = "b"
+type = "icon"
+prompt = "b"
+
+[[asset]]
+name = "b.png/c"
+type = "icon"
+prompt = "c"
+
+[[asset]]
+name = "D.Webp/e"
+type = "icon"
+prompt = "e"
+
+[[asset]]
+name = "d"
+type = "icon"
+format = "webp"
+prompt = "d"
+)"),
+            "assets.toml:11:8: asset name 'b.png/c' needs a folder 'b.png' where asset 'b' "
+            "(line 6) writes its file\n"
+            "    name = \"b.png/c\"\n"
+            "           ^\n"
+            "assets.toml:21:8: asset name 'd' writes its file to 'd.webp', a folder of asset "
+            "'D.Webp/e' (line 16)\n"
+            "    name = \"d\"\n"
+            "           ^");
+}
+
+// A name is an asset or a folder of assets, not both (`b` and `b/c`, in either order, in any
+// case): an atlas, an engine's resource tree or a `--only 'b/*'` would not know which is meant.
+TEST(Manifest, ANameThatIsAFolderOfAnotherIsRefused) {
+  EXPECT_EQ(error_of(std::string(k_head) + asset_text("b", "b") + asset_text("B/c", "c") +
+                     asset_text("x/y/z", "z") + asset_text("x/Y", "y")),
+            "assets.toml:9:8: asset name 'B/c' is inside 'B', which is asset 'b' (line 5): a "
+            "name is an asset or a folder of assets, not both\n"
+            "    name = \"B/c\"\n"
+            "           ^\n"
+            "assets.toml:17:8: asset name 'x/Y' is a folder of asset 'x/y/z' (line 13): a name "
+            "is an asset or a folder of assets, not both\n"
+            "    name = \"x/Y\"\n"
+            "           ^");
+  Manifest m = parse(std::string(k_head) + asset_text("b/a", "a") + asset_text("b/c", "c") +
+                     asset_text("bc", "bc"));
+  EXPECT_EQ(m.size(), 3u);
 }
 
 } // namespace
