@@ -19,6 +19,8 @@
 # - USES_TERMINAL: Kiln runs in Ninja's console pool, so its progress is shown live. The
 #   trade-off: the console pool runs one job at a time and Ninja's own status line waits while
 #   Kiln prints; other rules keep building in parallel.
+# - Kiln's state for this build tree goes to <binary dir>/<target>.kiln-state (kiln build's
+#   --state-dir); `kiln.lock`, the committed record, is written beside the manifest.
 # - OUTPUT_DIR overrides the manifest's output_dir (relative to the current binary dir); JOBS,
 #   REPORT and BACKEND are kiln build's -j, --report and --backend (e.g. `BACKEND placeholder`
 #   in CI). The target is part of `all` unless NOT_ALL is given.
@@ -94,6 +96,10 @@ function(kiln_add_assets target)
   if(ARG_BACKEND)
     list(APPEND run_options --backend "${ARG_BACKEND}")
   endif()
+
+  # Kiln's own record of this build tree (stamps, journal, build lock, scratch files) lives in
+  # the build tree, never in the output folder: the output folder holds only shippable art.
+  list(APPEND run_options --state-dir "${CMAKE_CURRENT_BINARY_DIR}/${target}.kiln-state")
 
   set(stamp "${CMAKE_CURRENT_BINARY_DIR}/${target}.kiln-stamp")
   set(depfile "${CMAKE_CURRENT_BINARY_DIR}/${target}.kiln.d")

@@ -29,6 +29,7 @@ Usage: kiln <command> [options]
 Commands:
   build     make every asset of the manifest exist, regenerating only what changed
   plan      show what `build` would do for each asset, and what it would cost
+  adopt     keep a file edited by hand as its asset's art (recorded in kiln.lock)
   outputs   print the absolute path of every output file (for build systems)
   plugins   list the plugins kiln can load
 
@@ -53,6 +54,7 @@ struct Command {
 struct CommonArgs {
   std::string manifest = "assets.toml";
   std::string output_dir;
+  std::string state_dir;
   std::vector<std::string> only;
   std::string backend;
   bool help = false;
@@ -66,7 +68,9 @@ po::options_description common_options(CommonArgs& a, bool with_selection) {
                   "this text")("manifest,m", po::value(&a.manifest)->value_name("FILE"),
                                "the manifest (default: ./assets.toml)")(
       "output-dir", po::value(&a.output_dir)->value_name("DIR"),
-      "write outputs here instead of the manifest's output_dir (e.g. the build tree)");
+      "write outputs here instead of the manifest's output_dir (e.g. the build tree)")(
+      "state-dir", po::value(&a.state_dir)->value_name("DIR"),
+      "keep what Kiln knows of the output folder here (default: ~/.local/state/kiln/...)");
   if (with_selection)
     d.add_options()("only", po::value(&a.only)->value_name("NAME")->composing(),
                     "only this asset; repeatable; globs allowed ('icons/*')")(
@@ -106,8 +110,11 @@ struct Session {
   std::unique_ptr<OutputLock> lock; // released after the state is closed
   std::unique_ptr<StateFile> state;
   std::unique_ptr<Cache> cache;
+  std::unique_ptr<Lockfile> lockfile; // kiln.lock
 
-  Workspace workspace() { return Workspace{manifest, registry, plugins, log, *state, *cache}; }
+  Workspace workspace() {
+    return Workspace{manifest, registry, plugins, log, *state, *cache, lockfile.get()};
+  }
 };
 
 kiln_log_level verbosity(const CommonArgs& a) {
@@ -131,8 +138,10 @@ void load_plugins(PluginRegistry& registry, Manifest* manifest) {
 
 Manifest read_manifest(const CommonArgs& a) {
   Manifest m = load_manifest(a.manifest, a.manifest);
-  if (!a.output_dir.empty())
+  if (!a.output_dir.empty()) {
     m.output_dir = fs::absolute(a.output_dir).lexically_normal();
+    m.output_dir_loc = SourceLoc{}; // not the manifest's choice: no line of it to point at
+  }
   return m;
 }
 
@@ -155,6 +164,34 @@ void write_depfile(const fs::path& path, const std::string& target,
   for (auto& input : inputs)
     text += " \\\n  " + escape(input.string());
   write_file_atomic(path, text + "\n");
+}
+
+// One manifest per output folder: the state folder names the manifest whose art the folder
+// holds. Another manifest that still exists and writes there is a mistake (each would
+// overwrite and delete the other's art): exit 2, naming both. `record`: claims it (call it
+// holding the lock); else only checks.
+void claim_output_dir(Manifest& m, bool record) {
+  // Kept where the output folder's default state folder is, whatever --state-dir says: two
+  // build trees with state folders of their own still find each other.
+  const fs::path state_dir = state_dir_for(m.output_dir);
+  fs::path owner_file = state_dir / "owner";
+  std::string me = m.path.string();
+  auto owner = read_file(owner_file);
+  std::string other = owner ? std::string(owner->substr(0, owner->find('\n'))) : std::string();
+  std::error_code ec;
+  if (!other.empty() && other != me && fs::is_regular_file(other, ec)) {
+    std::string why = "the output folder " + m.output_dir.string() + " holds the art of " + other +
+                      " (its record: " + state_dir.string() +
+                      "); two manifests must not write into one folder: give this one another "
+                      "output_dir";
+    if (m.output_dir_loc.line) {
+      m.diagnostics.error(m.output_dir_loc, why);
+      m.diagnostics.throw_if_errors();
+    }
+    throw Fatal(m.diagnostics.display_path() + ": " + why);
+  }
+  if (record && other != me)
+    write_file_atomic(owner_file, me + "\n");
 }
 
 // How a command holds the output folder: `build` takes its lock (waiting for another build, or
@@ -180,18 +217,31 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
   }
   s->plugins = instantiate_manifest_plugins(s->registry, s->manifest);
   s->manifest.keep_text_on_disk(); // checked: from here on assets are read again one at a time
+  const fs::path& out = s->manifest.output_dir;
+  fs::path state_dir =
+      a.state_dir.empty() ? state_dir_for(out) : fs::absolute(a.state_dir).lexically_normal();
   if (lock != LockMode::None) {
-    s->lock = std::make_unique<OutputLock>(s->manifest.output_dir, lock == LockMode::Wait,
+    s->lock = std::make_unique<OutputLock>(state_dir, out, lock == LockMode::Wait,
                                            [&](const std::string& why) { s->log.warning(why); });
+    claim_output_dir(s->manifest, true);
+    if (migrate_old_state(out, state_dir))
+      s->log.warning("moved Kiln's state out of " + out.string() + " (to " + state_dir.string() +
+                     "): the output folder now holds only art");
     // Holding the lock, whatever a killed run left half-written is garbage: its paid results
     // are in the cache and the journal.
-    if (size_t n = remove_leftovers(s->manifest.output_dir))
+    if (size_t n = remove_leftovers(out, state_dir))
       s->log.debug("removed " + std::to_string(n) + " leftovers of an interrupted run");
+  } else {
+    claim_output_dir(s->manifest, false);
+    if (!fs::exists(state_dir / "state.jsonl") && fs::is_directory(out / ".kiln"))
+      state_dir = out / ".kiln"; // read where a kiln before 0.2 left it; build moves it
   }
-  s->state = std::make_unique<StateFile>(s->manifest.output_dir);
+  s->state = std::make_unique<StateFile>(state_dir);
   if (auto warning = s->state->load(lock != LockMode::None))
     s->log.warning(*warning);
   s->cache = std::make_unique<Cache>(Cache::default_dir());
+  s->lockfile = std::make_unique<Lockfile>(Lockfile::path_for(s->manifest.path));
+  s->lockfile->load();
   return s;
 }
 
@@ -251,11 +301,13 @@ int cmd_build(int argc, char** argv) {
   auto s = open_session(a, no_wait ? LockMode::NoWait : LockMode::Wait);
   Workspace ws = s->workspace();
   Plan plan = make_plan(ws, PlanOptions{force, a.only});
+  std::vector<std::string_view> names;
+  std::vector<Undeclared> undeclared;
   if (a.only.empty()) {
-    std::vector<std::string_view> names;
     names.reserve(s->manifest.size());
     for (size_t i = 0; i < s->manifest.size(); ++i)
       names.push_back(s->manifest.name(i));
+    undeclared = undeclared_outputs(ws);
     s->state->retain(names);
   }
   s->state->reserve(s->state->size() + plan.size());
@@ -269,20 +321,34 @@ int cmd_build(int argc, char** argv) {
   options.verbosity = verbosity(a);
   options.progress = Progress::detect();
   BuildSummary summary = build(ws, plan, options, report_writer ? &*report_writer : nullptr);
+  // The record of what was made, kept even when the run failed: what it made is made.
+  summary.removed = remove_undeclared(ws, undeclared);
+  for (auto& u : undeclared)
+    summary.kept += u.edited; // named by remove_undeclared()
+  if (a.only.empty())
+    s->lockfile->retain(names);
+  try {
+    s->lockfile->save();
+  } catch (const std::exception& e) {
+    s->log.warning(std::string("cannot write ") + s->lockfile->path().string() + ": " + e.what());
+  }
   if (report_writer)
     report_writer->finish(summary);
 
   if (!a.quiet) {
     char line[256];
-    if (summary.generated + summary.cached + summary.failed + summary.skipped == 0)
-      std::snprintf(line, sizeof line, "kiln: no work to do (%zu assets up to date)",
-                    summary.total);
+    if (summary.generated + summary.cached + summary.failed + summary.skipped + summary.kept +
+            int(summary.removed) ==
+        0)
+      std::snprintf(line, sizeof line, "kiln: no work to do (%zu asset%s up to date)",
+                    summary.total, summary.total == 1 ? "" : "s");
     else
       std::snprintf(
           line, sizeof line,
-          "kiln: %zu assets: %d generated, %d cached, %d up to date, %d failed%s%s; "
+          "kiln: %zu asset%s: %d generated, %d cached, %d up to date, %d failed%s%s; "
           "spent %s (predicted %s)%s in %.2f s",
-          summary.total, summary.generated, summary.cached, summary.up_to_date, summary.failed,
+          summary.total, summary.total == 1 ? "" : "s", summary.generated, summary.cached,
+          summary.up_to_date, summary.failed,
           summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
           summary.fallbacks() ? (", " + std::to_string(summary.fallbacks()) + " fallback").c_str()
                               : "",
@@ -293,6 +359,10 @@ int cmd_build(int argc, char** argv) {
               : "",
           summary.duration_s);
     std::string text = line;
+    if (summary.kept)
+      text += "; " + std::to_string(summary.kept) + " edited by hand, kept";
+    if (summary.removed)
+      text += "; " + std::to_string(summary.removed) + " no longer declared, removed";
     if (summary.cache_rejected)
       text += "; " + std::to_string(summary.cache_rejected) + " bad cache entr" +
               (summary.cache_rejected == 1 ? "y" : "ies") + " removed, not installed";
@@ -322,10 +392,11 @@ int cmd_build(int argc, char** argv) {
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
   if (summary.fallbacks() > 0 && !s->manifest.allow_fallback) {
-    std::vector<std::string> names = summary.fallback_names; // in the order they finished
-    std::sort(names.begin(), names.end());
-    s->log.error(std::to_string(names.size()) + " asset" + (names.size() == 1 ? " is" : "s are") +
-                 " a fallback stand-in, not the art asked for: " + join(names, ", ") +
+    std::vector<std::string> stand_ins = summary.fallback_names; // in the order they finished
+    std::sort(stand_ins.begin(), stand_ins.end());
+    s->log.error(std::to_string(stand_ins.size()) + " asset" +
+                 (stand_ins.size() == 1 ? " is" : "s are") +
+                 " a fallback stand-in, not the art asked for: " + join(stand_ins, ", ") +
                  " (see the report's attempts; set allow_fallback = true in [project] to accept "
                  "stand-ins)");
     return k_exit_assets_failed;
@@ -340,7 +411,7 @@ int cmd_build(int argc, char** argv) {
   }
   // A fallback stand-in is tried again by the next build: no shortcut past it.
   if (a.only.empty() && summary.fallbacks() == 0) {
-    std::vector<fs::path> inputs{key.manifest, s->state->path(),
+    std::vector<fs::path> inputs{key.manifest, s->state->path(), s->lockfile->path(),
                                  fs::read_symlink("/proc/self/exe", ec)};
     for (auto* plugin : s->registry.all())
       inputs.push_back(plugin->path);
@@ -381,7 +452,7 @@ int cmd_plan(int argc, char** argv) {
   auto s = open_session(a);
   Workspace ws = s->workspace();
   Plan plan = make_plan(ws, PlanOptions{false, a.only});
-  int counts[3] = {0, 0, 0};
+  int counts[4] = {0, 0, 0, 0}; // by Action
   int unplannable = 0;
   for (auto& e : plan.entries) {
     if (e.prepare_failed)
@@ -389,6 +460,17 @@ int cmd_plan(int argc, char** argv) {
     else
       ++counts[int(e.action)];
   }
+  // Outputs of assets no longer declared: a full build removes those Kiln wrote, keeps edits.
+  std::vector<Undeclared> undeclared;
+  if (a.only.empty())
+    undeclared = undeclared_outputs(ws);
+  int to_remove = 0;
+  for (auto& u : undeclared)
+    to_remove += !u.edited;
+  auto undeclared_reason = [](const Undeclared& u) {
+    return u.edited ? std::string("no longer declared; edited by hand: kept")
+                    : std::string("no longer declared: its file is removed");
+  };
 
   // Streamed, one asset at a time: a plan of any size is printed in constant memory.
   if (json) {
@@ -410,6 +492,10 @@ int cmd_plan(int argc, char** argv) {
     w.Int(counts[int(Action::Cached)]);
     w.Key("up_to_date");
     w.Int(counts[int(Action::UpToDate)]);
+    w.Key("kept");
+    w.Int(counts[int(Action::Kept)] + int(undeclared.size()) - to_remove);
+    w.Key("remove");
+    w.Int(to_remove);
     w.Key("failed");
     w.Int(unplannable);
     w.Key("predicted_cost_usd");
@@ -461,6 +547,22 @@ int cmd_plan(int argc, char** argv) {
       w.EndObject();
     }
     w.EndArray();
+    // Files of assets no longer declared: "remove" (Kiln's, unedited) or "kept" (edited).
+    w.Key("undeclared");
+    w.StartArray();
+    for (auto& u : undeclared) {
+      w.StartObject();
+      w.Key("name");
+      str(u.name);
+      w.Key("action");
+      str(u.edited ? "kept" : "remove");
+      w.Key("reason");
+      str(undeclared_reason(u));
+      w.Key("output");
+      str(u.output.string());
+      w.EndObject();
+    }
+    w.EndArray();
     w.EndObject();
     out.Put('\n');
     out.Flush();
@@ -468,23 +570,91 @@ int cmd_plan(int argc, char** argv) {
     size_t width = 5;
     for (auto& e : plan.entries)
       width = std::max(width, s->manifest.name(e.asset).size());
+    for (auto& u : undeclared)
+      width = std::max(width, u.name.size());
     for (size_t i = 0; i < plan.size(); ++i) {
       PlannedAsset p = plan.asset(ws, i);
       const char* action = p.prepare_error                ? "failed"
                            : p.action == Action::Generate ? "generate"
                            : p.action == Action::Cached   ? "cached"
+                           : p.action == Action::Kept     ? "kept"
                                                           : "up to date";
       std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
       std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
                   (p.prepare_error ? p.prepare_error->message : p.reason).c_str(), cost.c_str());
     }
+    for (auto& u : undeclared)
+      std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width), u.name.c_str(),
+                  undeclared_reason(u).c_str());
+    std::string extra;
+    if (int kept = counts[int(Action::Kept)] + int(undeclared.size()) - to_remove)
+      extra += ", " + std::to_string(kept) + " kept (edited by hand)";
+    if (to_remove)
+      extra += ", " + std::to_string(to_remove) + " to remove";
+    if (unplannable)
+      extra += ", " + std::to_string(unplannable) + " failed";
     std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
                 counts[int(Action::Generate)], counts[int(Action::Cached)],
-                counts[int(Action::UpToDate)],
-                unplannable ? (", " + std::to_string(unplannable) + " failed").c_str() : "",
+                counts[int(Action::UpToDate)], extra.c_str(),
                 format_usd(plan.predicted_cost_usd).c_str());
   }
   return unplannable ? k_exit_assets_failed : k_exit_ok;
+}
+
+int cmd_adopt(int argc, char** argv) {
+  static const Command cmd{
+      "adopt",
+      "keep the files at these assets' outputs (edited by hand) as their art, in kiln.lock",
+      "  kiln adopt icons/sword      # the retouched generated/icons/sword.png is the art now\n"
+      "  kiln adopt 'icons/*'        # every icon as it is on disk\n"
+      "A later build keeps an adopted file until the asset's fingerprint changes (its prompt,\n"
+      "model, size...): then the file is saved in the cache and a new image made.\n"};
+  CommonArgs a;
+  std::vector<std::string> names;
+  po::options_description d = common_options(a, false);
+  d.add_options()("name", po::value(&names)->value_name("NAME")->composing(),
+                  "an asset, or a glob ('icons/*'); repeatable, or given without --name");
+  po::positional_options_description positional;
+  positional.add("name", -1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(d).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Fatal(std::string("kiln adopt: ") + e.what() + "\nTry 'kiln adopt --help'.");
+  }
+  if (a.help) {
+    std::cout << "kiln adopt NAME... - " << cmd.summary << "\n\n"
+              << d << "\nExample:\n"
+              << cmd.example;
+    return k_exit_ok;
+  }
+  if (names.empty())
+    throw Fatal("kiln adopt: name the assets to adopt (e.g. kiln adopt icons/sword)\nTry 'kiln "
+                "adopt --help'.");
+  a.only = names;
+  auto s = open_session(a, LockMode::Wait);
+  Workspace ws = s->workspace();
+  Plan plan = make_plan(ws, PlanOptions{false, a.only});
+  int failed = 0, adopted = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    PlannedAsset p = plan.asset(ws, i);
+    if (auto why = adopt_output(ws, p)) {
+      s->log.error(p.spec.name + ": not adopted: " + *why);
+      ++failed;
+      continue;
+    }
+    ++adopted;
+    if (!a.quiet)
+      std::printf("adopted %s (%s)\n", p.spec.name.c_str(), p.output.string().c_str());
+  }
+  s->state->save();
+  s->lockfile->save();
+  if (!a.quiet)
+    std::printf("kiln: %d adopted%s; recorded in %s\n", adopted,
+                failed ? (", " + std::to_string(failed) + " not").c_str() : "",
+                s->lockfile->path().string().c_str());
+  return failed ? k_exit_assets_failed : k_exit_ok;
 }
 
 int cmd_outputs(int argc, char** argv) {
@@ -582,10 +752,12 @@ int cli_main(int argc, char** argv) {
     return cmd_plan(sub_argc, sub_argv);
   if (command == "outputs")
     return cmd_outputs(sub_argc, sub_argv);
+  if (command == "adopt")
+    return cmd_adopt(sub_argc, sub_argv);
   if (command == "plugins")
     return cmd_plugins(sub_argc, sub_argv);
   std::string msg = "unknown command '" + command + "'";
-  if (auto hint = did_you_mean(command, {"build", "plan", "outputs", "plugins"}))
+  if (auto hint = did_you_mean(command, {"build", "plan", "adopt", "outputs", "plugins"}))
     msg += " (did you mean '" + *hint + "'?)";
   throw Fatal(msg + "\nRun 'kiln --help' for the commands.");
 }

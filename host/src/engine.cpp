@@ -33,6 +33,8 @@ std::string_view action_name(Action action) {
     return "cached";
   case Action::Generate:
     return "generate";
+  case Action::Kept:
+    return "kept";
   }
   return "generate";
 }
@@ -225,6 +227,33 @@ std::optional<std::string> source_key(const Workspace& ws, const GenerationReque
   return source_fingerprint_of(req);
 }
 
+std::string sha256_of_file(const fs::path& path) {
+  auto bytes = read_file(path);
+  return bytes ? sha256_hex(*bytes) : std::string();
+}
+
+// What the file at an asset's output is, by its bytes (its stamps did not say): this
+// fingerprint's output (kiln.lock or the state recorded these very bytes for it), another image
+// Kiln made (a stale output: the state or the lock knew these bytes, or the cache holds them),
+// or an artist's (bytes Kiln never made).
+OnDisk judge_file(const Workspace& ws, const PlannedAsset& p, const std::optional<StateEntry>& rec,
+                  bool current, const std::optional<LockEntry>& locked) {
+  std::string sha = sha256_of_file(p.output);
+  if (sha.empty())
+    return OnDisk::Missing;
+  std::optional<OutputRecord> record = rec ? ws.state.record(*rec) : std::nullopt;
+  if ((locked && locked->fingerprint == p.fingerprint && locked->sha256 == sha) ||
+      (current && record && record->sha256 == sha))
+    return OnDisk::Current;
+  auto stamp = stat_file(p.output);
+  bool old_record_stamps = record && record->sha256.empty() && stamp &&
+                           stamp->size == record->size && stamp->mtime_ns == record->mtime_ns;
+  if ((locked && locked->sha256 == sha) || (record && record->sha256 == sha) || old_record_stamps ||
+      ws.cache.has_content(sha))
+    return OnDisk::Stale;
+  return OnDisk::Edited;
+}
+
 // What `req` is predicted to cost on its backend (0 when the backend does not say).
 double predict_cost(Workspace& ws, const AssetSpec& spec, const GenerationRequest& req,
                     const std::string& fingerprint) {
@@ -319,23 +348,50 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
                      stamp->mtime_ns == rec->mtime_ns &&
                      ws.state.same_output(*rec, spec.relative_output());
     p.fallback_on_disk = unchanged && rec->fallback;
+    // When the stamps do not say, the bytes do: the file is this fingerprint's output (a
+    // clone, a touch), another image Kiln made (stale), or an artist's.
+    std::optional<LockEntry> locked = ws.lock ? ws.lock->find(spec.name) : std::nullopt;
+    OnDisk on_disk = OnDisk::Missing;
+    if (stamp && (!unchanged || options.force))
+      on_disk = judge_file(ws, p, rec, current, locked);
+    auto changes = [&] {
+      if (rec)
+        if (auto before = ws.state.record(*rec)) {
+          auto list = describe_changes(before->fields, p.fields);
+          return list.empty() ? std::string("fingerprint changed") : join(list, ", ");
+        }
+      return std::string("fingerprint changed");
+    };
+    bool known = rec || locked;
+    bool same_request = current || (locked && locked->fingerprint == p.fingerprint);
     if (p.prepare_error) {
       p.reason = "cannot prepare the request";
     } else if (options.force) {
       p.reason = "forced";
+      p.save_edit = on_disk == OnDisk::Edited;
     } else if (p.fallback_on_disk) {
       p.reason = "the output is a fallback stand-in";
-    } else if (unchanged) {
+    } else if (unchanged || on_disk == OnDisk::Current) {
       p.action = Action::UpToDate;
-      p.recheck = ws.state.checks(*rec) != p.checks;
-      p.reason = p.recheck ? "up to date; validators changed, checking again" : "up to date";
-    } else if (current) {
+      p.refresh = !unchanged; // the bytes are right, the recorded stamps are not
+      p.recheck = !unchanged || ws.state.checks(*rec) != p.checks;
+      p.reason = unchanged
+                     ? (p.recheck ? "up to date; validators changed, checking again" : "up to date")
+                     : "up to date by content";
+    } else if (on_disk == OnDisk::Edited && (same_request || !known)) {
+      p.action = Action::Kept;
+      p.reason = known ? "edited by hand: kept (`kiln adopt " + spec.name +
+                             "` records it; `kiln build --force --only " + spec.name +
+                             "` replaces it, saving it first)"
+                       : "a file kiln did not make: kept (`kiln adopt " + spec.name +
+                             "` records it as the asset's)";
+    } else if (on_disk == OnDisk::Edited) {
+      p.reason = changes() + "; the file there was edited by hand: saved first";
+      p.save_edit = true;
+    } else if (same_request) {
       p.reason = stamp ? "output modified" : "output missing";
-    } else if (rec) {
-      auto before = ws.state.record(*rec);
-      auto changes =
-          before ? describe_changes(before->fields, p.fields) : std::vector<std::string>{};
-      p.reason = changes.empty() ? "fingerprint changed" : join(changes, ", ");
+    } else if (known) {
+      p.reason = changes();
     } else {
       p.reason = stamp ? "untracked output" : "new";
     }
@@ -372,6 +428,8 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
     e.prepare_failed = p.prepare_error.has_value();
     e.recheck = p.recheck;
     e.fallback_on_disk = p.fallback_on_disk;
+    e.refresh = p.refresh;
+    e.save_edit = p.save_edit;
     e.predicted_cost_usd = p.predicted_cost_usd;
     e.fingerprint = digest;
     e.reason = plan.reason_id(std::move(p.reason));
@@ -402,6 +460,69 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
   return plan;
 }
 
+std::vector<Undeclared> undeclared_outputs(Workspace& ws) {
+  const Manifest& m = ws.manifest;
+  std::vector<std::string_view> names;
+  names.reserve(m.size());
+  for (size_t i = 0; i < m.size(); ++i)
+    names.push_back(m.name(i));
+  std::vector<Undeclared> out;
+  std::set<fs::path> seen;
+  auto consider = [&](const std::string& name, const fs::path& output,
+                      const std::vector<std::string>& recorded, const OutputRecord* old) {
+    if (!seen.insert(output).second)
+      return;
+    auto stamp = stat_file(output);
+    if (!stamp)
+      return;
+    std::string sha = sha256_of_file(output);
+    bool kilns = std::find(recorded.begin(), recorded.end(), sha) != recorded.end() ||
+                 (old && old->sha256.empty() && old->size == stamp->size &&
+                  old->mtime_ns == stamp->mtime_ns);
+    out.push_back({name, output, !kilns});
+  };
+  std::map<std::string, std::string> locked; // name -> sha, of the undeclared
+  if (ws.lock)
+    for (auto& name : ws.lock->names_not_in(names))
+      if (auto e = ws.lock->find(name))
+        locked.emplace(name, e->sha256);
+  for (auto& [name, rec] : ws.state.records_not_in(names)) {
+    std::vector<std::string> recorded{rec.sha256};
+    if (auto it = locked.find(name); it != locked.end())
+      recorded.push_back(it->second);
+    consider(name, m.output_dir / rec.output, recorded, &rec);
+  }
+  for (auto& [name, sha] : locked)
+    for (const char* format : {"png", "webp", "jpg"})
+      consider(name, m.output_dir / (name + "." + format), {sha}, nullptr);
+  std::sort(out.begin(), out.end(),
+            [](const Undeclared& a, const Undeclared& b) { return a.output < b.output; });
+  return out;
+}
+
+size_t remove_undeclared(Workspace& ws, const std::vector<Undeclared>& list) {
+  size_t removed = 0;
+  const fs::path root = ws.manifest.output_dir;
+  for (auto& u : list) {
+    if (u.edited) {
+      ws.log.warning("kept " + u.output.string() + ": " + u.name +
+                     " is no longer declared, but its file was edited by hand");
+      continue;
+    }
+    std::error_code ec;
+    if (!fs::remove(u.output, ec))
+      continue;
+    ++removed;
+    ws.log.debug("removed " + u.output.string() + ": " + u.name + " is no longer declared");
+    // Folders it leaves empty go too, up to the output folder.
+    for (fs::path dir = u.output.parent_path();
+         dir != root && dir.string().size() > root.string().size(); dir = dir.parent_path())
+      if (!fs::is_directory(fs::symlink_status(dir, ec)) || !fs::remove(dir, ec))
+        break; // only a real, empty folder goes; never a link
+  }
+  return removed;
+}
+
 uint32_t Plan::reason_id(std::string reason) {
   auto [it, fresh] = m_reason_ids.try_emplace(std::move(reason), uint32_t(reasons.size()));
   if (fresh)
@@ -418,14 +539,22 @@ PlannedAsset Plan::asset(Workspace& ws, size_t i) const {
   p.predicted_cost_usd = e.predicted_cost_usd;
   p.recheck = e.recheck;
   p.fallback_on_disk = e.fallback_on_disk;
+  p.refresh = e.refresh;
+  p.save_edit = e.save_edit;
   p.force = force;
   if (e.same_as != PlanEntry::k_none)
     p.same_as = e.same_as;
   if (!p.prepare_error && (e.prepare_failed || digest_of_hex(p.fingerprint) != e.fingerprint))
-    p.prepare_error = Fault{KILN_ERROR_PERMANENT,
-                            "its enhancers gave another request than when the run was planned "
-                            "(an enhancer must give the same prompt for the same asset)",
-                            -1};
+    p.prepare_error =
+        ws.manifest.changed_on_disk()
+            ? Fault{KILN_ERROR_PERMANENT,
+                    ws.manifest.diagnostics.display_path() +
+                        " changed during the run, and this asset with it: run kiln again",
+                    -1}
+            : Fault{KILN_ERROR_PERMANENT,
+                    "its enhancers gave another request than when the run was planned "
+                    "(an enhancer must give the same prompt for the same asset)",
+                    -1};
   return p;
 }
 
@@ -444,20 +573,36 @@ Cache::Expect expected_in_cache(const PlannedAsset& p) {
   return e;
 }
 
+// The file about to be replaced is the paid or adopted image kiln.lock records (a clone's
+// committed art, replaced by CI's placeholder run, say) and the cache does not hold it: it is
+// put there first, under the fingerprint it was made for, so going back costs nothing.
+void keep_recorded_art(Workspace& ws, const PlannedAsset& p) {
+  auto locked = ws.lock ? ws.lock->find(p.spec.name) : std::nullopt;
+  if (!locked || !(locked->paid || locked->adopted) || locked->fingerprint == p.fingerprint ||
+      ws.cache.has_content(locked->sha256))
+    return;
+  auto bytes = read_file(p.output);
+  if (!bytes || sha256_hex(*bytes) != locked->sha256)
+    return;
+  auto probe = probe_image(*bytes);
+  if (!probe)
+    return;
+  try {
+    ws.cache.put(locked->fingerprint, probe->format, *bytes);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("the file there is the image kiln.lock records, and it cannot be "
+                             "kept in the cache before it is replaced (" +
+                             std::string(e.what()) + "): left as it is");
+  }
+}
+
 // Writes `bytes` to the output unless the file already holds exactly them (its mtime must not
 // move: the build integration relies on it), then records it in the state.
-void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p,
-                    std::string_view bytes, bool fallback = false) {
+// Records in the state that the output holds the bytes with digest `sha`, with its stamps as
+// they are now.
+void record_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p,
+                   const std::string& sha, bool fallback = false) {
   auto stamp = stat_file(p.output);
-  bool same = false;
-  if (stamp && stamp->size == bytes.size()) {
-    auto existing = read_file(p.output);
-    same = existing && *existing == bytes;
-  }
-  if (!same) {
-    write_file_atomic(p.output, bytes);
-    stamp = stat_file(p.output);
-  }
   if (!stamp)
     throw std::runtime_error("output '" + p.output.string() + "' vanished after writing");
   OutputRecord rec{p.spec.relative_output(),
@@ -466,10 +611,97 @@ void install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& 
                    stamp->mtime_ns,
                    p.fields,
                    fallback,
-                   p.checks};
+                   p.checks,
+                   sha};
   std::lock_guard lock(state_mutex);
   ws.state.put(p.spec.name, std::move(rec));
 }
+
+// An artist's edit about to be replaced is kept in the cache first, and where is said.
+void save_edit(Workspace& ws, const PlannedAsset& p) {
+  auto bytes = read_file(p.output);
+  if (!bytes)
+    return;
+  fs::path kept;
+  try {
+    kept = ws.cache.keep_edit(*bytes, p.spec.name, p.spec.format);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("the file there is an edit by hand, and it cannot be saved before "
+                             "it is replaced (" +
+                             std::string(e.what()) + "): left as it is");
+  }
+  ws.log.warning(p.spec.name + ": your edit of " + p.output.string() + " is saved as " +
+                 kept.string() + " before it is replaced (to get it back: cp '" + kept.string() +
+                 "' '" + p.output.string() + "', then kiln adopt " + p.spec.name + ")");
+}
+
+// Writes `bytes` to the output unless the file already holds exactly them (its mtime must not
+// move: the build integration relies on it), then records it in the state. Their digest.
+std::string install_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p,
+                           std::string_view bytes, bool fallback = false) {
+  auto stamp = stat_file(p.output);
+  bool same = false;
+  if (stamp && stamp->size == bytes.size()) {
+    auto existing = read_file(p.output);
+    same = existing && *existing == bytes;
+  }
+  if (!same) {
+    if (stamp && p.save_edit)
+      save_edit(ws, p);
+    else if (stamp)
+      keep_recorded_art(ws, p);
+    write_file_atomic(p.output, bytes);
+  }
+  std::string sha = sha256_hex(bytes);
+  record_output(ws, state_mutex, p, sha, fallback);
+  return sha;
+}
+
+} // namespace
+
+std::optional<std::string> adopt_output(Workspace& ws, const PlannedAsset& p) {
+  if (p.prepare_error)
+    return p.prepare_error->message;
+  std::error_code ec;
+  auto status = fs::symlink_status(p.output, ec);
+  if (fs::is_symlink(status))
+    return p.output.string() + " is a symbolic link: adopt the file itself";
+  if (!fs::is_regular_file(status))
+    return "no file at " + p.output.string();
+  auto bytes = read_file(p.output);
+  if (!bytes)
+    return "cannot read " + p.output.string();
+  auto probe = probe_image(*bytes);
+  if (!probe || !decode_image(*bytes))
+    return p.output.string() + " is not an image Kiln can read (PNG, JPEG or WebP)";
+  if (probe->format != p.spec.format || probe->width != p.spec.width ||
+      probe->height != p.spec.height)
+    return p.output.string() + " is a " + std::to_string(probe->width) + "x" +
+           std::to_string(probe->height) + " " + probe->format + "; the asset is declared as " +
+           std::to_string(p.spec.width) + "x" + std::to_string(p.spec.height) + " " + p.spec.format;
+  std::string sha = sha256_hex(*bytes);
+  // In the cache as what this fingerprint made: a build tree without the file restores it.
+  try {
+    ws.cache.put(p.fingerprint, p.spec.format, *bytes);
+  } catch (const std::exception& e) {
+    ws.log.warning(p.spec.name + ": not kept in the cache (" + std::string(e.what()) +
+                   "); kiln.lock and this build tree still know it");
+  }
+  std::mutex state_mutex;
+  record_output(ws, state_mutex, p, sha);
+  if (ws.lock) {
+    LockEntry e;
+    e.fingerprint = p.fingerprint;
+    e.sha256 = sha;
+    e.backend = "adopted";
+    e.model = p.request.model;
+    e.adopted = true;
+    ws.lock->set(p.spec.name, e);
+  }
+  return std::nullopt;
+}
+
+namespace {
 
 // Runs the asset's validators on `bytes` (an encoded file of the asset's format), fully decoded
 // first. The first rejection is returned, and `source` names its validator. `work` is a scratch
@@ -635,7 +867,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
     slot.release();
     record.from_cache = true;
     record.source = "kiln";
-    WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
+    WorkDir scratch(ws.state.dir() / "work" / fingerprint);
     return finish_image(ws, spec, req, std::move(*decoded), scratch.path, record);
   };
   if (source && !p.force)
@@ -662,7 +894,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
                      "asset names, or to an offline one)",
                  -1};
   const PluginInstance& backend = *found;
-  WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" / fingerprint);
+  WorkDir scratch(ws.state.dir() / "work" / fingerprint);
   const fs::path& work = scratch.path;
 
   AssetView view = asset_view(spec, &req.model);
@@ -1268,6 +1500,8 @@ void BuildSummary::count(const AssetOutcome& o) {
     ++up_to_date;
   else if (o.status == "skipped")
     ++skipped;
+  else if (o.status == "kept")
+    ++kept;
   else
     ++failed;
   if (o.fallback)
@@ -1314,9 +1548,38 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
     o.final_negative_prompt = p.request.negative_prompt;
     return o;
   };
+  // kiln.lock: what each asset's file is now, with where it came from, for a clone to find it
+  // made. A stand-in is not the asset's art; an entry that says so already stays as it is
+  // (with the cost it recorded). `sha` empty: the state's, else the file's.
+  auto lock_it = [&](const PlannedAsset& p, const AssetOutcome& o, std::string sha) {
+    if (!ws.lock || o.fallback)
+      return;
+    auto old = ws.lock->find(p.spec.name);
+    if (old && old->fingerprint == p.fingerprint && (sha.empty() || old->sha256 == sha))
+      return;
+    if (sha.empty())
+      if (auto rec = ws.state.find(p.spec.name))
+        if (auto full = ws.state.record(*rec); full && full->fingerprint == p.fingerprint)
+          sha = full->sha256;
+    if (sha.empty())
+      sha = sha256_of_file(p.output);
+    if (sha.empty())
+      return;
+    const std::string& backend = o.backend.empty() ? p.request.backend : o.backend;
+    const PluginInstance* instance = find_backend(ws, backend);
+    LockEntry e;
+    e.fingerprint = p.fingerprint;
+    e.sha256 = sha;
+    e.backend = backend + (instance ? "@" + instance->plugin().version : std::string());
+    e.model = o.model.empty() ? p.request.model : o.model;
+    e.seed = o.attempts.empty() ? p.request.seed : o.attempts.back().seed;
+    e.cost_usd = o.cost_usd;
+    e.paid = !backend_can(ws, backend, KILN_BACKEND_OFFLINE);
+    ws.lock->set(p.spec.name, e);
+  };
   size_t work = 0;
   for (auto& e : plan.entries)
-    work += e.action != Action::UpToDate || e.prepare_failed;
+    work += (e.action != Action::UpToDate && e.action != Action::Kept) || e.prepare_failed;
   Progress progress(ws.log, work, options.verbosity, options.progress);
   using Outcome = Progress::Outcome;
   // Asset i made again from its entry. When that fails (the manifest changed during the run),
@@ -1362,42 +1625,44 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       o.status = "failed";
       o.error = p.prepare_error;
       progress.finished(Outcome::Failed, o.name + ": " + p.prepare_error->message);
+    } else if (p.action == Action::Kept) {
+      // An artist's file: left as it is, said, and not a failure.
+      o.status = "kept";
+      ws.log.warning(o.name + ": " + p.reason);
     } else if (p.action == Action::UpToDate && p.recheck) {
-      // The validators changed since the output was checked: check it again (free), and make
-      // it again only if it no longer passes.
+      // Known by its bytes only (a clone), or checked by other validators than now: checked
+      // again (free), its stamps recorded afresh, and made again only if it no longer passes.
       std::string source;
       std::optional<Fault> rejected;
+      std::string sha;
       if (auto bytes = read_file(p.output)) {
-        WorkDir scratch(StateFile::kiln_dir(ws.manifest.output_dir) / "work" /
-                        ("check-" + p.fingerprint));
+        sha = sha256_hex(*bytes);
+        WorkDir scratch(ws.state.dir() / "work" / ("check-" + p.fingerprint));
         rejected = run_validators(ws, p.spec, *bytes, scratch.path, source);
       } else {
         rejected = Fault{KILN_ERROR_PERMANENT, "cannot read it", -1};
       }
-      std::optional<OutputRecord> rec;
-      if (auto known = ws.state.find(p.spec.name); known && !rejected)
-        rec = ws.state.record(*known);
-      if (rec) {
-        rec->checks = p.checks;
-        ws.state.put(p.spec.name, *rec);
+      if (!rejected) {
+        record_output(ws, state_mutex, p, sha);
         o.status = "up_to_date";
-        o.reason = p.reason = "up to date; passes the changed validators";
+        if (!p.refresh)
+          o.reason = p.reason = "up to date; passes the changed validators";
         if (options.verbosity <= KILN_LOG_DEBUG)
           progress.note("up to date " + o.name + " (checked again)");
+        lock_it(p, o, sha);
         emit(i, o);
         continue;
       }
       // Made again, not taken from the cache: the cache holds these same rejected bytes.
-      if (rejected)
-        ws.log.warning(o.name + ": the output no longer passes: " + rejected->message);
+      ws.log.warning(o.name + ": the output no longer passes: " + rejected->message);
       progress.add_work(1);
-      generate_instead(rejected ? "rejected by the changed validators"
-                                : "its state record cannot be read");
+      generate_instead("rejected by the changed validators");
       continue;
     } else if (p.action == Action::UpToDate) {
       o.status = "up_to_date";
       if (options.verbosity <= KILN_LOG_DEBUG)
         progress.note("up to date " + o.name);
+      lock_it(p, o, {});
     } else {
       std::string why;
       auto bytes = ws.cache.get(p.fingerprint, p.spec.format, expected_in_cache(p), &why);
@@ -1409,9 +1674,10 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
         continue;
       }
       try {
-        install_output(ws, state_mutex, p, *bytes);
+        std::string sha = install_output(ws, state_mutex, p, *bytes);
         o.status = "cached";
         progress.finished(Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
+        lock_it(p, o, sha);
       } catch (const std::exception& e) {
         o.status = "failed";
         o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
@@ -1463,8 +1729,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
                          "); writing the output anyway");
         }
       }
-      install_output(ws, state_mutex, p, g->bytes, o.fallback);
+      std::string sha = install_output(ws, state_mutex, p, g->bytes, o.fallback);
       o.status = "generated";
+      lock_it(p, o, sha);
       char timing[64];
       std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
       std::string how =
@@ -1539,8 +1806,9 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
             "makes the same image as " + leader.name + ", which failed: " + o.error->message;
       } else if (bytes) {
         o.fallback = leader.fallback;
-        install_output(ws, state_mutex, p, *bytes, o.fallback);
+        std::string sha = install_output(ws, state_mutex, p, *bytes, o.fallback);
         o.status = "cached";
+        lock_it(p, o, sha);
         progress.finished(Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
         emit(i, o);
         continue;
@@ -1558,7 +1826,7 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
   progress.close();
 
   std::error_code ec; // the scratch folders' parent, once empty (a folder in use is kept)
-  fs::remove(StateFile::kiln_dir(ws.manifest.output_dir) / "work", ec);
+  fs::remove(ws.state.dir() / "work", ec);
   summary.cache_rejected = ws.cache.rejected();
   summary.over_budget = guards.money.refused();
   summary.budget_needed_usd = guards.money.needed();
@@ -1715,6 +1983,10 @@ std::string summary_json(const BuildSummary& s) {
   w.Double(s.duration_s);
   w.Key("cache_rejected");
   w.Uint(s.cache_rejected);
+  w.Key("kept");
+  w.Int(s.kept);
+  w.Key("removed");
+  w.Uint64(s.removed);
   w.EndObject();
   return indented(buf.GetString(), "  ");
 }

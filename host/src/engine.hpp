@@ -2,6 +2,7 @@
 #pragma once
 
 #include "fingerprint.hpp"
+#include "lockfile.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
 #include "plugins.hpp"
@@ -17,8 +18,14 @@ namespace kiln::host {
 
 struct Workspace;
 
-enum class Action { UpToDate, Cached, Generate };
-std::string_view action_name(Action action); // "up_to_date", "cached", "generate"
+// What the file at an asset's output is, judged by its bytes.
+enum class OnDisk { Missing, Current, Stale, Edited };
+
+// Kept: the output is an artist's edit (its bytes match nothing Kiln made for it) and is left
+// as it is.
+enum class Action { UpToDate, Cached, Generate, Kept };
+// "up_to_date", "cached", "generate", "kept"
+std::string_view action_name(Action action);
 
 // One asset with everything a run needs to work on it. Made when the asset's turn comes
 // (Plan::asset()) and dropped when it is done: only the PlanEntry is kept for every asset.
@@ -41,6 +48,10 @@ struct PlannedAsset {
   bool fallback_on_disk = false;
   // --force: the model is asked again even for a request whose image is in the cache.
   bool force = false;
+  // Up to date by its bytes: the state's stamps are refreshed, nothing is written.
+  bool refresh = false;
+  // The file there is an artist's edit about to be replaced: it is saved in the cache first.
+  bool save_edit = false;
   // Another asset of this run makes the same image (same fingerprint): this one takes its bytes
   // instead of paying again. Index into the plan.
   std::optional<size_t> same_as;
@@ -57,6 +68,8 @@ struct PlanEntry {
   bool prepare_failed = false;
   bool recheck = false;
   bool fallback_on_disk = false;
+  bool refresh = false;
+  bool save_edit = false;
   double predicted_cost_usd = 0;
   uint32_t reason = 0; // index into Plan::reasons: most assets share a few
   Digest fingerprint{};
@@ -95,7 +108,27 @@ struct Workspace {
   Log& log;
   StateFile& state;
   Cache& cache;
+  Lockfile* lock = nullptr; // kiln.lock; none: the run records nothing there
 };
+
+// An output of an asset no longer declared: removed by the next full build when Kiln wrote it
+// and nobody edited it since, kept (and named) when somebody did.
+struct Undeclared {
+  std::string name;
+  fs::path output; // absolute
+  bool edited = false;
+};
+// Every output the state or kiln.lock records for an asset the manifest no longer declares,
+// when the file is still there.
+std::vector<Undeclared> undeclared_outputs(Workspace& ws);
+// Removes the unedited ones (and folders they leave empty, up to the output folder). How many.
+size_t remove_undeclared(Workspace& ws, const std::vector<Undeclared>& list);
+
+// `kiln adopt`: the file at the asset's output (an artist's edit) becomes its art for its
+// fingerprint: recorded in kiln.lock (adopted = true), in the state and in the cache, so the
+// next build finds it up to date and a clone keeps it. The reason it cannot, else nullopt: no
+// file, a link, not a readable image, or not the declared size and format.
+std::optional<std::string> adopt_output(Workspace& ws, const PlannedAsset& p);
 
 // Applies enhancers, fingerprints and decides per asset. Makes no backend calls. Throws Fatal
 // (exit 2) when an --only pattern matches no asset.
@@ -146,6 +179,8 @@ struct AssetOutcome {
 struct BuildSummary {
   size_t total = 0; // assets in the plan
   int generated = 0, cached = 0, up_to_date = 0, failed = 0, skipped = 0;
+  int kept = 0;                            // artists' edits left as they are
+  size_t removed = 0;                      // outputs of assets no longer declared, removed
   std::vector<std::string> fallback_names; // generated assets whose image is a fallback stand-in
   bool needs_a_person = false; // an asset needs a person (credit, billing): new work stopped
   // "backend: asset: why" for each asset that made its backend stop creating

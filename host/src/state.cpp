@@ -81,6 +81,10 @@ std::string record_line(const std::string& name, const OutputRecord& r) {
   w.Int64(r.mtime_ns);
   w.Key("checks");
   json_str(w, r.checks);
+  if (!r.sha256.empty()) {
+    w.Key("sha256");
+    json_str(w, r.sha256);
+  }
   if (r.fallback) {
     w.Key("fallback");
     w.Bool(true);
@@ -128,6 +132,8 @@ std::optional<Parsed> parse_record(std::string_view line) {
   p.record.mtime_ns = mtime->value.GetInt64();
   if (auto c = str("checks"))
     p.record.checks = c->GetString();
+  if (auto sha = str("sha256"); sha && digest_of_hex(sha->GetString()))
+    p.record.sha256 = sha->GetString();
   auto fb = v.FindMember("fallback");
   p.record.fallback = fb != v.MemberEnd() && fb->value.IsBool() && fb->value.GetBool();
   if (auto f = v.FindMember("fields"); f != v.MemberEnd() && f->value.IsArray())
@@ -139,9 +145,53 @@ std::optional<Parsed> parse_record(std::string_view line) {
 
 } // namespace
 
-StateFile::StateFile(fs::path output_dir)
-    : m_path(kiln_dir(output_dir) / "state.jsonl"),
-      m_journal_path(kiln_dir(output_dir) / "journal.jsonl") {}
+StateFile::StateFile(fs::path state_dir)
+    : m_dir(std::move(state_dir)), m_path(m_dir / "state.jsonl"),
+      m_journal_path(m_dir / "journal.jsonl") {}
+
+fs::path state_root() {
+  if (const char* d = std::getenv("KILN_STATE_DIR"); d && *d)
+    return fs::absolute(d);
+  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x)
+    return fs::path(x) / "kiln";
+  if (const char* h = std::getenv("HOME"); h && *h)
+    return fs::path(h) / ".local" / "state" / "kiln";
+  return fs::temp_directory_path() / "kiln-state";
+}
+
+fs::path state_dir_for(const fs::path& output_dir) {
+  fs::path root = state_root();
+  fs::path out = fs::absolute(output_dir).lexically_normal();
+  std::string name = out.filename().string();
+  if (name.empty())
+    name = "root";
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+      c = '_';
+  return root / (name.substr(0, 48) + "-" + sha256_hex(out.string()).substr(0, 12));
+}
+
+bool migrate_old_state(const fs::path& output_dir, const fs::path& state_dir) {
+  fs::path old = output_dir / ".kiln";
+  std::error_code ec;
+  // Only a real folder: a link planted there is not followed (nor removed through).
+  if (!fs::is_directory(fs::symlink_status(old, ec)))
+    return false;
+  fs::create_directories(state_dir, ec);
+  for (const char* name : {"state.jsonl", "journal.jsonl"}) {
+    fs::path from = old / name, to = state_dir / name;
+    if (!fs::is_regular_file(fs::symlink_status(from, ec)) || fs::exists(to, ec))
+      continue;
+    fs::rename(from, to, ec);
+    if (ec) { // another file system: copy, then remove
+      fs::copy_file(from, to, ec);
+      if (!ec)
+        fs::remove(from, ec);
+    }
+  }
+  fs::remove_all(old, ec);
+  return true;
+}
 
 StateFile::~StateFile() {
   for (int fd : {m_fd[0], m_fd[1], m_append})
@@ -457,6 +507,22 @@ std::optional<OutputRecord> StateFile::record(const StateEntry& entry) const {
   return std::move(p->record);
 }
 
+std::vector<std::pair<std::string, OutputRecord>>
+StateFile::records_not_in(const std::vector<std::string_view>& names) const {
+  std::lock_guard lock(m_mutex);
+  std::unordered_set<uint64_t> keep;
+  keep.reserve(names.size());
+  for (auto& n : names)
+    keep.insert(name_hash(n));
+  std::vector<std::pair<std::string, OutputRecord>> out;
+  for (size_t i = 0; i < m_keys.size(); ++i)
+    if (m_keys[i] && !keep.count(m_keys[i]))
+      if (auto line = read_line(m_values[i].file, m_values[i].offset, m_values[i].length))
+        if (auto p = parse_record(*line))
+          out.emplace_back(std::move(p->name), std::move(p->record));
+  return out;
+}
+
 void StateFile::retain(const std::vector<std::string_view>& names) {
   std::lock_guard lock(m_mutex);
   std::unordered_set<uint64_t> keep;
@@ -552,12 +618,11 @@ void StateFile::save(bool keep_spend) {
   m_dirty = false;
 }
 
-OutputLock::OutputLock(const fs::path& output_dir, bool wait,
+OutputLock::OutputLock(const fs::path& state_dir, const fs::path& output_dir, bool wait,
                        const std::function<void(const std::string&)>& on_wait) {
-  fs::path dir = StateFile::kiln_dir(output_dir);
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  fs::path path = dir / "lock";
+  fs::create_directories(state_dir, ec);
+  fs::path path = state_dir / "lock";
   m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (m_fd < 0)
     throw Fatal("cannot open '" + path.string() + "': " + std::strerror(errno));
@@ -589,10 +654,10 @@ OutputLock::~OutputLock() {
     ::close(m_fd); // releases the flock
 }
 
-size_t remove_leftovers(const fs::path& output_dir) {
+size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir) {
   size_t removed = 0;
   std::error_code ec;
-  fs::path work = StateFile::kiln_dir(output_dir) / "work";
+  fs::path work = state_dir / "work";
   if (fs::exists(work, ec))
     removed += size_t(fs::remove_all(work, ec));
   for (auto it = fs::recursive_directory_iterator(output_dir, ec);
@@ -807,11 +872,15 @@ std::optional<Cache::Lease> Cache::lease(const std::string& key,
   return Lease(fd);
 }
 
-fs::path Cache::keep_content(std::string_view bytes) {
-  fs::path content = content_path(sha256_hex(bytes));
-  if (!stat_file(content))
-    write_file_atomic(content, bytes);
-  return content;
+fs::path Cache::keep_edit(std::string_view bytes, const std::string& name,
+                          const std::string& format) {
+  std::string file;
+  for (char c : name)
+    file += c == '/' ? std::string("__") : std::string(1, c);
+  fs::path kept = m_dir / "edits" / (file + "-" + sha256_hex(bytes).substr(0, 12) + "." + format);
+  if (!stat_file(kept))
+    write_file_atomic(kept, bytes);
+  return kept;
 }
 
 } // namespace kiln::host

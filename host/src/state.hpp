@@ -29,6 +29,9 @@ struct OutputRecord {
   // A hash of the validators (ids, versions, options) the file passed: when they change, the
   // file is checked again (free) before it counts as up to date.
   std::string checks;
+  // SHA-256 of the file's bytes as written (empty in records of kilns before 0.2): a file whose
+  // stamps moved but whose bytes did not (a clone, a touch) is still this record's.
+  std::string sha256;
 };
 
 // What the state holds in memory for one output: enough to decide "up to date" with a stat;
@@ -45,7 +48,8 @@ struct StateEntry {
   uint64_t offset = 0;
 };
 
-// What Kiln remembers per output folder, in <output_dir>/.kiln/:
+// What Kiln remembers per output folder, in its state folder (state_dir_for(): never inside the
+// output folder, which holds only art that can ship as it is):
 // - `state.jsonl`, the snapshot: a header line, then one JSON record per output. Rewritten
 //   atomically at the end of a run (save()).
 // - `journal.jsonl`, append-only: each record is appended and fsync'd the moment its output is
@@ -56,7 +60,7 @@ struct StateEntry {
 // can at worst be planned as "changed" (the output path is compared too), never as up to date.
 class StateFile {
 public:
-  explicit StateFile(fs::path output_dir);
+  explicit StateFile(fs::path state_dir);
   ~StateFile();
   StateFile(const StateFile&) = delete;
   StateFile& operator=(const StateFile&) = delete;
@@ -104,13 +108,17 @@ public:
 
   // Records an output: appended to the journal and fsync'd before it returns. Thread-safe.
   void put(const std::string& name, const OutputRecord& record);
-  // Forgets assets no longer declared (their files stay: Kiln never deletes outputs).
+  // The records of assets not among `names` (no longer declared), read from disk.
+  std::vector<std::pair<std::string, OutputRecord>>
+  records_not_in(const std::vector<std::string_view>& names) const;
+  // Forgets assets no longer declared.
   void retain(const std::vector<std::string_view>& names);
   size_t size() const { return m_count; }
 
   const fs::path& path() const { return m_path; }
   const fs::path& journal_path() const { return m_journal_path; }
-  static fs::path kiln_dir(const fs::path& output_dir) { return output_dir / ".kiln"; }
+  // The state folder: these files, the build lock, scratch folders.
+  const fs::path& dir() const { return m_dir; }
 
 private:
   void add(std::string_view line, uint8_t file, uint64_t offset);
@@ -125,7 +133,7 @@ private:
   void append(const std::string& line);
   void replay(std::string_view line);
 
-  fs::path m_path, m_journal_path;
+  fs::path m_dir, m_path, m_journal_path;
   std::map<std::string, PendingJob> m_pending; // by fingerprint + '\n' + backend
   std::set<std::string> m_spent_jobs;          // jobs whose cost the journal holds
   std::vector<std::string> m_spend_lines;      // those records, kept by save(keep_spend)
@@ -147,13 +155,26 @@ private:
   mutable std::mutex m_mutex;
 };
 
-// One build at a time per output folder: an exclusive flock on <output_dir>/.kiln/lock, which
-// the kernel releases when the holder ends, however it ends (kill -9 included).
+// The state folder of an output folder: `KILN_STATE_DIR`, else `$XDG_STATE_HOME/kiln`, else
+// `~/.local/state/kiln`, then a folder named after the output folder's last part and a digest
+// of its absolute path ("generated-3f1c2a9b0d4e"), so every output folder has its own and none
+// is inside one.
+fs::path state_dir_for(const fs::path& output_dir);
+// Where every state folder goes: `KILN_STATE_DIR`, else `$XDG_STATE_HOME/kiln`, else
+// `~/.local/state/kiln`.
+fs::path state_root();
+
+// Moves the state of a kiln before 0.2 (in <output_dir>/.kiln/) to `state_dir`, so nothing is
+// made again, and removes that folder from among the art. True when there was one.
+bool migrate_old_state(const fs::path& output_dir, const fs::path& state_dir);
+
+// One build at a time per output folder: an exclusive flock on <state_dir>/lock, which the
+// kernel releases when the holder ends, however it ends (kill -9 included).
 class OutputLock {
 public:
   // Takes the lock. When another build holds it: `on_wait` is called with a message naming
   // the holder's pid and the lock is waited for, or, with `wait` false, Fatal(k_exit_busy).
-  OutputLock(const fs::path& output_dir, bool wait,
+  OutputLock(const fs::path& state_dir, const fs::path& output_dir, bool wait,
              const std::function<void(const std::string&)>& on_wait);
   ~OutputLock();
   OutputLock(const OutputLock&) = delete;
@@ -164,8 +185,9 @@ private:
 };
 
 // Removes what killed runs left in the output folder: temp files of atomic writes (their names
-// hold ".kiln-tmp.") and scratch folders. Call it holding the OutputLock. Returns how many.
-size_t remove_leftovers(const fs::path& output_dir);
+// hold ".kiln-tmp.") and scratch folders of the state folder. Call it holding the OutputLock.
+// Returns how many.
+size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir);
 
 // Size and modification time of a file, or nullopt when it does not exist.
 struct FileStamp {
@@ -209,8 +231,10 @@ public:
   void put(const std::string& key, const std::string& kind, std::string_view bytes);
   // Whether bytes with this digest were ever stored: Kiln made them.
   bool has_content(const std::string& sha256) const;
-  // Keeps bytes by their digest only (an artist's edit about to be replaced); their path.
-  fs::path keep_content(std::string_view bytes);
+  // Keeps an artist's edit about to be replaced, as <dir>/edits/<name>-<sha[0:12]>.<format>
+  // (the name's slashes as "__"): outside the content store, so it never counts as something
+  // Kiln made. Its path.
+  fs::path keep_edit(std::string_view bytes, const std::string& name, const std::string& format);
   fs::path content_path(const std::string& sha256) const;
   // Entries found bad and removed since this object was made.
   uint32_t rejected() const { return m_rejected.load(); }

@@ -4,6 +4,7 @@ built kiln binary and its built-in plugins, real image files checked byte by byt
 Run by ctest with KILN_EXE set; standard library only."""
 
 import fcntl
+import glob
 import json
 import os
 import pty
@@ -138,7 +139,8 @@ class Project:
         self.root = root
         self.manifest = os.path.join(root, "assets.toml")
         self.out = os.path.join(root, "out")
-        self.env = dict(os.environ, KILN_CACHE_DIR=os.path.join(root, "cache"))
+        self.env = dict(os.environ, KILN_CACHE_DIR=os.path.join(root, "cache"),
+                        KILN_STATE_DIR=os.path.join(root, "state"))
         self.env.pop("KILN_PLUGIN_PATH", None)
         self.write(text)
 
@@ -181,6 +183,13 @@ class Project:
 
     def mtimes(self):
         return {rel: os.stat(os.path.join(self.out, rel)).st_mtime_ns for rel in EXPECTED}
+
+
+def state_folder(root):
+    """The state folder Kiln keeps for <root>/out, with KILN_STATE_DIR=<root>/state."""
+    found = glob.glob(os.path.join(root, "state", "out-*"))
+    assert len(found) == 1, found
+    return found[0]
 
 
 def by_name(report):
@@ -257,20 +266,24 @@ class CliTest(unittest.TestCase):
         self.assertEqual(report["summary"]["up_to_date"], 4, r.stdout)
         self.assertEqual(self.p.mtimes(), before)
 
-    def test_deleted_or_overwritten_outputs_come_back_from_the_cache(self):
+    def test_deleted_outputs_come_back_from_the_cache_and_edited_ones_are_kept(self):
         self.p.build()
         os.remove(os.path.join(self.p.out, "cover.jpg"))
-        with open(os.path.join(self.p.out, "icons/sword.png"), "wb") as f:
+        sword = os.path.join(self.p.out, "icons/sword.png")
+        with open(sword, "wb") as f:
             f.write(b"scribbled over")
         r, report = self.p.build()
         self.assertEqual(r.returncode, 0, r.stderr)
         assets = by_name(report)
         self.assertEqual(assets["cover"]["status"], "cached")
         self.assertEqual(assets["cover"]["reason"], "output missing; in cache")
-        self.assertEqual(assets["icons/sword"]["status"], "cached")
-        self.assertEqual(assets["icons/sword"]["reason"], "output modified; in cache")
+        self.assertEqual(assets["icons/sword"]["status"], "kept")
+        self.assertIn("edited by hand: kept", assets["icons/sword"]["reason"])
+        self.assertIn("icons/sword: edited by hand: kept", r.stderr)
         self.assertEqual(report["summary"]["generated"], 0)
-        self.assert_outputs_valid()
+        self.assertEqual(report["summary"]["kept"], 1)
+        with open(sword, "rb") as f:
+            self.assertEqual(f.read(), b"scribbled over")
 
     def test_a_repeated_build_answers_from_its_record_and_notices_every_change(self):
         def build():
@@ -347,6 +360,18 @@ class CliTest(unittest.TestCase):
             "unknown plugin": (good.replace('enhancers = ["style"]', 'enhancers = ["styel"]'),
                                "assets.toml:14:14: unknown enhancer 'styel' "
                                "(did you mean 'style'?)"),
+            # Names that collide on disk, or would in an atlas or an engine's resource tree.
+            "case": (good.replace('name = "icons/shield"', 'name = "Icons/Sword"'),
+                     "assets.toml:34:8: asset name 'Icons/Sword' is the same as 'icons/sword' "
+                     "(line 29) but for case"),
+            "file and folder": (good + '\n[[asset]]\nname = "cover.jpg/back"\ntype = "cover"\n'
+                                'prompt = "the back cover"\n',
+                                "assets.toml:49:8: asset name 'cover.jpg/back' needs a folder "
+                                "'cover.jpg' where asset 'cover' (line 44) writes its file"),
+            "folder of another": (good + '\n[[asset]]\nname = "cover/back"\ntype = "cover"\n'
+                                  'prompt = "the back cover"\n',
+                                  "assets.toml:49:8: asset name 'cover/back' is inside 'cover', "
+                                  "which is asset 'cover' (line 44)"),
         }
         for what, (text, message) in cases.items():
             with self.subTest(what):
@@ -427,17 +452,29 @@ class CliTest(unittest.TestCase):
                 open(os.path.join(self.p.out, "cover_copy.jpg"), "rb") as b:
             self.assertEqual(a.read(), b.read())
 
-    def test_removed_assets_leave_their_files_and_the_state(self):
+    def test_removed_assets_lose_their_files_unless_edited_and_leave_the_state(self):
         self.p.build()
-        self.p.write(self.p.read().replace('name = "cover"', 'name = "cover2"'))
+        self.p.write(self.p.read().replace('name = "cover"', 'name = "cover2"')
+                                  .replace('name = "icons/shield"', 'name = "icons/buckler"'))
+        with open(os.path.join(self.p.out, "icons/shield.png"), "ab") as f:
+            f.write(b"touched up")  # an artist's edit: kept even though no longer declared
+        plan = self.p.kiln("plan")
+        self.assertRegex(plan.stdout, r"remove +cover +no longer declared")
+        self.assertRegex(plan.stdout, r"kept +icons/shield +no longer declared; edited by hand")
         r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(by_name(report)["cover2"]["status"], "cached")  # same request
-        self.assertTrue(os.path.exists(os.path.join(self.p.out, "cover.jpg")))
-        with open(os.path.join(self.p.out, ".kiln", "state.jsonl")) as f:
+        self.assertEqual(report["summary"]["removed"], 1)
+        self.assertFalse(os.path.exists(os.path.join(self.p.out, "cover.jpg")))
+        self.assertTrue(os.path.exists(os.path.join(self.p.out, "icons/shield.png")))
+        self.assertIn("icons/shield is no longer declared, but its file was edited by hand",
+                      r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.p.out, ".kiln")))
+        with open(os.path.join(state_folder(self.tmp), "state.jsonl")) as f:
             lines = f.read().splitlines()
         self.assertEqual(json.loads(lines[0]), {"kiln_state": 2})
         self.assertEqual(sorted(json.loads(line)["name"] for line in lines[1:]),
-                         ["cover2", "icons/shield", "icons/sword", "textures/grass"])
+                         ["cover2", "icons/buckler", "icons/sword", "textures/grass"])
 
     def test_progress_updates_one_line_on_a_terminal_and_prints_lines_in_a_pipe(self):
         n = len(EXPECTED)
@@ -486,6 +523,69 @@ class CliTest(unittest.TestCase):
         self.assertIn("Try 'kiln build --help'", r.stderr)
         self.assertRegex(self.p.kiln("--version").stdout, r"^kiln \d+\.\d+\.\d+ \(plugin ABI 1\.1\)")
 
+    def test_a_comment_appended_to_the_manifest_during_a_build_fails_no_asset(self):
+        n = 240
+        head = MANIFEST.split("[[asset]]")[0]
+        assets = "".join('\n[[asset]]\nname = "icons/i%03d"\ntype = "icon"\nprompt = "icon %d"\n'
+                         % (i, i) for i in range(n))
+        self.p.write(head + assets)
+        report = os.path.join(self.tmp, "report.json")
+        proc = subprocess.Popen([KILN, "build", "-j", "2", "--report", report], cwd=self.tmp,
+                                env=self.p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            first = proc.stdout.readline()  # the first asset is done: the others are under way
+            self.assertRegex(first, r"^\[1/%d\] " % n)
+            with open(self.p.manifest, "a") as f:
+                f.write("# edited during the build\n")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 0, err + out[-2000:])
+        with open(report) as f:
+            s = json.load(f)["summary"]
+        self.assertEqual((s["total"], s["generated"], s["failed"]), (n, n, 0), err)
+        self.assertEqual(image_size(os.path.join(self.p.out, "icons/i239.png"), "png"), (64, 64))
+        # Nothing changed for any asset: the next build has no work.
+        r, again = self.p.build()
+        self.assertEqual(again["summary"]["up_to_date"], n, r.stdout)
+
+
+    def test_a_second_manifest_writing_into_the_same_folder_exits_2_naming_both(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        other = os.path.join(self.tmp, "ui.toml")
+        with open(other, "w") as f:
+            f.write(MANIFEST.replace('name = "cover"', 'name = "ui/cover"'))
+        before = self.p.mtimes()
+        for command in ("build", "plan"):
+            r = self.p.kiln(command, "-m", "ui.toml")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("ui.toml:2:14: the output folder %s holds the art of %s"
+                          % (self.p.out, self.p.manifest), r.stderr)
+            self.assertIn("two manifests must not write into one folder", r.stderr)
+        self.assertEqual(self.p.mtimes(), before)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ui.lock")))
+        # Once the first manifest is gone, the folder is the other's.
+        os.remove(self.p.manifest)
+        self.assertEqual(self.p.kiln("build", "-m", "ui.toml").returncode, 0)
+
+    def test_the_state_of_an_older_kiln_in_the_output_folder_is_moved_out(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        # Where kilns before 0.2 kept it: inside the output folder.
+        state = state_folder(self.tmp)
+        old = os.path.join(self.p.out, ".kiln")
+        shutil.move(state, old)
+        os.remove(os.path.join(self.tmp, "kiln.lock"))  # an older kiln wrote none
+        self.assertIn("4 up to date", self.p.kiln("plan").stdout)  # read where it is
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("moved Kiln's state out of", r.stderr)
+        self.assertEqual(report["summary"]["up_to_date"], 4)
+        self.assertFalse(os.path.exists(old))
+        self.assertTrue(os.path.exists(os.path.join(state_folder(self.tmp), "state.jsonl")))
+        self.assertEqual(sorted(os.listdir(self.p.out)), ["cover.jpg", "icons", "textures"])
 
 if __name__ == "__main__":
     unittest.main()

@@ -46,6 +46,7 @@ class CustomValidatorTest(unittest.TestCase):
         self.env = {k: v for k, v in os.environ.items() if k != "REPLICATE_API_TOKEN"}
         self.env["KILN_PLUGIN_PATH"] = self.plugins
         self.env["KILN_CACHE_DIR"] = os.path.join(self.project, "cache")
+        self.env["KILN_STATE_DIR"] = os.path.join(self.project, "state")
 
     def kiln(self, *args, env=None):
         return subprocess.run([self.kiln_exe, *args], cwd=self.project, env=env or self.env,

@@ -36,6 +36,7 @@ class GameExampleTest(unittest.TestCase):
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("KILN_PLUGIN_PATH", "REPLICATE_API_TOKEN")}
         self.env["KILN_CACHE_DIR"] = os.path.join(self.src, "cache")
+        self.env["KILN_STATE_DIR"] = os.path.join(self.src, "state")
         r = subprocess.run(["cmake", "-S", self.src, "-B", self.build, "-G", "Ninja",
                             "-DCMAKE_PREFIX_PATH=" + self.prefix],
                            capture_output=True, text=True, env=self.env)
@@ -45,7 +46,7 @@ class GameExampleTest(unittest.TestCase):
         r = subprocess.run(["ninja", "-C", self.build], capture_output=True, text=True,
                            env=self.env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        return r.stdout
+        return r.stdout + r.stderr
 
     def report(self):
         with open(os.path.join(self.build, "kiln-report.json")) as f:
@@ -129,6 +130,47 @@ class GameExampleTest(unittest.TestCase):
         summary = self.report()["summary"]
         self.assertEqual((summary["failed"], summary["generated"]), (0, 2))
         self.assertIn("no work to do", self.ninja())
+
+    def install(self, name):
+        prefix = os.path.join(self.src, name)
+        r = subprocess.run(["cmake", "--install", self.build, "--prefix", prefix],
+                           capture_output=True, text=True, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        art = os.path.join(prefix, "share", "kiln-example-game", "art")
+        return sorted(os.path.relpath(os.path.join(d, f), art)
+                      for d, _, files in os.walk(prefix) for f in files)
+
+    # Must show 6: `cmake --install` ships only declared art; removing an asset removes its
+    # output; an edited output of a removed asset is kept and named.
+    def test_install_ships_only_declared_art(self):
+        self.ninja()
+        self.assertEqual(self.install("p1"), sorted(ASSETS))
+        # Kiln's own record is in the build tree, kiln.lock beside the manifest.
+        self.assertTrue(os.path.exists(os.path.join(self.build, "game_art.kiln-state",
+                                                    "state.jsonl")))
+        self.assertTrue(os.path.exists(os.path.join(self.src, "kiln.lock")))
+        # The grass is retouched by an artist; then the shield and the grass are dropped.
+        grass = os.path.join(self.build, "art", "textures", "grass.png")
+        subprocess.run([os.environ["KILN_TEST_IMAGE"], "png", "128", "128", "5", grass],
+                       check=True)
+        with open(grass, "rb") as f:
+            edit = f.read()
+        self.ninja()  # Kiln does not run (nothing it depends on changed); the edit is packed
+        with open(os.path.join(self.src, "assets.toml")) as f:
+            text = f.read()
+        text = text.split('[[asset]]\nname = "icons/shield"')[0].rstrip() + "\n"
+        with open(os.path.join(self.src, "assets.toml"), "w") as f:
+            f.write(text)
+        out = self.ninja()
+        self.assertIn("textures/grass is no longer declared, but its file was edited by hand",
+                      out)
+        self.assertFalse(os.path.exists(os.path.join(self.build, "art", "icons", "shield.png")))
+        self.assertEqual(self.install("p2"), ["icons/sword.png", "textures/grass.png"])
+        with open(grass, "rb") as f:
+            self.assertEqual(f.read(), edit)
+        with open(os.path.join(self.src, "kiln.lock")) as f:
+            self.assertEqual(f.read().count("[assets."), 1)
+
 
 if __name__ == "__main__":
     unittest.main()

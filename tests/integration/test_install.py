@@ -38,6 +38,7 @@ class InstallTest(unittest.TestCase):
                 f.write('[types.icon]\nwidth = 32\nheight = 32\n\n'
                         '[[asset]]\nname = "sword"\ntype = "icon"\nprompt = "a sword"\n')
             env["KILN_CACHE_DIR"] = os.path.join(prefix, "cache")
+            env["KILN_STATE_DIR"] = os.path.join(prefix, "state")
             r = subprocess.run([kiln, "build"], cwd=project, capture_output=True, text=True,
                                env=env)
             self.assertEqual(r.returncode, 0, r.stderr)

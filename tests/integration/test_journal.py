@@ -80,7 +80,8 @@ class JournalCase(FakeReplicateCase):
         left = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files
                 if ".kiln-tmp" in f]
         self.assertEqual(left, [])
-        work = os.path.join(out, ".kiln", "work")
+        self.assertFalse(os.path.exists(os.path.join(out, ".kiln")))
+        work = self.state_file("work")
         self.assertEqual([f for _, _, files in os.walk(work) for f in files], [])
 
     def assert_all_valid(self, items):
@@ -136,7 +137,7 @@ class KillTest(JournalCase):
         proc.send_signal(signal.SIGKILL)  # every create sent, no answer received yet
         proc.communicate()
         self.assertEqual(len(self.server.stats()["creates"]), 6)
-        journal = os.path.join(self.tmp, "out", ".kiln", "journal.jsonl")
+        journal = self.state_file("journal.jsonl")
         with open(journal, "rb") as f:
             before = f.read()
         plan = self.kiln("plan")
@@ -206,7 +207,7 @@ class BudgetTest(JournalCase):
         time.sleep(0.3)  # the first four collected and journaled
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        with open(os.path.join(self.tmp, "out", ".kiln", "journal.jsonl")) as f:
+        with open(self.state_file("journal.jsonl")) as f:
             events = [json.loads(line) for line in f]
         spent = sum(e["usd"] for e in events if e["t"] in ("downloaded", "spent"))
         written = len({e["name"] for e in events if e["t"] == "written"})
@@ -236,7 +237,7 @@ class BudgetTest(JournalCase):
         proc.send_signal(signal.SIGINT)  # Ctrl-C: nothing new starts
         _, err = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 130, err)
-        with open(os.path.join(self.tmp, "out", ".kiln", "journal.jsonl")) as f:
+        with open(self.state_file("journal.jsonl")) as f:
             events = [json.loads(line) for line in f]
         spent = sum(e["usd"] for e in events if e["t"] in ("downloaded", "spent"))
         self.assertGreater(spent, 0)
@@ -246,19 +247,27 @@ class BudgetTest(JournalCase):
 
 
 class EditedTest(JournalCase):
-    def test_a_manifest_edited_during_the_run_fails_the_rest_and_loses_nothing(self):
+    def test_a_prompt_edited_during_the_run_fails_that_asset_only_and_loses_nothing(self):
         items = assets(6)
         self.write(items)
         self.server.control(latency_s=0.5)
         proc = self.start("-j", "1")
         self.wait_until(lambda stats: stats["downloads"] >= 1)
-        with open(os.path.join(self.tmp, "assets.toml"), "a") as f:
-            f.write("# edited while kiln runs\n")
+        # The last asset's prompt changes (not started with -j 1), and a comment is added.
+        path = os.path.join(self.tmp, "assets.toml")
+        with open(path) as f:
+            text = f.read()
+        last = items[-1][0]
+        self.assertEqual(text.count(f'name = "{last}"'), 1)
+        head, tail = text.split(f'name = "{last}"')
+        tail = tail.replace('prompt = "', 'prompt = "a different ', 1)
+        with open(path, "w") as f:
+            f.write(head + f'name = "{last}"' + tail + "# edited while kiln runs\n")
         out, err = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 1, err)
-        self.assertIn("assets.toml changed during the run: run kiln again", out + err)
-        made = len(self.server.stats()["creates"])
-        self.assertLess(made, 6)
+        self.assertIn(f"{last}: assets.toml changed during the run, and this asset with it: "
+                      "run kiln again", out + err)
+        self.assertEqual(len(self.server.stats()["creates"]), 5, err)  # the others were made
         r = self.kiln("build")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(self.server.stats()["creates"]), 6)  # the first ones not again
@@ -286,7 +295,7 @@ class ConcurrentTest(JournalCase):
         self.assertEqual(len(self.server.stats()["creates"]), 12)
         self.assert_all_valid(items)
         self.assert_no_temp_files()
-        state = os.path.join(self.tmp, "out", ".kiln", "state.jsonl")
+        state = self.state_file("state.jsonl")
         with open(state) as f:
             lines = f.read().splitlines()
         self.assertEqual(len(lines), 13)  # the header and one record per asset

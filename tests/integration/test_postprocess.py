@@ -214,7 +214,8 @@ validators = ["resolution"]
 retry = []
 """ + "".join(f'\n[[asset]]\nname = "{n}"\ntype = "t"\nprompt = "{n}"\n'
               for n in ("short-rows", "huge", "grown", "fine")))
-            env = dict(os.environ, KILN_CACHE_DIR=os.path.join(tmp, "cache"))
+            env = dict(os.environ, KILN_CACHE_DIR=os.path.join(tmp, "cache"),
+                       KILN_STATE_DIR=os.path.join(tmp, "state"))
             env.pop("KILN_PLUGIN_PATH", None)
             report = os.path.join(tmp, "report.json")
             r = subprocess.run([KILN, "build", "--report", report], cwd=tmp, env=env,
@@ -241,6 +242,7 @@ class PostprocessCliTest(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="kiln-postprocess-")
         self.env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
         self.env["KILN_CACHE_DIR"] = os.path.join(self.tmp, "cache")
+        self.env["KILN_STATE_DIR"] = os.path.join(self.tmp, "state")
 
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Never pay twice, never lose art (issue 15), end to end: the built kiln against the fake
 Replicate server, counting its creates, at the edges real use hits first: a poisoned or
-unwritable cache, two build trees on one cache, outputs that are no image.
+unwritable cache, two build trees on one cache, outputs that are no image, a fresh clone with
+kiln.lock, an artist's edit, a backend option changed and reverted.
 
 Run by ctest with KILN_EXE, KILN_TEST_IMAGE and KILN_FAKE_REPLICATE set; standard library only."""
 
@@ -10,10 +11,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 
 import pixels
-from test_cli import KILN, by_name, image_size
+from test_cli import KILN, MANIFEST, by_name, image_size, state_folder
 from test_replicate import FLUX, TOKEN, FakeReplicate, FakeReplicateCase
 
 
@@ -44,13 +46,16 @@ validators = ["resolution", "format", "not-corrupt"]
     return text
 
 
-class MoneyAtTheEdgesTest(FakeReplicateCase):
+class RecordCase(FakeReplicateCase):
     def write(self, text):
         with open(os.path.join(self.tmp, "assets.toml"), "w") as f:
             f.write(text)
 
     def creates(self):
         return len(self.server.stats()["creates"])
+
+
+class MoneyAtTheEdgesTest(RecordCase):
 
     def test_an_output_that_is_no_image_is_downloaded_again_then_fails_unsupported(self):
         self.write(paid_manifest(self.server, ["icons/gif", "icons/page", "icons/fine"]))
@@ -115,6 +120,7 @@ class PoisonedCacheTest(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="kiln-record-")
         self.env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
         self.env["KILN_CACHE_DIR"] = os.path.join(self.tmp, "cache")
+        self.env["KILN_STATE_DIR"] = os.path.join(self.tmp, "state")
 
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -149,6 +155,262 @@ class PoisonedCacheTest(unittest.TestCase):
         self.assertEqual(data["assets"][0]["status"], "generated")
         with open(output, "rb") as f:
             self.assertEqual(f.read(), good)  # the placeholder draws the same bytes again
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def lock_entries(path):
+    """kiln.lock as {name: text of its entry}."""
+    entries, name = {}, None
+    with open(path) as f:
+        for line in f:
+            if line.startswith("[assets."):
+                name = json.loads(line.strip()[len("[assets."):-1])
+                entries[name] = ""
+            elif name is not None:
+                entries[name] += line
+    return entries
+
+
+def tree_stamps(root):
+    """{relative path: (mtime_ns, bytes)} of every file under root."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = (os.stat(p).st_mtime_ns, read(p))
+    return out
+
+
+class CloneTest(FakeReplicateCase):
+    """Must show 1: a clone of a project with assets.toml, kiln.lock and the art committed
+    builds nothing, pays nothing and rewrites no file, with an empty cache and no state."""
+
+    def git(self, *args, cwd):
+        r = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_a_clone_with_the_art_and_kiln_lock_pays_nothing(self):
+        origin = os.path.join(self.tmp, "origin")
+        os.makedirs(origin)
+        names = ["icons/sword", "icons/shield", "icons/potion", "icons/helmet", "icons/bow",
+                 "icons/ring"]
+        with open(os.path.join(origin, "assets.toml"), "w") as f:
+            f.write(paid_manifest(self.server, names))
+        r = subprocess.run([KILN, "build"], cwd=origin, env=self.env, capture_output=True,
+                           text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(self.server.stats()["creates"]), 6)
+        entries = lock_entries(os.path.join(origin, "kiln.lock"))
+        self.assertEqual(sorted(entries), sorted(names))
+        for name in names:
+            self.assertIn('backend = "replicate@', entries[name])
+            self.assertIn("cost_usd = 0.003\npaid = true\n", entries[name])
+        self.git("init", "-q", cwd=origin)
+        self.git("add", "assets.toml", "kiln.lock", "out", cwd=origin)
+        self.git("commit", "-q", "-m", "art", cwd=origin)
+        clone = os.path.join(self.tmp, "clone")
+        self.git("clone", "-q", origin, clone, cwd=self.tmp)
+        time.sleep(0.01)
+        env = dict(self.env, KILN_CACHE_DIR=os.path.join(self.tmp, "empty-cache"),
+                   KILN_STATE_DIR=os.path.join(self.tmp, "other-state"))
+        before = tree_stamps(clone)
+
+        def kiln(*args):
+            return subprocess.run([KILN, *args], cwd=clone, env=env, capture_output=True,
+                                  text=True, timeout=120)
+        plan = kiln("plan")
+        self.assertEqual(plan.returncode, 0, plan.stderr)
+        self.assertIn("0 to generate, 0 cached, 6 up to date", plan.stdout)
+        self.assertEqual(plan.stdout.count("up to date by content"), 6, plan.stdout)
+        r = kiln("build", "--report", "report.json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(self.server.stats()["creates"]), 6)  # none more
+        with open(os.path.join(clone, "report.json")) as f:
+            summary = json.load(f)["summary"]
+        self.assertEqual((summary["up_to_date"], summary["generated"], summary["cached"]),
+                         (6, 0, 0))
+        os.remove(os.path.join(clone, "report.json"))
+        self.assertEqual(tree_stamps(clone), before)  # no file rewritten, not even kiln.lock
+        self.assertIn("no work to do (6 assets up to date)", kiln("build").stdout)
+        self.assertIn("0 to generate, 0 cached, 6 up to date", kiln("plan").stdout)
+
+        # CI's offline run replaces the art with placeholders, but the paid images are kept in
+        # the cache first and kiln.lock still records them: going back costs nothing.
+        r = kiln("build", "--backend", "placeholder")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sword = os.path.join(clone, "out", "icons", "sword.png")
+        self.assertNotEqual(read(sword), before["out/icons/sword.png"][1])
+        self.assertEqual(read(os.path.join(clone, "kiln.lock")), before["kiln.lock"][1])
+        r = kiln("build")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(self.server.stats()["creates"]), 6)
+        self.assertEqual(read(sword), before["out/icons/sword.png"][1])
+
+
+class LockTest(RecordCase):
+    def lock(self):
+        return os.path.join(self.tmp, "kiln.lock")
+
+    # Must show 8, on the example game's manifest: a second build leaves kiln.lock
+    # byte-identical; one changed prompt changes exactly one entry.
+    def test_the_example_lock_is_stable_and_one_prompt_is_one_entry(self):
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "assets.toml")) as f:
+            text = f.read()
+        self.write(text.replace('output_dir = "generated"', 'output_dir = "out"'))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        first = read(self.lock())
+        stamp = os.stat(self.lock()).st_mtime_ns
+        r = self.kiln("build")
+        self.assertIn("no work to do", r.stdout)
+        self.assertEqual(read(self.lock()), first)
+        self.assertEqual(os.stat(self.lock()).st_mtime_ns, stamp)
+        os.remove(os.path.join(self.tmp, "out", "icons", "sword.png"))
+        self.assertEqual(self.kiln("build").returncode, 0)  # restored from the cache
+        self.assertEqual(read(self.lock()), first)
+        before = lock_entries(self.lock())
+        self.assertEqual(len(before), 7)
+        prompt = text.split('name = "icons/shield"')[1].split("prompt = ")[1].split("\n")[0]
+        self.write(self.read_manifest().replace(prompt, prompt[:-1] + ', studded"'))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        after = lock_entries(self.lock())
+        self.assertEqual(sorted(after), sorted(before))
+        self.assertEqual([n for n in after if after[n] != before[n]], ["icons/shield"])
+
+    def read_manifest(self):
+        with open(os.path.join(self.tmp, "assets.toml")) as f:
+            return f.read()
+
+    # A placeholder run (CI's --backend) and an --only run leave the paid entries as they are.
+    def test_a_placeholder_or_only_run_does_not_rewrite_paid_entries(self):
+        self.write(paid_manifest(self.server, ["icons/a", "icons/b"]))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        paid = read(self.lock())
+        r = self.kiln("build", "--backend", "placeholder")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(read(self.lock()), paid)
+        self.write(paid_manifest(self.server, ["icons/a", "icons/b"]).replace(
+            '"icons/a, a game icon"', '"icons/a, a golden game icon"'))
+        r = self.kiln("build", "--only", "icons/a")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        after = lock_entries(self.lock())
+        self.assertEqual(after["icons/b"], lock_entries_of(paid)["icons/b"])
+        self.assertNotEqual(after["icons/a"], lock_entries_of(paid)["icons/a"])
+        self.assertEqual(self.creates(), 3)
+
+    # Must show 5: a hand-edited output survives three builds byte for byte; `kiln adopt`
+    # makes the next build up to date with it; --force saves the edit and says where.
+    def test_an_artists_edit_is_kept_adopted_and_saved_before_force(self):
+        self.write(paid_manifest(self.server, ["icons/sword", "icons/shield"]))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        sword = os.path.join(self.tmp, "out", "icons", "sword.png")
+        subprocess.run([os.environ["KILN_TEST_IMAGE"], "png", "64", "64", "77", sword],
+                       check=True)  # the artist's retouched icon: a valid 64x64 PNG
+        edit = read(sword)
+        for _ in range(3):
+            r, report = self.build()
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(by_name(report)["icons/sword"]["status"], "kept")
+            self.assertIn("icons/sword: edited by hand: kept", r.stderr)
+            self.assertEqual(read(sword), edit)
+        plan = self.kiln("plan")
+        self.assertRegex(plan.stdout, r"kept +icons/sword +edited by hand")
+        self.assertEqual(self.creates(), 2)
+
+        r = self.kiln("adopt", "icons/sword")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("adopted icons/sword", r.stdout)
+        self.assertIn("adopted = true", lock_entries(self.lock())["icons/sword"])
+        r = self.kiln("build")
+        self.assertIn("no work to do", r.stdout)
+        # A fresh clone (no state, no cache) with the adopted file and the lock: up to date.
+        env = dict(self.env, KILN_CACHE_DIR=os.path.join(self.tmp, "c2"),
+                   KILN_STATE_DIR=os.path.join(self.tmp, "s2"))
+        self.assertIn("2 up to date", self.kiln("plan", env=env).stdout)
+        self.assertEqual(read(sword), edit)
+
+        # Edited again, then replaced on purpose: the edit is saved first, and where is said.
+        subprocess.run([os.environ["KILN_TEST_IMAGE"], "png", "64", "64", "78", sword],
+                       check=True)
+        second_edit = read(sword)
+        r = self.kiln("build", "--force", "--only", "icons/sword")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        saved = [line for line in r.stderr.splitlines() if "your edit of" in line]
+        self.assertEqual(len(saved), 1, r.stderr)
+        path = saved[0].split(" is saved as ")[1].split(" before")[0]
+        self.assertEqual(read(path), second_edit)
+        self.assertNotEqual(read(sword), second_edit)
+        self.assertEqual(self.creates(), 3)  # --force asks the model again
+        self.assertNotIn("adopted", lock_entries(self.lock())["icons/sword"])
+
+    # A changed prompt replaces an edited output, saving the edit first.
+    def test_a_changed_fingerprint_saves_the_edit_before_replacing_it(self):
+        self.write(paid_manifest(self.server, ["icons/sword"]))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        sword = os.path.join(self.tmp, "out", "icons", "sword.png")
+        subprocess.run([os.environ["KILN_TEST_IMAGE"], "png", "64", "64", "77", sword],
+                       check=True)
+        edit = read(sword)
+        self.write(self.read_manifest().replace("a game icon", "a shiny game icon"))
+        r = self.kiln("build")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path = r.stderr.split(" is saved as ")[1].split(" before")[0]
+        self.assertEqual(read(path), edit)
+        self.assertNotEqual(read(sword), edit)
+
+
+def lock_entries_of(data):
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        return lock_entries(f.name)
+
+
+class CaptionTest(unittest.TestCase):
+    """Must show 3: a placeholder option that shapes the image is in the fingerprint: changed,
+    the asset is made again; reverted, it comes from the cache; --force then revert never
+    installs the wrong image."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="kiln-caption-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def project(self, name):
+        root = os.path.join(self.tmp, name)
+        os.makedirs(root)
+        env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
+        env["KILN_CACHE_DIR"] = os.path.join(root, "cache")
+        env["KILN_STATE_DIR"] = os.path.join(root, "state")
+
+        def build(caption, *args):
+            with open(os.path.join(root, "assets.toml"), "w") as f:
+                f.write(MANIFEST + f"\n[backends.placeholder]\ncaption = {caption}\n")
+            report = os.path.join(root, "report.json")
+            r = subprocess.run([KILN, "build", "--report", report, *args], cwd=root, env=env,
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(report) as f:
+                status = by_name(json.load(f))["icons/sword"]["status"]
+            return status, read(os.path.join(root, "out", "icons", "sword.png"))
+        return build
+
+    def test_caption_changed_reverted_and_forced(self):
+        with_caption = self.project("fresh-true")("true")[1]
+        without = self.project("fresh-false")("false")[1]
+        self.assertNotEqual(with_caption, without)
+        build = self.project("p")
+        self.assertEqual(build("true"), ("generated", with_caption))
+        self.assertEqual(build("false"), ("generated", without))  # not "no work to do"
+        self.assertEqual(build("true"), ("cached", with_caption))
+        self.assertEqual(build("false", "--force"), ("generated", without))
+        self.assertEqual(build("true"), ("cached", with_caption))  # never the forced image
+        self.assertEqual(build("false"), ("cached", without))
 
 
 if __name__ == "__main__":

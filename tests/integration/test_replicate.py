@@ -14,7 +14,7 @@ import time
 import unittest
 import urllib.request
 
-from test_cli import KILN, by_name, image_size
+from test_cli import KILN, by_name, image_size, state_folder
 
 FAKE = os.environ.get("KILN_FAKE_REPLICATE", "../servers/fake_replicate.py")
 TEST_IMAGE = os.environ.get("KILN_TEST_IMAGE", "kiln-test-image")
@@ -94,11 +94,16 @@ class FakeReplicateCase(unittest.TestCase):
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("REPLICATE_API_TOKEN", "KILN_PLUGIN_PATH")}
         self.env["KILN_CACHE_DIR"] = os.path.join(self.tmp, "cache")
+        self.env["KILN_STATE_DIR"] = os.path.join(self.tmp, "state")
         self.env["REPLICATE_API_TOKEN"] = TOKEN
 
     def tearDown(self):
         self.server.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def state_file(self, name=""):
+        """A file of the state folder Kiln keeps for out/ (under KILN_STATE_DIR)."""
+        return os.path.join(state_folder(self.tmp), name)
 
     def kiln(self, *args, env=None):
         return subprocess.run([KILN, *args], cwd=self.tmp, env=env or self.env,

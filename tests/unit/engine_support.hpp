@@ -26,7 +26,7 @@ struct Project {
     registry->load_directory(KILN_PLUGIN_BUILD_DIR);
     manifest = parse_manifest(text, dir / "assets.toml", "assets.toml");
     plugins = instantiate_manifest_plugins(*registry, manifest);
-    state = std::make_unique<StateFile>(manifest.output_dir);
+    state = std::make_unique<StateFile>(dir / "state");
     state->load();
     cache = std::make_unique<Cache>(dir / "cache");
   }

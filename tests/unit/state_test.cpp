@@ -59,7 +59,7 @@ TEST(State, ATornLastRecordIsDroppedAndTheRestKept) {
     state.put("a", record("a.png", 'a', 1));
     state.put("b", record("b.png", 'b', 2));
   }
-  fs::path journal = StateFile::kiln_dir(dir.path()) / "journal.jsonl";
+  fs::path journal = dir.path() / "journal.jsonl";
   std::string whole = read(journal);
   // A crash in the middle of appending the third record.
   std::ofstream(journal, std::ios::app) << R"({"t":"written","name":"c","output":"c.pn)";
@@ -124,8 +124,8 @@ TEST(State, RetainForgetsUndeclaredAssets) {
 
 TEST(State, ACorruptSnapshotIsReportedAndRebuilt) {
   TempDir dir;
-  fs::create_directories(StateFile::kiln_dir(dir.path()));
-  std::ofstream(StateFile::kiln_dir(dir.path()) / "state.jsonl") << "{\"kiln_state\":2}\n{oops\n";
+  fs::create_directories(dir.path());
+  std::ofstream(dir.path() / "state.jsonl") << "{\"kiln_state\":2}\n{oops\n";
   StateFile state(dir.path());
   auto warning = state.load();
   ASSERT_TRUE(warning);
@@ -134,7 +134,7 @@ TEST(State, ACorruptSnapshotIsReportedAndRebuilt) {
   EXPECT_EQ(state.size(), 0u);
   EXPECT_TRUE(state.dirty());
 
-  std::ofstream(StateFile::kiln_dir(dir.path()) / "state.jsonl") << "{\"version\":1}\n";
+  std::ofstream(dir.path() / "state.jsonl") << "{\"version\":1}\n";
   EXPECT_NE(state.load()->find("has another version"), std::string::npos);
 }
 

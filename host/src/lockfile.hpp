@@ -1,0 +1,90 @@
+// kiln.lock: the committed record of what was made. Per asset, the fingerprint of the request
+// it was made from, the SHA-256 of its file, and where it came from (backend and version, model,
+// seed, cost). A fresh clone with the art and kiln.lock has everything it needs to know that
+// nothing is to be made: an output whose bytes hash to the recorded digest, for the fingerprint
+// the manifest gives today, is up to date, whatever its modification time.
+//
+// The file is TOML, one table per asset sorted by name, written by Kiln only: deterministic, and
+// rewritten (atomically) only when its text changes, so a diff is one entry per changed asset.
+// It is read and written a line at a time, and held as a compact index (about 150 bytes an
+// asset), so 10,000 assets cost about a megabyte and a half.
+#pragma once
+
+#include "fingerprint.hpp"
+#include "util.hpp"
+
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace kiln::host {
+
+struct LockEntry {
+  std::string fingerprint; // hex
+  std::string sha256;      // hex, of the output file's bytes
+  std::string backend;     // "replicate@1.0.0"
+  std::string model;
+  std::optional<uint64_t> seed;
+  double cost_usd = 0;
+  bool paid = false;    // made by a backend that costs money (not an offline one)
+  bool adopted = false; // an artist's file, recorded with `kiln adopt`
+};
+
+class Lockfile {
+public:
+  // kiln.lock beside a manifest named assets.toml; for any other name, the manifest's name
+  // with ".lock" for its extension (ui.toml: ui.lock), so two manifests of one folder do not
+  // share one.
+  static fs::path path_for(const fs::path& manifest);
+
+  explicit Lockfile(fs::path path);
+
+  // Reads the file (a missing one is empty). A file Kiln did not write is refused with the line
+  // that is wrong: nothing is overwritten that someone wrote by hand.
+  void load();
+  const fs::path& path() const { return m_path; }
+
+  std::optional<LockEntry> find(std::string_view name) const;
+  // Records what `name` is now. An offline backend's image (CI's placeholder run) never
+  // replaces a paid or adopted entry: that image stays the asset's record. Thread-safe.
+  void set(std::string_view name, const LockEntry& entry);
+  // Forgets assets no longer declared.
+  void retain(const std::vector<std::string_view>& names);
+  // The names it records that are not among `names`.
+  std::vector<std::string> names_not_in(const std::vector<std::string_view>& names) const;
+  // Writes the file when its text changed; true when it did. Another run may have written it
+  // since load() (a second build tree of the same manifest): under a lock shared by every
+  // kiln of this user, the file is read again and only this run's changes (what it set, what
+  // retain() dropped) are applied to it, so neither run's entries are lost.
+  bool save();
+  size_t size() const { return m_index.size(); }
+
+private:
+  struct Entry {
+    std::string name;
+    Digest fingerprint{};
+    Digest sha256{};
+    std::string extra; // the provenance lines, as written
+    bool paid = false;
+    bool adopted = false;
+  };
+  void put(std::string_view name, const LockEntry& entry);
+  void put_entry(Entry entry);
+  static bool replaces(const Entry& old, const Entry& entry);
+  void retain_unlocked(const std::vector<std::string_view>& names);
+  std::string text() const;
+  static std::string provenance(const LockEntry& entry);
+
+  fs::path m_path;
+  std::vector<Entry> m_entries;                      // in any order; sorted when written
+  std::unordered_map<std::string, uint32_t> m_index; // name -> entry
+  bool m_changed = false;
+  std::unordered_map<std::string, bool> m_set;        // names this run set
+  std::optional<std::vector<std::string>> m_retained; // the names retain() kept
+  mutable std::mutex m_mutex;
+};
+
+} // namespace kiln::host
