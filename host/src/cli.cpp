@@ -282,9 +282,10 @@ int cmd_build(int argc, char** argv) {
     throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
 
   // Nothing moved since the last clean run with these arguments: done, without parsing.
-  NoopKey key{fs::absolute(a.manifest).lexically_normal(),
-              a.output_dir.empty() ? "" : fs::absolute(a.output_dir).lexically_normal().string(),
-              a.backend};
+  NoopKey key{
+      fs::absolute(a.manifest).lexically_normal(),
+      a.output_dir.empty() ? "" : fs::absolute(a.output_dir).lexically_normal().string(), a.backend,
+      (a.state_dir.empty() ? state_root() : fs::absolute(a.state_dir).lexically_normal()).string()};
   std::error_code ec;
   bool may_skip = a.only.empty() && !force && report.empty() && !a.verbose &&
                   (depfile.empty() || fs::exists(depfile, ec));
@@ -308,7 +309,13 @@ int cmd_build(int argc, char** argv) {
     for (size_t i = 0; i < s->manifest.size(); ++i)
       names.push_back(s->manifest.name(i));
     undeclared = undeclared_outputs(ws);
-    s->state->retain(names);
+    // The record of an edited file of a removed asset stays, so later builds and plans still
+    // name it (until someone deletes it); kiln.lock forgets the asset.
+    std::vector<std::string_view> remembered = names;
+    for (auto& u : undeclared)
+      if (u.edited && !u.declared)
+        remembered.push_back(u.name);
+    s->state->retain(remembered);
   }
   s->state->reserve(s->state->size() + plan.size());
   install_interrupt_handlers();
@@ -327,9 +334,11 @@ int cmd_build(int argc, char** argv) {
     summary.kept += u.edited; // named by remove_undeclared()
   if (a.only.empty())
     s->lockfile->retain(names);
+  bool lock_saved = true;
   try {
     s->lockfile->save();
   } catch (const std::exception& e) {
+    lock_saved = false; // no shortcut past the next run, which tries again
     s->log.warning(std::string("cannot write ") + s->lockfile->path().string() + ": " + e.what());
   }
   if (report_writer)
@@ -410,7 +419,7 @@ int cmd_build(int argc, char** argv) {
     write_depfile(depfile, stamp, inputs);
   }
   // A fallback stand-in is tried again by the next build: no shortcut past it.
-  if (a.only.empty() && summary.fallbacks() == 0) {
+  if (a.only.empty() && summary.fallbacks() == 0 && lock_saved) {
     std::vector<fs::path> inputs{key.manifest, s->state->path(), s->lockfile->path(),
                                  fs::read_symlink("/proc/self/exe", ec)};
     for (auto* plugin : s->registry.all())
@@ -467,10 +476,6 @@ int cmd_plan(int argc, char** argv) {
   int to_remove = 0;
   for (auto& u : undeclared)
     to_remove += !u.edited;
-  auto undeclared_reason = [](const Undeclared& u) {
-    return u.edited ? std::string("no longer declared; edited by hand: kept")
-                    : std::string("no longer declared: its file is removed");
-  };
 
   // Streamed, one asset at a time: a plan of any size is printed in constant memory.
   if (json) {
@@ -557,7 +562,7 @@ int cmd_plan(int argc, char** argv) {
       w.Key("action");
       str(u.edited ? "kept" : "remove");
       w.Key("reason");
-      str(undeclared_reason(u));
+      str(u.reason());
       w.Key("output");
       str(u.output.string());
       w.EndObject();
@@ -585,7 +590,7 @@ int cmd_plan(int argc, char** argv) {
     }
     for (auto& u : undeclared)
       std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width), u.name.c_str(),
-                  undeclared_reason(u).c_str());
+                  u.reason().c_str());
     std::string extra;
     if (int kept = counts[int(Action::Kept)] + int(undeclared.size()) - to_remove)
       extra += ", " + std::to_string(kept) + " kept (edited by hand)";
@@ -635,7 +640,16 @@ int cmd_adopt(int argc, char** argv) {
   a.only = names;
   auto s = open_session(a, LockMode::Wait);
   Workspace ws = s->workspace();
-  Plan plan = make_plan(ws, PlanOptions{false, a.only});
+  Plan plan = [&] {
+    try {
+      return make_plan(ws, PlanOptions{false, a.only});
+    } catch (const Fatal& e) { // said of --only: here the names are the arguments
+      std::string message = e.what();
+      if (message.rfind("--only ", 0) == 0)
+        message = "kiln adopt: " + message.substr(7);
+      throw Fatal(message, e.exit_code(), e.located());
+    }
+  }();
   int failed = 0, adopted = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     PlannedAsset p = plan.asset(ws, i);
@@ -650,7 +664,7 @@ int cmd_adopt(int argc, char** argv) {
   }
   s->state->save();
   s->lockfile->save();
-  if (!a.quiet)
+  if (!a.quiet && adopted)
     std::printf("kiln: %d adopted%s; recorded in %s\n", adopted,
                 failed ? (", " + std::to_string(failed) + " not").c_str() : "",
                 s->lockfile->path().string().c_str());

@@ -238,9 +238,10 @@ std::string sha256_of_file(const fs::path& path) {
 // or an artist's (bytes Kiln never made).
 OnDisk judge_file(const Workspace& ws, const PlannedAsset& p, const std::optional<StateEntry>& rec,
                   bool current, const std::optional<LockEntry>& locked) {
-  std::string sha = sha256_of_file(p.output);
-  if (sha.empty())
+  auto bytes = read_file(p.output);
+  if (!bytes)
     return OnDisk::Missing;
+  std::string sha = sha256_hex(*bytes);
   std::optional<OutputRecord> record = rec ? ws.state.record(*rec) : std::nullopt;
   if ((locked && locked->fingerprint == p.fingerprint && locked->sha256 == sha) ||
       (current && record && record->sha256 == sha))
@@ -251,6 +252,12 @@ OnDisk judge_file(const Workspace& ws, const PlannedAsset& p, const std::optiona
   if ((locked && locked->sha256 == sha) || (record && record->sha256 == sha) || old_record_stamps ||
       ws.cache.has_content(sha))
     return OnDisk::Stale;
+  // Not an image of the declared size and format (empty, cut short, a Git LFS pointer of a
+  // clone made without git-lfs): no artist's work to keep as the asset's art.
+  auto probe = probe_image(*bytes);
+  if (!probe || probe->format != p.spec.format || probe->width != p.spec.width ||
+      probe->height != p.spec.height || !decode_image(*bytes))
+    return OnDisk::Broken;
   return OnDisk::Edited;
 }
 
@@ -368,7 +375,9 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
       p.reason = "cannot prepare the request";
     } else if (options.force) {
       p.reason = "forced";
-      p.save_edit = on_disk == OnDisk::Edited;
+      // An edit, adopted or not, is saved before it is replaced.
+      p.save_edit = on_disk == OnDisk::Edited || on_disk == OnDisk::Broken ||
+                    (on_disk == OnDisk::Current && locked && locked->adopted);
     } else if (p.fallback_on_disk) {
       p.reason = "the output is a fallback stand-in";
     } else if (unchanged || on_disk == OnDisk::Current) {
@@ -387,6 +396,11 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
                              "` records it as the asset's)";
     } else if (on_disk == OnDisk::Edited) {
       p.reason = changes() + "; the file there was edited by hand: saved first";
+      p.save_edit = true;
+    } else if (on_disk == OnDisk::Broken) {
+      // Kept aside all the same (a half-saved edit is still someone's work), then replaced.
+      p.reason = "output is not a readable " + std::to_string(p.spec.width) + "x" +
+                 std::to_string(p.spec.height) + " " + p.spec.format + " image";
       p.save_edit = true;
     } else if (same_request) {
       p.reason = stamp ? "output modified" : "output missing";
@@ -468,9 +482,19 @@ std::vector<Undeclared> undeclared_outputs(Workspace& ws) {
     names.push_back(m.name(i));
   std::vector<Undeclared> out;
   std::set<fs::path> seen;
-  auto consider = [&](const std::string& name, const fs::path& output,
-                      const std::vector<std::string>& recorded, const OutputRecord* old) {
+  auto consider = [&](const std::string& name, const std::string& relative,
+                      const std::vector<std::string>& recorded, const OutputRecord* old,
+                      bool declared) {
+    // Only a plain file below the output folder: a record (state, lock) naming anything else
+    // is never acted on, whoever wrote it.
+    fs::path rel = fs::path(relative).lexically_normal();
+    if (rel.empty() || rel.is_absolute() || *rel.begin() == "..")
+      return;
+    fs::path output = m.output_dir / rel;
     if (!seen.insert(output).second)
+      return;
+    std::error_code ec;
+    if (!fs::is_regular_file(fs::symlink_status(output, ec)))
       return;
     auto stamp = stat_file(output);
     if (!stamp)
@@ -479,7 +503,7 @@ std::vector<Undeclared> undeclared_outputs(Workspace& ws) {
     bool kilns = std::find(recorded.begin(), recorded.end(), sha) != recorded.end() ||
                  (old && old->sha256.empty() && old->size == stamp->size &&
                   old->mtime_ns == stamp->mtime_ns);
-    out.push_back({name, output, !kilns});
+    out.push_back({name, output, !kilns, declared});
   };
   std::map<std::string, std::string> locked; // name -> sha, of the undeclared
   if (ws.lock)
@@ -490,14 +514,28 @@ std::vector<Undeclared> undeclared_outputs(Workspace& ws) {
     std::vector<std::string> recorded{rec.sha256};
     if (auto it = locked.find(name); it != locked.end())
       recorded.push_back(it->second);
-    consider(name, m.output_dir / rec.output, recorded, &rec);
+    consider(name, rec.output, recorded, &rec, false);
   }
   for (auto& [name, sha] : locked)
     for (const char* format : {"png", "webp", "jpg"})
-      consider(name, m.output_dir / (name + "." + format), {sha}, nullptr);
+      consider(name, name + "." + format, {sha}, nullptr, false);
+  // A declared asset whose file moved (its format changed): the old file is as stray.
+  for (size_t i = 0; i < m.size(); ++i) {
+    auto rec = ws.state.find(m.name(i));
+    std::string now = m.relative_output(i);
+    if (!rec || ws.state.same_output(*rec, now))
+      continue;
+    if (auto full = ws.state.record(*rec); full && full->output != now)
+      consider(std::string(m.name(i)), full->output, {full->sha256}, &*full, true);
+  }
   std::sort(out.begin(), out.end(),
             [](const Undeclared& a, const Undeclared& b) { return a.output < b.output; });
   return out;
+}
+
+std::string Undeclared::reason() const {
+  std::string why = declared ? "its file is now another format" : "no longer declared";
+  return why + (edited ? "; edited by hand: kept" : ": its file is removed");
 }
 
 size_t remove_undeclared(Workspace& ws, const std::vector<Undeclared>& list) {
@@ -506,14 +544,16 @@ size_t remove_undeclared(Workspace& ws, const std::vector<Undeclared>& list) {
   for (auto& u : list) {
     if (u.edited) {
       ws.log.warning("kept " + u.output.string() + ": " + u.name +
-                     " is no longer declared, but its file was edited by hand");
+                     (u.declared ? " now writes another file" : " is no longer declared") +
+                     ", but this one was edited by hand");
       continue;
     }
     std::error_code ec;
     if (!fs::remove(u.output, ec))
       continue;
     ++removed;
-    ws.log.debug("removed " + u.output.string() + ": " + u.name + " is no longer declared");
+    ws.log.debug("removed " + u.output.string() + ": " + u.name +
+                 (u.declared ? " now writes another file" : " is no longer declared"));
     // Folders it leaves empty go too, up to the output folder.
     for (fs::path dir = u.output.parent_path();
          dir != root && dir.string().size() > root.string().size(); dir = dir.parent_path())
@@ -620,7 +660,7 @@ void record_output(Workspace& ws, std::mutex& state_mutex, const PlannedAsset& p
 // An artist's edit about to be replaced is kept in the cache first, and where is said.
 void save_edit(Workspace& ws, const PlannedAsset& p) {
   auto bytes = read_file(p.output);
-  if (!bytes)
+  if (!bytes || bytes->empty())
     return;
   fs::path kept;
   try {
@@ -1665,7 +1705,20 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       lock_it(p, o, {});
     } else {
       std::string why;
-      auto bytes = ws.cache.get(p.fingerprint, p.spec.format, expected_in_cache(p), &why);
+      // The bytes kiln.lock records for this very request come first, when the cache holds
+      // them: a cache entry pointing elsewhere (another run's image of the same request, or a
+      // tampered one) does not replace the recorded art.
+      std::optional<std::string> bytes;
+      if (auto locked = ws.lock ? ws.lock->find(p.spec.name) : std::nullopt;
+          locked && locked->fingerprint == p.fingerprint)
+        bytes = ws.cache.get_content(locked->sha256, expected_in_cache(p));
+      if (bytes)
+        try {
+          ws.cache.put(p.fingerprint, p.spec.format, *bytes); // the entry points at them again
+        } catch (const std::exception&) {
+        }
+      else
+        bytes = ws.cache.get(p.fingerprint, p.spec.format, expected_in_cache(p), &why);
       if (!bytes || structural_problem(*bytes)) {
         ws.log.warning("the cache entry of " + o.name + " is bad (" +
                        (why.empty() ? std::string("truncated") : why) +

@@ -19,7 +19,8 @@ namespace kiln::host {
 struct Workspace;
 
 // What the file at an asset's output is, judged by its bytes.
-enum class OnDisk { Missing, Current, Stale, Edited };
+// Broken: not a readable image of the declared size and format.
+enum class OnDisk { Missing, Current, Stale, Edited, Broken };
 
 // Kept: the output is an artist's edit (its bytes match nothing Kiln made for it) and is left
 // as it is.
@@ -117,9 +118,13 @@ struct Undeclared {
   std::string name;
   fs::path output; // absolute
   bool edited = false;
+  bool declared = false; // the asset is declared, but writes another file now (its format)
+  // "no longer declared: its file is removed", "...; edited by hand: kept"
+  std::string reason() const;
 };
 // Every output the state or kiln.lock records for an asset the manifest no longer declares,
-// when the file is still there.
+// and every old file of a declared asset whose output moved (another format), when the file
+// is still there: only plain files below the output folder.
 std::vector<Undeclared> undeclared_outputs(Workspace& ws);
 // Removes the unedited ones (and folders they leave empty, up to the output folder). How many.
 size_t remove_undeclared(Workspace& ws, const std::vector<Undeclared>& list);

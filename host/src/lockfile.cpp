@@ -1,6 +1,7 @@
 #include "lockfile.hpp"
 
 #include "fatal.hpp"
+#include "manifest.hpp"
 #include "state.hpp"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace kiln::host {
@@ -84,32 +86,40 @@ fs::path Lockfile::path_for(const fs::path& manifest) {
 
 Lockfile::Lockfile(fs::path path) : m_path(std::move(path)) {}
 
-std::string Lockfile::provenance(const LockEntry& e) {
-  std::string out = "backend = " + toml_string(e.backend) + "\n";
-  if (!e.model.empty())
-    out += "model = " + toml_string(e.model) + "\n";
-  if (e.seed)
-    out += "seed = " + std::to_string(*e.seed) + "\n";
-  char cost[64];
-  auto r = std::to_chars(cost, cost + sizeof cost, e.cost_usd);
-  std::string_view text(cost, size_t(r.ptr - cost));
-  out += "cost_usd = " + std::string(text) +
-         (text.find_first_of(".eE") == std::string_view::npos ? ".0" : "") + "\n";
+uint32_t Lockfile::intern(const std::string& s) {
+  auto [it, fresh] = m_string_ids.try_emplace(s, uint32_t(m_strings.size()));
+  if (fresh)
+    m_strings.push_back(s);
+  return it->second;
+}
+
+LockEntry Lockfile::entry_of(const Entry& e) const {
+  LockEntry out;
+  out.fingerprint = hex_of(e.fingerprint);
+  out.sha256 = hex_of(e.sha256);
+  out.backend = m_strings[e.backend];
+  out.model = m_strings[e.model];
+  if (e.has_seed)
+    out.seed = e.seed;
+  out.cost_usd = e.cost_usd;
+  out.paid = e.paid;
+  out.adopted = e.adopted;
   return out;
 }
 
-void Lockfile::put(std::string_view name, const LockEntry& e) {
+void Lockfile::put(std::string_view name, const LockEntry& e, bool touched) {
   Entry entry;
   entry.name = std::string(name);
   entry.fingerprint = digest_of_hex(e.fingerprint).value_or(Digest{});
   entry.sha256 = digest_of_hex(e.sha256).value_or(Digest{});
-  entry.extra = provenance(e);
+  entry.seed = e.seed.value_or(0);
+  entry.has_seed = e.seed.has_value();
+  entry.cost_usd = e.cost_usd;
+  entry.backend = intern(e.backend);
+  entry.model = intern(e.model);
   entry.paid = e.paid;
   entry.adopted = e.adopted;
-  put_entry(std::move(entry));
-}
-
-void Lockfile::put_entry(Entry entry) {
+  entry.touched = touched;
   auto [it, fresh] = m_index.try_emplace(entry.name, uint32_t(m_entries.size()));
   if (fresh) {
     m_entries.push_back(std::move(entry));
@@ -117,16 +127,19 @@ void Lockfile::put_entry(Entry entry) {
     return;
   }
   Entry& old = m_entries[it->second];
+  entry.touched = touched || old.touched;
   if (old.fingerprint != entry.fingerprint || old.sha256 != entry.sha256 ||
-      old.extra != entry.extra || old.paid != entry.paid || old.adopted != entry.adopted) {
+      old.seed != entry.seed || old.has_seed != entry.has_seed || old.cost_usd != entry.cost_usd ||
+      old.backend != entry.backend || old.model != entry.model || old.paid != entry.paid ||
+      old.adopted != entry.adopted) {
     old = std::move(entry);
     m_changed = true;
   }
 }
 
 // CI's placeholder build does not replace the art that was paid for, or an artist's.
-bool Lockfile::replaces(const Entry& old, const Entry& entry) {
-  return !(old.paid || old.adopted) || entry.paid || entry.adopted;
+bool Lockfile::replaces(bool old_kept, const LockEntry& entry) {
+  return !old_kept || entry.paid || entry.adopted;
 }
 
 void Lockfile::load() {
@@ -134,6 +147,7 @@ void Lockfile::load() {
   m_entries.clear();
   m_index.clear();
   m_changed = false;
+  m_loaded.reset();
   std::ifstream in(m_path, std::ios::binary);
   if (!in)
     return;
@@ -151,7 +165,7 @@ void Lockfile::load() {
       number = entry_line;
       fail("the entry of '" + name + "' has no fingerprint or sha256");
     }
-    put(name, *current);
+    put(name, *current, false);
     current.reset();
   };
   bool versioned = false;
@@ -165,6 +179,8 @@ void Lockfile::load() {
       auto n = unquoted(t.substr(8, t.size() - 9));
       if (!n || n->empty())
         fail("an asset's table is not [assets.\"NAME\"]");
+      if (auto why = asset_name_problem(*n))
+        fail("the entry " + toml_string(*n) + " is no asset name: it " + *why);
       if (m_index.count(*n))
         fail("'" + *n + "' has two entries");
       name = *n;
@@ -236,6 +252,7 @@ void Lockfile::load() {
   if (!versioned && !m_entries.empty())
     fail("no version line");
   m_changed = false;
+  m_loaded = disk_stamp();
 }
 
 std::optional<LockEntry> Lockfile::find(std::string_view name) const {
@@ -243,37 +260,21 @@ std::optional<LockEntry> Lockfile::find(std::string_view name) const {
   auto it = m_index.find(std::string(name));
   if (it == m_index.end())
     return std::nullopt;
-  const Entry& e = m_entries[it->second];
-  LockEntry out;
-  out.fingerprint = hex_of(e.fingerprint);
-  out.sha256 = hex_of(e.sha256);
-  out.paid = e.paid;
-  out.adopted = e.adopted;
-  // The provenance lines are kept as written; what a reader needs is the backend.
-  std::string_view extra = e.extra;
-  if (extra.rfind("backend = ", 0) == 0) {
-    auto b = unquoted(trim(extra.substr(10, extra.find('\n') - 10)));
-    if (b)
-      out.backend = *b;
-  }
-  return out;
+  return entry_of(m_entries[it->second]);
 }
 
 void Lockfile::set(std::string_view name, const LockEntry& entry) {
   std::lock_guard lock(m_mutex);
-  Entry e;
-  e.paid = entry.paid;
-  e.adopted = entry.adopted;
-  if (auto it = m_index.find(std::string(name));
-      it != m_index.end() && !replaces(m_entries[it->second], e))
-    return;
-  m_set[std::string(name)] = true;
-  put(name, entry);
+  if (auto it = m_index.find(std::string(name)); it != m_index.end()) {
+    const Entry& old = m_entries[it->second];
+    if (!replaces(old.paid || old.adopted, entry))
+      return;
+  }
+  put(name, entry, true);
 }
 
 void Lockfile::retain(const std::vector<std::string_view>& names) {
   std::lock_guard lock(m_mutex);
-  m_retained.emplace(names.begin(), names.end());
   retain_unlocked(names);
 }
 
@@ -286,6 +287,8 @@ void Lockfile::retain_unlocked(const std::vector<std::string_view>& names) {
   for (auto& e : m_entries)
     if (keep.count(e.name))
       kept.push_back(std::move(e));
+    else
+      m_dropped.push_back(std::move(e.name));
   if (kept.size() != m_entries.size())
     m_changed = true;
   m_entries = std::move(kept);
@@ -307,25 +310,47 @@ std::vector<std::string> Lockfile::names_not_in(const std::vector<std::string_vi
   return out;
 }
 
-std::string Lockfile::text() const {
+template <class Sink> bool Lockfile::produce(Sink&& sink) const {
   std::vector<const Entry*> order;
   order.reserve(m_entries.size());
   for (auto& e : m_entries)
     order.push_back(&e);
   std::sort(order.begin(), order.end(),
             [](const Entry* a, const Entry* b) { return a->name < b->name; });
-  std::string out = k_header;
+  std::string buf = k_header;
   for (const Entry* e : order) {
-    out += "\n[assets." + toml_string(e->name) + "]\n";
-    out += "fingerprint = \"" + hex_of(e->fingerprint) + "\"\n";
-    out += "sha256 = \"" + hex_of(e->sha256) + "\"\n";
-    out += e->extra;
+    buf += "\n[assets." + toml_string(e->name) + "]\n";
+    buf += "fingerprint = \"" + hex_of(e->fingerprint) + "\"\n";
+    buf += "sha256 = \"" + hex_of(e->sha256) + "\"\n";
+    buf += "backend = " + toml_string(m_strings[e->backend]) + "\n";
+    if (!m_strings[e->model].empty())
+      buf += "model = " + toml_string(m_strings[e->model]) + "\n";
+    if (e->has_seed)
+      buf += "seed = " + std::to_string(e->seed) + "\n";
+    char cost[64];
+    auto r = std::to_chars(cost, cost + sizeof cost, e->cost_usd);
+    std::string_view text(cost, size_t(r.ptr - cost));
+    buf += "cost_usd = " + std::string(text) +
+           (text.find_first_of(".eE") == std::string_view::npos ? ".0" : "") + "\n";
     if (e->paid)
-      out += "paid = true\n";
+      buf += "paid = true\n";
     if (e->adopted)
-      out += "adopted = true\n";
+      buf += "adopted = true\n";
+    if (buf.size() > (1 << 16)) {
+      if (!sink(std::string_view(buf)))
+        return false;
+      buf.clear();
+    }
   }
-  return out;
+  return sink(std::string_view(buf));
+}
+
+std::optional<FileStampId> Lockfile::disk_stamp() const {
+  struct stat st {};
+  if (::stat(m_path.c_str(), &st) != 0)
+    return std::nullopt;
+  return FileStampId{uint64_t(st.st_size), uint64_t(st.st_ino),
+                     int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
 namespace {
@@ -363,35 +388,68 @@ bool Lockfile::save() {
   if (!m_changed)
     return false;
   SaveGuard guard(m_path);
-  // The file as it is now, with this run's changes on top.
-  Lockfile now(m_path);
-  try {
-    now.load();
-  } catch (const Fatal&) {
-    now.m_entries.clear(); // broken since this run read it: this run's record replaces it
-    now.m_index.clear();
-  }
-  for (auto& [name, _] : m_set) {
-    auto found = m_index.find(name);
-    if (found == m_index.end())
-      continue;
-    const Entry& mine = m_entries[found->second];
-    auto it = now.m_index.find(name);
-    if (it == now.m_index.end() || replaces(now.m_entries[it->second], mine))
-      now.put_entry(mine);
-  }
-  if (m_retained) {
-    std::vector<std::string_view> names(m_retained->begin(), m_retained->end());
-    now.retain_unlocked(names);
+  // Another run (a second build tree) wrote the file since this one read it: its entries are
+  // read again, and only this run's changes go on top of them.
+  if (disk_stamp() != m_loaded) {
+    Lockfile now(m_path);
+    try {
+      now.load();
+    } catch (const Fatal&) {
+      now.m_entries.clear(); // broken since this run read it: this run's record replaces it
+      now.m_index.clear();
+    }
+    for (const Entry& mine : m_entries) {
+      if (!mine.touched)
+        continue;
+      LockEntry e = entry_of(mine);
+      auto it = now.m_index.find(mine.name);
+      if (it == now.m_index.end() ||
+          replaces(now.m_entries[it->second].paid || now.m_entries[it->second].adopted, e))
+        now.put(mine.name, e, true);
+    }
+    if (!m_dropped.empty()) {
+      std::unordered_map<std::string_view, bool> dropped;
+      for (auto& name : m_dropped)
+        dropped.emplace(name, true);
+      std::vector<std::string_view> keep;
+      for (auto& e : now.m_entries)
+        if (!dropped.count(e.name))
+          keep.push_back(e.name);
+      now.retain_unlocked(keep);
+    }
+    m_entries = std::move(now.m_entries);
+    m_index = std::move(now.m_index);
+    m_strings = std::move(now.m_strings);
+    m_string_ids = std::move(now.m_string_ids);
   }
   m_changed = false;
-  m_set.clear();
-  std::string text = now.text();
-  auto old = read_file(m_path);
-  if (old && *old == text)
-    return false;
-  write_file_atomic(m_path, text);
-  return true;
+  m_dropped.clear();
+  for (auto& e : m_entries)
+    e.touched = false;
+  // Compared with the file as it is, piece by piece, and written only if they differ, so an
+  // unchanged record keeps its bytes and its modification time.
+  bool same = false;
+  {
+    std::ifstream old(m_path, std::ios::binary);
+    if (old) {
+      std::string chunk;
+      same = produce([&](std::string_view piece) {
+        chunk.resize(piece.size());
+        return old.read(chunk.data(), std::streamsize(piece.size())) && chunk == piece;
+      });
+      same = same && old.peek() == std::ifstream::traits_type::eof();
+    }
+  }
+  if (!same) {
+    AtomicFile out(m_path);
+    produce([&](std::string_view piece) {
+      out.write(piece);
+      return true;
+    });
+    out.commit();
+  }
+  m_loaded = disk_stamp();
+  return !same;
 }
 
 } // namespace kiln::host

@@ -6,8 +6,8 @@
 //
 // The file is TOML, one table per asset sorted by name, written by Kiln only: deterministic, and
 // rewritten (atomically) only when its text changes, so a diff is one entry per changed asset.
-// It is read and written a line at a time, and held as a compact index (about 150 bytes an
-// asset), so 10,000 assets cost about a megabyte and a half.
+// It is read a line at a time and written in pieces, and held as a compact index (about 120
+// bytes an asset), so 10,000 assets cost about a megabyte and a quarter.
 #pragma once
 
 #include "fingerprint.hpp"
@@ -31,6 +31,13 @@ struct LockEntry {
   double cost_usd = 0;
   bool paid = false;    // made by a backend that costs money (not an offline one)
   bool adopted = false; // an artist's file, recorded with `kiln adopt`
+};
+
+// Identifies one version of a file: another writer's rename changes it.
+struct FileStampId {
+  uint64_t size = 0, inode = 0;
+  int64_t mtime_ns = 0;
+  bool operator==(const FileStampId&) const = default;
 };
 
 class Lockfile {
@@ -63,27 +70,36 @@ public:
   size_t size() const { return m_index.size(); }
 
 private:
+  // About 120 bytes an asset (backend and model names are stored once).
   struct Entry {
     std::string name;
     Digest fingerprint{};
     Digest sha256{};
-    std::string extra; // the provenance lines, as written
+    uint64_t seed = 0;
+    double cost_usd = 0;
+    uint32_t backend = 0, model = 0; // into m_strings
+    bool has_seed = false;
     bool paid = false;
     bool adopted = false;
+    bool touched = false; // set by this run
   };
-  void put(std::string_view name, const LockEntry& entry);
-  void put_entry(Entry entry);
-  static bool replaces(const Entry& old, const Entry& entry);
+  uint32_t intern(const std::string& s);
+  void put(std::string_view name, const LockEntry& entry, bool touched);
+  LockEntry entry_of(const Entry& e) const;
+  static bool replaces(bool old_kept, const LockEntry& entry);
   void retain_unlocked(const std::vector<std::string_view>& names);
-  std::string text() const;
-  static std::string provenance(const LockEntry& entry);
+  // Produces the file's text in pieces of about 64 KiB; false when `sink` said stop.
+  template <class Sink> bool produce(Sink&& sink) const;
+  std::optional<FileStampId> disk_stamp() const;
 
   fs::path m_path;
   std::vector<Entry> m_entries;                      // in any order; sorted when written
   std::unordered_map<std::string, uint32_t> m_index; // name -> entry
+  std::vector<std::string> m_strings;                // backend and model names
+  std::unordered_map<std::string, uint32_t> m_string_ids;
+  std::vector<std::string> m_dropped;  // names retain() removed, for save() to remove too
+  std::optional<FileStampId> m_loaded; // the file as load() found it
   bool m_changed = false;
-  std::unordered_map<std::string, bool> m_set;        // names this run set
-  std::optional<std::vector<std::string>> m_retained; // the names retain() kept
   mutable std::mutex m_mutex;
 };
 

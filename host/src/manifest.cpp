@@ -71,9 +71,57 @@ std::string fold_case(std::string_view s) {
   return out;
 }
 
+// Quoted for a message, control characters shown as \xNN: text from a file never drives the
+// terminal it is printed on.
 std::string in_quotes(std::string_view s) {
-  return "'" + std::string(s) + "'";
+  std::string out = "'";
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += char(c);
+    }
+  }
+  return out + "'";
 }
+
+} // namespace
+
+std::optional<std::string> asset_name_problem(std::string_view name) {
+  if (name.empty())
+    return "is empty";
+  if (name.front() == '/')
+    return "is an absolute path: names are paths below output_dir";
+  for (unsigned char c : name)
+    if (!(std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == '/'))
+      return "may only contain letters, digits, '_', '-', '.' and '/'";
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('/', start);
+    if (end == std::string_view::npos)
+      end = name.size();
+    std::string_view seg(name.data() + start, end - start);
+    if (seg.empty())
+      return "has an empty path segment";
+    if (seg == "..")
+      return "escapes output_dir ('..' is not allowed)";
+    if (seg.front() == '.')
+      return "has a path segment starting with '.' (hidden files are not allowed)";
+    start = end + 1;
+  }
+  if (name.find(".kiln-tmp") != std::string_view::npos)
+    return "contains '.kiln-tmp', which marks Kiln's temporary files";
+  for (const char* ext : {".png", ".webp", ".jpg", ".jpeg"}) {
+    std::string_view e(ext);
+    if (name.size() > e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0)
+      return "ends in '" + std::string(e) + "': leave the extension out, `format` sets it";
+  }
+  return std::nullopt;
+}
+
+namespace {
 
 std::string with_hint(std::string message, std::string_view word,
                       const std::vector<std::string>& candidates) {
@@ -514,32 +562,8 @@ private:
     auto bad = [&](const std::string& why) {
       m_d.error(loc, "asset name " + in_quotes(name) + " " + why);
     };
-    if (name.empty())
-      return bad("is empty");
-    if (name.front() == '/')
-      return bad("is an absolute path: names are paths below output_dir");
-    for (unsigned char c : name)
-      if (!(std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == '/'))
-        return bad("may only contain letters, digits, '_', '-', '.' and '/'");
-    size_t start = 0;
-    while (start <= name.size()) {
-      size_t end = name.find('/', start);
-      if (end == std::string::npos)
-        end = name.size();
-      std::string_view seg(name.data() + start, end - start);
-      if (seg.empty())
-        return bad("has an empty path segment");
-      if (seg == "..")
-        return bad("escapes output_dir ('..' is not allowed)");
-      if (seg.front() == '.')
-        return bad("has a path segment starting with '.' (hidden files are not allowed)");
-      start = end + 1;
-    }
-    for (const char* ext : {".png", ".webp", ".jpg", ".jpeg"}) {
-      std::string_view e(ext);
-      if (name.size() > e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0)
-        return bad("ends in '" + std::string(e) + "': leave the extension out, `format` sets it");
-    }
+    if (auto why = asset_name_problem(name))
+      bad(*why);
   }
 
   // The first layer (asset, type, defaults) that sets `key`.

@@ -174,6 +174,10 @@ private:
   std::string m_backend_override;
 };
 
+// Why `name` cannot be an asset's name (a path below output_dir without extension: letters,
+// digits, `_ - . /`, no `..`, no absolute path, no hidden segment), or nullopt.
+std::optional<std::string> asset_name_problem(std::string_view name);
+
 // Parses and resolves `path` (shown in messages as `display_path`). Throws Fatal (exit 2) with
 // every error found, each as `file:line:col: message` with the line and a caret.
 Manifest load_manifest(const fs::path& path, const std::string& display_path);

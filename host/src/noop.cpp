@@ -26,7 +26,7 @@ std::string plugin_path_env() {
 
 fs::path noop_record_path(const NoopKey& key) {
   std::string id = std::string(k_kiln_version) + '\0' + key.manifest.string() + '\0' +
-                   key.output_dir + '\0' + key.backend;
+                   key.output_dir + '\0' + key.backend + '\0' + key.state;
   return Cache::default_dir() / "noop" / (sha256_hex(id).substr(0, 32) + ".txt");
 }
 

@@ -19,6 +19,7 @@ struct NoopKey {
   fs::path manifest;      // absolute
   std::string output_dir; // --output-dir, absolute or empty
   std::string backend;    // --backend or empty
+  std::string state;      // --state-dir, else the state root the environment gives
 };
 
 // Where the record for `key` lives: under the cache folder, never beside the sources.

@@ -764,6 +764,16 @@ std::optional<std::string> mismatch(std::string_view bytes, const EntryInfo& dec
 
 } // namespace
 
+std::optional<std::string> Cache::get_content(const std::string& sha256,
+                                              const Expect& expect) const {
+  if (!digest_of_hex(sha256))
+    return std::nullopt;
+  auto bytes = read_file(content_path(sha256));
+  if (!bytes || sha256_hex(*bytes) != sha256 || mismatch(*bytes, EntryInfo{}, expect))
+    return std::nullopt;
+  return bytes;
+}
+
 std::optional<std::string> Cache::get(const std::string& key, const std::string& kind,
                                       const Expect& expect, std::string* why) {
   fs::path entry = entry_path(key, kind);

@@ -227,6 +227,9 @@ public:
   // counted, with `why` set when given).
   std::optional<std::string> get(const std::string& key, const std::string& kind,
                                  const Expect& expect = {}, std::string* why = nullptr);
+  // The verified bytes with digest `sha256` from the content store (whatever entry points at
+  // them), or nullopt.
+  std::optional<std::string> get_content(const std::string& sha256, const Expect& expect) const;
   // Stores `bytes` as what `key` made. Throws std::runtime_error when it cannot be written.
   void put(const std::string& key, const std::string& kind, std::string_view bytes);
   // Whether bytes with this digest were ever stored: Kiln made them.

@@ -161,3 +161,21 @@ def seams(width, height, rows):
 def tiles(width, height, rows, ratio=2.0, floor=6.0):
     """Whether the image passes the tileable validator's default limits."""
     return all(seam <= max(floor, ratio * inner) for seam, inner in seams(width, height, rows))
+
+
+def write_png(path, width, height, rgba=(200, 40, 40, 255)):
+    """Writes a valid RGBA PNG of one colour: an artist's file, made by no backend."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body +
+                struct.pack(">I", zlib.crc32(kind + body)))
+    row = b"\0" + bytes(rgba) * width
+    data = (b"\x89PNG\r\n\x1a\n" +
+            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+

@@ -17,6 +17,8 @@ import termios
 import unittest
 import zlib
 
+import pixels
+
 KILN = os.environ.get("KILN_EXE", "kiln")
 
 MANIFEST = """\
@@ -270,8 +272,7 @@ class CliTest(unittest.TestCase):
         self.p.build()
         os.remove(os.path.join(self.p.out, "cover.jpg"))
         sword = os.path.join(self.p.out, "icons/sword.png")
-        with open(sword, "wb") as f:
-            f.write(b"scribbled over")
+        edit = pixels.write_png(sword, 64, 64)
         r, report = self.p.build()
         self.assertEqual(r.returncode, 0, r.stderr)
         assets = by_name(report)
@@ -283,7 +284,7 @@ class CliTest(unittest.TestCase):
         self.assertEqual(report["summary"]["generated"], 0)
         self.assertEqual(report["summary"]["kept"], 1)
         with open(sword, "rb") as f:
-            self.assertEqual(f.read(), b"scribbled over")
+            self.assertEqual(f.read(), edit)
 
     def test_a_repeated_build_answers_from_its_record_and_notices_every_change(self):
         def build():
@@ -456,8 +457,8 @@ class CliTest(unittest.TestCase):
         self.p.build()
         self.p.write(self.p.read().replace('name = "cover"', 'name = "cover2"')
                                   .replace('name = "icons/shield"', 'name = "icons/buckler"'))
-        with open(os.path.join(self.p.out, "icons/shield.png"), "ab") as f:
-            f.write(b"touched up")  # an artist's edit: kept even though no longer declared
+        # An artist's edit: kept even though no longer declared.
+        pixels.write_png(os.path.join(self.p.out, "icons/shield.png"), 64, 64)
         plan = self.p.kiln("plan")
         self.assertRegex(plan.stdout, r"remove +cover +no longer declared")
         self.assertRegex(plan.stdout, r"kept +icons/shield +no longer declared; edited by hand")
@@ -467,14 +468,18 @@ class CliTest(unittest.TestCase):
         self.assertEqual(report["summary"]["removed"], 1)
         self.assertFalse(os.path.exists(os.path.join(self.p.out, "cover.jpg")))
         self.assertTrue(os.path.exists(os.path.join(self.p.out, "icons/shield.png")))
-        self.assertIn("icons/shield is no longer declared, but its file was edited by hand",
+        self.assertIn("icons/shield is no longer declared, but this one was edited by hand",
                       r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.p.out, ".kiln")))
         with open(os.path.join(state_folder(self.tmp), "state.jsonl")) as f:
             lines = f.read().splitlines()
         self.assertEqual(json.loads(lines[0]), {"kiln_state": 2})
+        # The edited file's record stays, so later plans still name it.
         self.assertEqual(sorted(json.loads(line)["name"] for line in lines[1:]),
-                         ["cover2", "icons/buckler", "icons/sword", "textures/grass"])
+                         ["cover2", "icons/buckler", "icons/shield", "icons/sword",
+                          "textures/grass"])
+        self.assertRegex(self.p.kiln("plan").stdout,
+                         r"kept +icons/shield +no longer declared; edited by hand")
 
     def test_progress_updates_one_line_on_a_terminal_and_prints_lines_in_a_pipe(self):
         n = len(EXPECTED)
@@ -586,6 +591,24 @@ class CliTest(unittest.TestCase):
         self.assertFalse(os.path.exists(old))
         self.assertTrue(os.path.exists(os.path.join(state_folder(self.tmp), "state.jsonl")))
         self.assertEqual(sorted(os.listdir(self.p.out)), ["cover.jpg", "icons", "textures"])
+
+    def test_a_changed_format_removes_the_old_file(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        self.p.write(self.p.read().replace('format = "webp"', 'format = "png"'))
+        plan = self.p.kiln("plan")
+        self.assertRegex(plan.stdout, r"remove +textures/grass +its file is now another format")
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["removed"], 1)
+        self.assertEqual(sorted(os.listdir(os.path.join(self.p.out, "textures"))), ["grass.png"])
+
+    def test_another_state_dir_is_not_skipped_by_the_no_op_shortcut(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        other = os.path.join(self.tmp, "elsewhere")
+        r = self.p.kiln("build", "--state-dir", other)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.exists(os.path.join(other, "state.jsonl")))
+        self.assertIn("no work to do", self.p.kiln("build", "--state-dir", other).stdout)
 
 if __name__ == "__main__":
     unittest.main()

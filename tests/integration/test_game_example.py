@@ -162,7 +162,7 @@ class GameExampleTest(unittest.TestCase):
         with open(os.path.join(self.src, "assets.toml"), "w") as f:
             f.write(text)
         out = self.ninja()
-        self.assertIn("textures/grass is no longer declared, but its file was edited by hand",
+        self.assertIn("textures/grass is no longer declared, but this one was edited by hand",
                       out)
         self.assertFalse(os.path.exists(os.path.join(self.build, "art", "icons", "shield.png")))
         self.assertEqual(self.install("p2"), ["icons/sword.png", "textures/grass.png"])

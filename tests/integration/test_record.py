@@ -347,6 +347,61 @@ class LockTest(RecordCase):
         self.assertEqual(self.creates(), 3)  # --force asks the model again
         self.assertNotIn("adopted", lock_entries(self.lock())["icons/sword"])
 
+        # An adopted file is an edit too: --force saves it before replacing it.
+        subprocess.run([os.environ["KILN_TEST_IMAGE"], "png", "64", "64", "79", sword],
+                       check=True)
+        adopted = read(sword)
+        self.assertEqual(self.kiln("adopt", "icons/sword").returncode, 0)
+        r = self.kiln("build", "--force", "--only", "icons/sword")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path = r.stderr.split(" is saved as ")[1].split(" before")[0]
+        self.assertEqual(read(path), adopted)
+
+    # An output that is no readable image of its size (cut short, emptied, a Git LFS pointer
+    # of a clone without git-lfs) is nobody's art: restored from the cache, exit 0.
+    def test_a_broken_output_is_restored_not_kept_as_an_edit(self):
+        self.write(paid_manifest(self.server, ["icons/a", "icons/b", "icons/c"]))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        out = os.path.join(self.tmp, "out", "icons")
+        good = {n: read(os.path.join(out, n + ".png")) for n in "abc"}
+        with open(os.path.join(out, "a.png"), "wb") as f:
+            f.write(good["a"][:1000])
+        open(os.path.join(out, "b.png"), "wb").close()
+        with open(os.path.join(out, "c.png"), "w") as f:
+            f.write("version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize 4242\n"
+                    % ("0" * 64))
+        plan = self.kiln("plan").stdout
+        self.assertEqual(plan.count("output is not a readable 64x64 png image"), 3, plan)
+        r, report = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["cached"], 3)
+        self.assertEqual(report["summary"]["kept"], 0)
+        for n in "abc":
+            self.assertEqual(read(os.path.join(out, n + ".png")), good[n])
+        self.assertEqual(self.creates(), 3)
+
+    # A cache entry pointing at other bytes than the ones kiln.lock records for the same
+    # request (another image of the cache, say) does not replace the recorded art.
+    def test_the_bytes_kiln_lock_records_win_over_a_cache_entry_pointing_elsewhere(self):
+        self.write(paid_manifest(self.server, ["icons/sword", "icons/shield"]))
+        self.assertEqual(self.kiln("build").returncode, 0)
+        out = os.path.join(self.tmp, "out", "icons")
+        sword, shield = read(os.path.join(out, "sword.png")), read(os.path.join(out, "shield.png"))
+        entries = lock_entries(self.lock())
+        fp = entries["icons/sword"].split('fingerprint = "')[1].split('"')[0]
+        shield_sha = entries["icons/shield"].split('sha256 = "')[1].split('"')[0]
+        (entry,) = glob.glob(os.path.join(self.tmp, "cache", "ac", "*", fp + ".png"))
+        with open(entry) as f:
+            fields = f.read().split(" ", 1)
+        with open(entry, "w") as f:
+            f.write(shield_sha + " " + fields[1].replace(str(len(sword)), str(len(shield))))
+        os.remove(os.path.join(out, "sword.png"))
+        r = self.kiln("build")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(read(os.path.join(out, "sword.png")), sword)
+        self.assertEqual(lock_entries(self.lock()), entries)
+        self.assertEqual(self.creates(), 2)
+
     # A changed prompt replaces an edited output, saving the edit first.
     def test_a_changed_fingerprint_saves_the_edit_before_replacing_it(self):
         self.write(paid_manifest(self.server, ["icons/sword"]))

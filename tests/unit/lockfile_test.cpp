@@ -53,12 +53,12 @@ TEST_F(LockfileTest, IsSortedDeterministicAndWrittenOnlyWhenItChanges) {
     lock.load(); // none yet: empty
     lock.set("icons/sword", entry('a', 'b', true, 0.003));
     lock.set("cover", entry('c', 'd', false));
-    lock.set("name \"quoted\"", entry('e', 'f', false));
+    lock.set("ui/b-1.x_y", entry('e', 'f', false));
     EXPECT_TRUE(lock.save());
   }
   std::string text = read(path);
   EXPECT_LT(text.find("[assets.\"cover\"]"), text.find("[assets.\"icons/sword\"]"));
-  EXPECT_NE(text.find("[assets.\"name \\\"quoted\\\"\"]"), std::string::npos) << text;
+  EXPECT_NE(text.find("[assets.\"ui/b-1.x_y\"]"), std::string::npos) << text;
   EXPECT_NE(text.find("sha256 = \"" + std::string(64, 'b') +
                       "\"\nbackend = \"replicate@1.2.0\"\n"
                       "model = \"black-forest-labs/flux-schnell\"\nseed = 42\n"
@@ -140,6 +140,16 @@ TEST_F(LockfileTest, AFileKilnDidNotWriteIsRefusedAtItsLine) {
   write(path, "version = 1\nsome words\n");
   message = test::fatal_message([&] { lock.load(); });
   EXPECT_NE(message.find("kiln.lock:2: not a line Kiln writes"), std::string::npos) << message;
+  // An entry whose name is no asset name (a path out of the output folder) is refused: a
+  // planted entry must not make a build delete a file elsewhere.
+  for (std::string name : {"../docs/logo", "/tmp/holiday"}) {
+    write(path, "version = 1\n[assets.\"" + name + "\"]\nfingerprint = \"" + std::string(64, 'a') +
+                    "\"\nsha256 = \"" + std::string(64, 'b') + "\"\n");
+    message = test::fatal_message([&] { lock.load(); });
+    EXPECT_NE(message.find("kiln.lock:2: the entry \"" + name + "\" is no asset name"),
+              std::string::npos)
+        << message;
+  }
   write(path, "version = 2\n");
   message = test::fatal_message([&] { lock.load(); });
   EXPECT_NE(message.find("version 2 is written by a newer kiln"), std::string::npos) << message;

@@ -574,5 +574,21 @@ TEST(Manifest, ANameThatIsAFolderOfAnotherIsRefused) {
   EXPECT_EQ(m.size(), 3u);
 }
 
+// Kiln's temp-file marker is not a name (a build's cleanup would delete the asset's file), and
+// a name's control characters are shown escaped, never sent to the terminal.
+TEST(Manifest, TempMarkersAndControlCharactersInNamesAreRefusedSafely) {
+  std::string message = error_of(std::string(k_head) + asset_text("icons/x.kiln-tmp.1", "x"));
+  EXPECT_NE(message.find("asset name 'icons/x.kiln-tmp.1' contains '.kiln-tmp', which marks "
+                         "Kiln's temporary files"),
+            std::string::npos)
+      << message;
+  message = error_of(std::string(k_head) + asset_text("a\\u001b[31mRED\\u0000b", "x"));
+  EXPECT_NE(message.find("asset name 'a\\x1b[31mRED\\x00b' may only contain"), std::string::npos)
+      << message;
+  EXPECT_EQ(message.find('\x1b'), std::string::npos);
+  EXPECT_EQ(asset_name_problem("../docs/logo"), "escapes output_dir ('..' is not allowed)");
+  EXPECT_FALSE(asset_name_problem("icons/sword"));
+}
+
 } // namespace
 } // namespace kiln::host
