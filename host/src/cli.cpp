@@ -318,6 +318,7 @@ int cmd_build(int argc, char** argv) {
     s->state->retain(remembered);
   }
   s->state->reserve(s->state->size() + plan.size());
+  s->lockfile->reserve(plan.size());
   install_interrupt_handlers();
   std::optional<ReportWriter> report_writer;
   if (!report.empty())

@@ -6,12 +6,15 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cstdio>
 #include <fcntl.h>
 #include <fstream>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <unordered_set>
+#include <utility>
 
 namespace kiln::host {
 
@@ -107,9 +110,65 @@ LockEntry Lockfile::entry_of(const Entry& e) const {
   return out;
 }
 
+namespace {
+
+uint64_t name_hash(std::string_view name) {
+  uint64_t h = 1469598103934665603ull; // FNV-1a
+  for (unsigned char c : name)
+    h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+} // namespace
+
+const Lockfile::Entry* Lockfile::lookup(std::string_view name) const {
+  if (m_slots.empty())
+    return nullptr;
+  size_t mask = m_slots.size() - 1;
+  for (size_t i = name_hash(name) & mask;; i = (i + 1) & mask) {
+    uint32_t slot = m_slots[i];
+    if (slot == 0)
+      return nullptr;
+    const Entry& e = m_entries[slot - 1];
+    if (name_of(e) == name)
+      return &e;
+  }
+}
+
+Lockfile::Entry* Lockfile::lookup(std::string_view name) {
+  return const_cast<Entry*>(std::as_const(*this).lookup(name));
+}
+
+void Lockfile::index_all(size_t room) {
+  size_t capacity = 16;
+  while (capacity < std::max(room, m_entries.size()) * 2)
+    capacity *= 2;
+  m_slots.assign(capacity, 0);
+  size_t mask = capacity - 1;
+  for (uint32_t n = 0; n < m_entries.size(); ++n) {
+    size_t i = name_hash(name_of(m_entries[n])) & mask;
+    while (m_slots[i] != 0)
+      i = (i + 1) & mask;
+    m_slots[i] = n + 1;
+  }
+}
+
+void Lockfile::clear() {
+  m_entries.clear();
+  m_names.clear();
+  m_slots.clear();
+}
+
+void Lockfile::reserve(size_t n) {
+  std::lock_guard lock(m_mutex);
+  m_entries.reserve(n);
+  m_names.reserve(n * 16);
+  if (m_slots.size() < n * 2)
+    index_all(n);
+}
+
 void Lockfile::put(std::string_view name, const LockEntry& e, bool touched) {
   Entry entry;
-  entry.name = std::string(name);
   entry.fingerprint = digest_of_hex(e.fingerprint).value_or(Digest{});
   entry.sha256 = digest_of_hex(e.sha256).value_or(Digest{});
   entry.seed = e.seed.value_or(0);
@@ -120,20 +179,34 @@ void Lockfile::put(std::string_view name, const LockEntry& e, bool touched) {
   entry.paid = e.paid;
   entry.adopted = e.adopted;
   entry.touched = touched;
-  auto [it, fresh] = m_index.try_emplace(entry.name, uint32_t(m_entries.size()));
-  if (fresh) {
-    m_entries.push_back(std::move(entry));
-    m_changed = true;
+  if (Entry* old = lookup(name)) {
+    entry.name_offset = old->name_offset;
+    entry.name_length = old->name_length;
+    entry.touched = touched || old->touched;
+    if (old->fingerprint != entry.fingerprint || old->sha256 != entry.sha256 ||
+        old->seed != entry.seed || old->has_seed != entry.has_seed ||
+        old->cost_usd != entry.cost_usd || old->backend != entry.backend ||
+        old->model != entry.model || old->paid != entry.paid || old->adopted != entry.adopted) {
+      *old = entry;
+      m_changed = true;
+    } else {
+      old->touched = entry.touched;
+    }
     return;
   }
-  Entry& old = m_entries[it->second];
-  entry.touched = touched || old.touched;
-  if (old.fingerprint != entry.fingerprint || old.sha256 != entry.sha256 ||
-      old.seed != entry.seed || old.has_seed != entry.has_seed || old.cost_usd != entry.cost_usd ||
-      old.backend != entry.backend || old.model != entry.model || old.paid != entry.paid ||
-      old.adopted != entry.adopted) {
-    old = std::move(entry);
-    m_changed = true;
+  entry.name_offset = uint32_t(m_names.size());
+  entry.name_length = uint32_t(name.size());
+  m_names += name;
+  m_entries.push_back(entry);
+  m_changed = true;
+  if (m_entries.size() * 2 > m_slots.size()) {
+    index_all();
+  } else {
+    size_t mask = m_slots.size() - 1;
+    size_t i = name_hash(name) & mask;
+    while (m_slots[i] != 0)
+      i = (i + 1) & mask;
+    m_slots[i] = uint32_t(m_entries.size());
   }
 }
 
@@ -144,8 +217,7 @@ bool Lockfile::replaces(bool old_kept, const LockEntry& entry) {
 
 void Lockfile::load() {
   std::lock_guard lock(m_mutex);
-  m_entries.clear();
-  m_index.clear();
+  clear();
   m_changed = false;
   m_loaded.reset();
   std::ifstream in(m_path, std::ios::binary);
@@ -181,7 +253,7 @@ void Lockfile::load() {
         fail("an asset's table is not [assets.\"NAME\"]");
       if (auto why = asset_name_problem(*n))
         fail("the entry " + toml_string(*n) + " is no asset name: it " + *why);
-      if (m_index.count(*n))
+      if (lookup(*n))
         fail("'" + *n + "' has two entries");
       name = *n;
       current.emplace();
@@ -257,19 +329,16 @@ void Lockfile::load() {
 
 std::optional<LockEntry> Lockfile::find(std::string_view name) const {
   std::lock_guard lock(m_mutex);
-  auto it = m_index.find(std::string(name));
-  if (it == m_index.end())
+  const Entry* e = lookup(name);
+  if (!e)
     return std::nullopt;
-  return entry_of(m_entries[it->second]);
+  return entry_of(*e);
 }
 
 void Lockfile::set(std::string_view name, const LockEntry& entry) {
   std::lock_guard lock(m_mutex);
-  if (auto it = m_index.find(std::string(name)); it != m_index.end()) {
-    const Entry& old = m_entries[it->second];
-    if (!replaces(old.paid || old.adopted, entry))
-      return;
-  }
+  if (const Entry* old = lookup(name); old && !replaces(old->paid || old->adopted, entry))
+    return;
   put(name, entry, true);
 }
 
@@ -279,34 +348,45 @@ void Lockfile::retain(const std::vector<std::string_view>& names) {
 }
 
 void Lockfile::retain_unlocked(const std::vector<std::string_view>& names) {
-  std::unordered_map<std::string_view, bool> keep;
-  keep.reserve(names.size());
-  for (auto n : names)
-    keep.emplace(n, true);
-  std::vector<Entry> kept;
   for (auto& e : m_entries)
-    if (keep.count(e.name))
-      kept.push_back(std::move(e));
-    else
-      m_dropped.push_back(std::move(e.name));
-  if (kept.size() != m_entries.size())
-    m_changed = true;
-  m_entries = std::move(kept);
-  m_index.clear();
-  for (uint32_t i = 0; i < m_entries.size(); ++i)
-    m_index.emplace(m_entries[i].name, i);
+    e.mark = false;
+  size_t marked = 0;
+  for (auto n : names)
+    if (Entry* e = lookup(n); e && !e->mark) {
+      e->mark = true;
+      ++marked;
+    }
+  if (marked == m_entries.size())
+    return;
+  // Compacted in place: entries and their names are in the same order, so each moves left.
+  size_t kept = 0, name_end = 0;
+  for (auto& e : m_entries) {
+    if (!e.mark) {
+      m_dropped.emplace_back(name_of(e));
+      continue;
+    }
+    Entry moved = e;
+    std::memmove(m_names.data() + name_end, m_names.data() + e.name_offset, e.name_length);
+    moved.name_offset = uint32_t(name_end);
+    name_end += e.name_length;
+    m_entries[kept++] = moved;
+  }
+  m_entries.resize(kept);
+  m_names.resize(name_end);
+  m_changed = true;
+  index_all();
 }
 
 std::vector<std::string> Lockfile::names_not_in(const std::vector<std::string_view>& names) const {
   std::lock_guard lock(m_mutex);
-  std::unordered_map<std::string_view, bool> known;
-  known.reserve(names.size());
+  std::vector<bool> known(m_entries.size());
   for (auto n : names)
-    known.emplace(n, true);
+    if (const Entry* e = lookup(n))
+      known[size_t(e - m_entries.data())] = true;
   std::vector<std::string> out;
-  for (auto& e : m_entries)
-    if (!known.count(e.name))
-      out.push_back(e.name);
+  for (size_t i = 0; i < m_entries.size(); ++i)
+    if (!known[i])
+      out.emplace_back(name_of(m_entries[i]));
   return out;
 }
 
@@ -316,10 +396,10 @@ template <class Sink> bool Lockfile::produce(Sink&& sink) const {
   for (auto& e : m_entries)
     order.push_back(&e);
   std::sort(order.begin(), order.end(),
-            [](const Entry* a, const Entry* b) { return a->name < b->name; });
+            [&](const Entry* a, const Entry* b) { return name_of(*a) < name_of(*b); });
   std::string buf = k_header;
   for (const Entry* e : order) {
-    buf += "\n[assets." + toml_string(e->name) + "]\n";
+    buf += "\n[assets." + toml_string(name_of(*e)) + "]\n";
     buf += "fingerprint = \"" + hex_of(e->fingerprint) + "\"\n";
     buf += "sha256 = \"" + hex_of(e->sha256) + "\"\n";
     buf += "backend = " + toml_string(m_strings[e->backend]) + "\n";
@@ -395,30 +475,28 @@ bool Lockfile::save() {
     try {
       now.load();
     } catch (const Fatal&) {
-      now.m_entries.clear(); // broken since this run read it: this run's record replaces it
-      now.m_index.clear();
+      now.clear(); // broken since this run read it: this run's record replaces it
     }
     for (const Entry& mine : m_entries) {
       if (!mine.touched)
         continue;
       LockEntry e = entry_of(mine);
-      auto it = now.m_index.find(mine.name);
-      if (it == now.m_index.end() ||
-          replaces(now.m_entries[it->second].paid || now.m_entries[it->second].adopted, e))
-        now.put(mine.name, e, true);
+      const Entry* theirs = now.lookup(name_of(mine));
+      if (!theirs || replaces(theirs->paid || theirs->adopted, e))
+        now.put(name_of(mine), e, true);
     }
     if (!m_dropped.empty()) {
-      std::unordered_map<std::string_view, bool> dropped;
-      for (auto& name : m_dropped)
-        dropped.emplace(name, true);
+      std::unordered_set<std::string_view> dropped(m_dropped.begin(), m_dropped.end());
       std::vector<std::string_view> keep;
       for (auto& e : now.m_entries)
-        if (!dropped.count(e.name))
-          keep.push_back(e.name);
-      now.retain_unlocked(keep);
+        if (!dropped.count(now.name_of(e)))
+          keep.push_back(now.name_of(e));
+      std::vector<std::string> owned(keep.begin(), keep.end());
+      now.retain_unlocked(std::vector<std::string_view>(owned.begin(), owned.end()));
     }
     m_entries = std::move(now.m_entries);
-    m_index = std::move(now.m_index);
+    m_names = std::move(now.m_names);
+    m_slots = std::move(now.m_slots);
     m_strings = std::move(now.m_strings);
     m_string_ids = std::move(now.m_string_ids);
   }

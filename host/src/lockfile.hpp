@@ -67,12 +67,16 @@ public:
   // kiln of this user, the file is read again and only this run's changes (what it set, what
   // retain() dropped) are applied to it, so neither run's entries are lost.
   bool save();
-  size_t size() const { return m_index.size(); }
+  size_t size() const { return m_entries.size(); }
+  // Room for `n` entries, so a run that records n assets never grows the arrays.
+  void reserve(size_t n);
 
 private:
   // About 120 bytes an asset (backend and model names are stored once).
+  // About 110 bytes an asset with the index: names live in one arena, backend and model
+  // names are stored once, and the index is an open-addressing table of entry numbers.
   struct Entry {
-    std::string name;
+    uint32_t name_offset = 0, name_length = 0; // into m_names
     Digest fingerprint{};
     Digest sha256{};
     uint64_t seed = 0;
@@ -82,7 +86,16 @@ private:
     bool paid = false;
     bool adopted = false;
     bool touched = false; // set by this run
+    bool mark = false;    // scratch for retain() and names_not_in()
   };
+  std::string_view name_of(const Entry& e) const {
+    return std::string_view(m_names).substr(e.name_offset, e.name_length);
+  }
+  // The entry named `name`, or nullptr.
+  Entry* lookup(std::string_view name);
+  const Entry* lookup(std::string_view name) const;
+  void index_all(size_t room = 0); // the index anew, with room for `room` entries
+  void clear();
   uint32_t intern(const std::string& s);
   void put(std::string_view name, const LockEntry& entry, bool touched);
   LockEntry entry_of(const Entry& e) const;
@@ -93,9 +106,10 @@ private:
   std::optional<FileStampId> disk_stamp() const;
 
   fs::path m_path;
-  std::vector<Entry> m_entries;                      // in any order; sorted when written
-  std::unordered_map<std::string, uint32_t> m_index; // name -> entry
-  std::vector<std::string> m_strings;                // backend and model names
+  std::vector<Entry> m_entries;       // in any order; sorted when written
+  std::string m_names;                // every entry's name, one after another
+  std::vector<uint32_t> m_slots;      // entry number + 1 by name hash (0: free), a power of 2
+  std::vector<std::string> m_strings; // backend and model names
   std::unordered_map<std::string, uint32_t> m_string_ids;
   std::vector<std::string> m_dropped;  // names retain() removed, for save() to remove too
   std::optional<FileStampId> m_loaded; // the file as load() found it
