@@ -110,7 +110,7 @@ struct Parsed {
 // A "written" record line; nullopt if it is not one or is malformed.
 std::optional<Parsed> parse_record(std::string_view line) {
   rapidjson::Document v;
-  v.Parse(line.data(), line.size());
+  v.Parse<rapidjson::kParseIterativeFlag>(line.data(), line.size());
   if (v.HasParseError() || !v.IsObject())
     return std::nullopt;
   auto str = [&](const char* key) -> const rapidjson::Value* {
@@ -409,7 +409,7 @@ std::string event_line(const char* type, std::string_view name,
 
 void StateFile::replay(std::string_view line) {
   rapidjson::Document v;
-  v.Parse(line.data(), line.size());
+  v.Parse<rapidjson::kParseIterativeFlag>(line.data(), line.size());
   if (v.HasParseError() || !v.IsObject())
     return;
   auto str = [&](const char* key) -> std::string {

@@ -109,7 +109,8 @@ std::pair<uint32_t, uint32_t> sdxl_size(uint32_t width, uint32_t height) {
 
 int requested_outputs(const Request& request) {
   rapidjson::Document params;
-  params.Parse(request.params_json.data(), request.params_json.size());
+  params.Parse<rapidjson::kParseIterativeFlag>(request.params_json.data(),
+                                               request.params_json.size());
   if (auto* n = params.HasParseError() ? nullptr : member(params, "num_outputs"))
     if (n->IsInt() && n->GetInt() > 0)
       return n->GetInt();
@@ -148,7 +149,8 @@ std::string input_json(const Request& request, Family family) {
 
   if (!request.params_json.empty()) {
     rapidjson::Document params(&alloc);
-    params.Parse(request.params_json.data(), request.params_json.size());
+    params.Parse<rapidjson::kParseIterativeFlag>(request.params_json.data(),
+                                                 request.params_json.size());
     if (params.HasParseError() || !params.IsObject())
       throw Error("the asset's params are not a JSON object");
     for (auto& m : params.GetObject()) {
@@ -220,9 +222,15 @@ const Price* find_price(const PriceTable& table, const ModelRef& model) {
   return nullptr;
 }
 
+bool valid_prediction_id(std::string_view id) {
+  return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+  });
+}
+
 std::optional<Prediction> parse_prediction(std::string_view body) {
   rapidjson::Document d;
-  d.Parse(body.data(), body.size());
+  d.Parse<rapidjson::kParseIterativeFlag>(body.data(), body.size());
   if (d.HasParseError() || !d.IsObject())
     return std::nullopt;
   Prediction p;
@@ -230,7 +238,8 @@ std::optional<Prediction> parse_prediction(std::string_view body) {
     p.id = string_of(*v);
   if (auto* v = member(d, "status"))
     p.status = string_of(*v);
-  if (p.id.empty() || p.status.empty())
+  // An id goes into URLs and the journal: only what Replicate's ids are made of.
+  if (!valid_prediction_id(p.id) || p.status.empty())
     return std::nullopt;
   if (auto* v = member(d, "error"))
     p.error = string_of(*v);
@@ -269,8 +278,8 @@ std::optional<std::string> find_lost_prediction(std::string_view list_body, cons
                                                 std::string_view input_json,
                                                 const LostSearch& search) {
   rapidjson::Document list, input;
-  list.Parse(list_body.data(), list_body.size());
-  input.Parse(input_json.data(), input_json.size());
+  list.Parse<rapidjson::kParseIterativeFlag>(list_body.data(), list_body.size());
+  input.Parse<rapidjson::kParseIterativeFlag>(input_json.data(), input_json.size());
   const rapidjson::Value* results = list.HasParseError() ? nullptr : member(list, "results");
   if (!results || !results->IsArray() || input.HasParseError())
     return std::nullopt;
@@ -285,7 +294,7 @@ std::optional<std::string> find_lost_prediction(std::string_view list_body, cons
         status == "aborted" || (removed && removed->IsBool() && removed->GetBool()))
       continue;
     std::string id = member(p, "id") ? string_of(*member(p, "id")) : "";
-    if (id.empty() ||
+    if (!valid_prediction_id(id) ||
         std::find(search.exclude.begin(), search.exclude.end(), id) != search.exclude.end())
       continue;
     if (search.created_after) {
@@ -344,7 +353,7 @@ std::optional<double> parse_http_date(std::string_view text) {
 Problem parse_problem(std::string_view body) {
   Problem p;
   rapidjson::Document d;
-  d.Parse(body.data(), body.size());
+  d.Parse<rapidjson::kParseIterativeFlag>(body.data(), body.size());
   if (d.HasParseError() || !d.IsObject()) {
     std::string_view first = trim(body.substr(0, std::min(body.find('\n'), body.size())));
     p.detail = std::string(first.substr(0, 200));
@@ -371,8 +380,13 @@ Problem parse_problem(std::string_view body) {
 }
 
 int64_t retry_after_ms(const Problem& problem, std::string_view header) {
-  if (problem.retry_after_s >= 0)
-    return int64_t(std::ceil(problem.retry_after_s * 1000.0));
+  // A server's hint is clamped to a day before it becomes an integer: 1e30 or inf must not
+  // overflow the conversion.
+  constexpr double k_max_s = 86400;
+  if (problem.retry_after_s >= 0 && std::isfinite(problem.retry_after_s))
+    return int64_t(std::ceil(std::min(problem.retry_after_s, k_max_s) * 1000.0));
+  if (problem.retry_after_s >= 0) // inf
+    return int64_t(k_max_s * 1000.0);
   header = trim(header);
   if (header.empty())
     return -1;
@@ -380,9 +394,9 @@ int64_t retry_after_ms(const Problem& problem, std::string_view header) {
   char* end = nullptr;
   double seconds = std::strtod(h.c_str(), &end);
   if (end != h.c_str() && *end == '\0' && seconds >= 0)
-    return int64_t(std::ceil(seconds * 1000.0));
+    return int64_t(std::ceil(std::min(seconds, k_max_s) * 1000.0)); // inf: the cap too
   if (auto date = parse_http_date(h)) {
-    double delta = *date - double(std::time(nullptr));
+    double delta = std::min(*date - double(std::time(nullptr)), k_max_s);
     return delta > 0 ? int64_t(delta * 1000.0) : 0;
   }
   return -1;

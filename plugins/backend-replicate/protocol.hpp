@@ -82,6 +82,9 @@ struct Prediction {
 };
 // nullopt when `body` is not a prediction object (no id or status).
 std::optional<Prediction> parse_prediction(std::string_view body);
+// Whether `id` looks like a Replicate prediction id (lowercase letters and digits, at most 64):
+// anything else never goes into a URL or the journal.
+bool valid_prediction_id(std::string_view id);
 
 // What a create's answer says about money. Replicate has no idempotency key: only a prediction
 // object (Created) or a definite refusal (429, 401, 402, any 4xx but 408: nothing was created)

@@ -69,7 +69,7 @@ private:
   // The params with more steps, or nullopt when they set none (or are at the maximum).
   std::optional<std::string> more_steps(std::string_view params_json) const {
     rapidjson::Document doc;
-    doc.Parse(params_json.data(), params_json.size());
+    doc.Parse<rapidjson::kParseIterativeFlag>(params_json.data(), params_json.size());
     if (doc.HasParseError() || !doc.IsObject())
       return std::nullopt;
     auto it = doc.FindMember(m_steps_param.c_str());

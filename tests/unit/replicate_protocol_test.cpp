@@ -4,6 +4,7 @@
 #include "protocol.hpp"
 
 #include <gtest/gtest.h>
+#include <limits>
 #include <rapidjson/document.h>
 
 namespace kiln::replicate {
@@ -30,6 +31,42 @@ rapidjson::Document parse(const std::string& json) {
   d.Parse(json.c_str());
   EXPECT_FALSE(d.HasParseError()) << json;
   return d;
+}
+
+// A hostile server's 200,000 nested arrays: no prediction, no problem detail, and no stack
+// overflow (the parser is iterative; issue 16).
+TEST(ReplicateProtocol, DeeplyNestedAnswersAreRefusedWithoutRecursion) {
+  std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  EXPECT_FALSE(parse_prediction(deep));
+  EXPECT_FALSE(parse_prediction("{\"id\": \"x\", \"status\": " + deep + "}"));
+  parse_problem(deep);
+  EXPECT_FALSE(find_lost_prediction(deep, ModelRef{}, "{}"));
+  EXPECT_FALSE(find_lost_prediction("{\"results\": [" + deep + "]}", ModelRef{}, "{}"));
+}
+
+// Ids go into URLs: "../../steal" or one with a space is no prediction (issue 16).
+TEST(ReplicateProtocol, PredictionIdsAreCheckedBeforeUse) {
+  EXPECT_TRUE(parse_prediction(R"({"id": "q6v4k2m0x1rj00cf2", "status": "starting"})"));
+  for (const char* id : {"../../../../steal", "ab cd", "AB12", "", "x/y", "a?b=1"})
+    EXPECT_FALSE(parse_prediction(std::string(R"({"id": ")") + id + R"(", "status": "starting"})"))
+        << id;
+  EXPECT_FALSE(find_lost_prediction(
+      R"({"results": [{"id": "../steal", "status": "starting", "input": {}}]})", ModelRef{}, "{}"));
+}
+
+// Wait hints are finite and at most a day, whatever the server says (issue 16).
+TEST(ReplicateProtocol, RetryAfterHintsAreClamped) {
+  Problem p;
+  p.retry_after_s = 1e30;
+  EXPECT_EQ(retry_after_ms(p, ""), 86400000);
+  p.retry_after_s = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(retry_after_ms(p, ""), 86400000);
+  p.retry_after_s = 2.5;
+  EXPECT_EQ(retry_after_ms(p, ""), 2500);
+  p.retry_after_s = -1;
+  EXPECT_EQ(retry_after_ms(p, "inf"), 86400000);
+  EXPECT_EQ(retry_after_ms(p, "1e300"), 86400000);
+  EXPECT_EQ(retry_after_ms(p, "3"), 3000);
 }
 
 TEST(ReplicateProtocol, ModelReferences) {

@@ -77,6 +77,23 @@ TEST(State, ATornLastRecordIsDroppedAndTheRestKept) {
   EXPECT_EQ(third.size(), 3u);
 }
 
+// 200,000 nested arrays in the journal or the snapshot (a hostile or damaged file): parsed
+// without recursion, ignored as no record, and no crash (issue 16).
+TEST(State, DeeplyNestedJsonInTheJournalOrSnapshotIsNoCrash) {
+  TempDir dir;
+  {
+    StateFile state(dir.path());
+    state.load();
+    state.put("a", record("a.png", 'a', 1));
+  }
+  std::string deep = std::string(200000, '[') + std::string(200000, ']') + "\n";
+  std::ofstream(dir.path() / "journal.jsonl", std::ios::app) << deep;
+  std::ofstream(dir.path() / "state.jsonl", std::ios::binary) << "{\"kiln_state\":2}\n" << deep;
+  StateFile next(dir.path());
+  next.load();
+  EXPECT_TRUE(next.find("a"));
+}
+
 TEST(State, SaveFoldsTheJournalIntoTheSnapshotAndEmptiesIt) {
   TempDir dir;
   StateFile state(dir.path());
