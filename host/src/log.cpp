@@ -1,5 +1,7 @@
 #include "log.hpp"
 
+#include <cstdio>
+
 namespace kiln::host {
 
 void Log::add_secret(std::string secret) {
@@ -19,6 +21,35 @@ std::string Log::redact(std::string_view text) const {
   return out;
 }
 
+std::string escape_controls(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  auto hex = [&](unsigned c) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "\\x%02x", c);
+    out += buf;
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == '\n' || c == '\t') {
+      out += char(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      hex(c);
+    } else if (c == 0xc2 && i + 1 < text.size() &&
+               static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
+      hex(static_cast<unsigned char>(text[++i])); // a C1 control, UTF-8 encoded
+    } else {
+      out += char(c);
+    }
+  }
+  return out;
+}
+
+std::string Log::for_terminal(std::string_view text) const {
+  return escape_controls(redact(text));
+}
+
 void Log::write(kiln_log_level level, std::string_view message, std::string_view plugin_id) {
   if (!enabled(level))
     return;
@@ -30,7 +61,7 @@ void Log::write(kiln_log_level level, std::string_view message, std::string_view
   if (!plugin_id.empty())
     line += "[" + std::string(plugin_id) + "] ";
   line += message;
-  line = redact(line);
+  line = for_terminal(line);
   line += '\n';
   std::lock_guard lock(m_mutex);
   if (m_status) {

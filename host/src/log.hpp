@@ -18,6 +18,9 @@ public:
   virtual void print_above(std::FILE* stream, std::string_view line) = 0;
 };
 
+// Control characters but '\n' and '\t' as \xNN (C1 codes too, as UTF-8 encodes them).
+std::string escape_controls(std::string_view text);
+
 class Log {
 public:
   explicit Log(kiln_log_level level = KILN_LOG_INFO, std::FILE* out = stderr)
@@ -31,6 +34,10 @@ public:
   // every string passed through redact().
   void add_secret(std::string secret);
   std::string redact(std::string_view text) const;
+  // What may reach a terminal: redacted, and every control character but a line break (ESC,
+  // CR, BEL, a C1 code) shown as \xNN, so text from a server or a file cannot drive the
+  // terminal, move the cursor or fake a line.
+  std::string for_terminal(std::string_view text) const;
 
   // One line: "kiln: message" or "kiln: [plugin] message", with "warning:"/"error:" prefixes.
   void write(kiln_log_level level, std::string_view message, std::string_view plugin_id = {});

@@ -89,7 +89,7 @@ void Progress::finished(Outcome outcome, const std::string& text, double cost_us
     m_cached += outcome == Outcome::Cached;
     m_failed += outcome == Outcome::Failed;
     m_spent += cost_usd;
-    m_last = text.substr(0, text.find(" ("));
+    m_last = escape_controls(m_log.redact(text.substr(0, text.find(" ("))));
     if (outcome != Outcome::Failed && m_verbosity <= KILN_LOG_INFO &&
         (m_mode == Mode::Lines || m_verbosity <= KILN_LOG_DEBUG)) {
       char head[48];
@@ -102,11 +102,11 @@ void Progress::finished(Outcome outcome, const std::string& text, double cost_us
   if (outcome == Outcome::Failed)
     m_log.error(text);
   else if (!line.empty())
-    print_above(stdout, m_log.redact(line) + "\n");
+    print_above(stdout, m_log.for_terminal(line) + "\n");
 }
 
 void Progress::note(const std::string& text) {
-  print_above(stdout, m_log.redact(text) + "\n");
+  print_above(stdout, m_log.for_terminal(text) + "\n");
 }
 
 void Progress::print_above(std::FILE* stream, std::string_view line) {

@@ -414,6 +414,22 @@ class ReplicateTest(FakeReplicateCase):
         self.assertEqual(by_name(report)["icons/shield"]["status"], "generated")
         self.assertEqual(len(self.creates_for(stats, "icons/shield")), 2)
 
+    # A hostile server's text reaches the terminal escaped (issue 16): no clear-screen, no
+    # window title, no carriage return faking a line.
+    def test_escape_sequences_from_the_server_never_reach_the_terminal(self):
+        self.write(EIGHT[:1])
+        evil = "\x1b[2J\x1b]0;pwned\x07\rkiln: 8 assets: 8 generated\x1b[8m"
+        self.server.control(prompt_rules=[
+            {"contains": "sword", "fate": "fail", "times": 5, "error": evil}])
+        r, report = self.build("-v")
+        self.assertEqual(r.returncode, 1)
+        for stream in (r.stdout, r.stderr):
+            self.assertNotIn("\x1b", stream)
+            self.assertNotIn("\r", stream)
+            self.assertNotIn("\x07", stream)
+        self.assertIn("\\x1b[2J\\x1b]0;pwned\\x07\\x0dkiln: 8 assets", r.stderr)
+        self.assertIn(evil, by_name(report)["icons/sword"]["error"])  # JSON escapes its own
+
     def test_timeout_cancels_the_prediction_then_tries_again(self):
         self.write(EIGHT[:1], "timeout_s = 5\nsync_wait_s = 1")
         self.server.control(prompt_rules=[{"contains": "sword", "fate": "slow", "times": 1}])

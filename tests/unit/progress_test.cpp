@@ -1,5 +1,6 @@
 #include "progress.hpp"
 
+#include <cstdio>
 #include <gtest/gtest.h>
 
 namespace kiln::host {
@@ -33,6 +34,26 @@ TEST(Progress, AllDoneShowsNoEta) {
   Progress p(log, 1, KILN_LOG_ERROR, Progress::Mode::Lines);
   p.finished(Progress::Outcome::Cached, "cached icons/potion (new)");
   EXPECT_EQ(p.status(80), "[1/1] cached icons/potion · 0 running · 1 cached · $0.00");
+}
+
+// Text from servers and files reaches the terminal with its control characters escaped; line
+// breaks and UTF-8 stay; tokens are redacted first (issue 16).
+TEST(Log, ControlCharactersAreEscapedForTheTerminal) {
+  EXPECT_EQ(escape_controls("a\x1b[2Jb\rc\x07"
+                            "d\x7f\xc2\x9b e\nf\tg \xc2\xb7 \xe2\x9c\x93"),
+            "a\\x1b[2Jb\\x0dc\\x07d\\x7f\\x9b e\nf\tg \xc2\xb7 \xe2\x9c\x93");
+  std::FILE* out = std::tmpfile();
+  Log log(KILN_LOG_INFO, out);
+  log.add_secret("r8_secret_token");
+  log.error("server said \x1b]0;title\x07 with r8_secret_token");
+  std::rewind(out);
+  char buf[256] = {};
+  std::fread(buf, 1, sizeof buf - 1, out);
+  std::fclose(out);
+  EXPECT_STREQ(buf, "kiln: error: server said \\x1b]0;title\\x07 with [REDACTED]\n");
+  Progress p(log, 2, KILN_LOG_ERROR, Progress::Mode::Lines);
+  p.finished(Progress::Outcome::Generated, "generated \x1b[31mred (x)", 0, false);
+  EXPECT_EQ(p.status(200).find('\x1b'), std::string::npos);
 }
 
 } // namespace
