@@ -242,6 +242,7 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
   s->cache = std::make_unique<Cache>(Cache::default_dir());
   s->lockfile = std::make_unique<Lockfile>(Lockfile::path_for(s->manifest.path));
   s->lockfile->load();
+  s->lockfile->set_backend_overridden(!a.backend.empty());
   return s;
 }
 
@@ -372,7 +373,8 @@ int cmd_build(int argc, char** argv) {
     if (summary.kept)
       text += "; " + std::to_string(summary.kept) + " edited by hand, kept";
     if (summary.removed)
-      text += "; " + std::to_string(summary.removed) + " no longer declared, removed";
+      text += "; " + std::to_string(summary.removed) + " old output" +
+              (summary.removed == 1 ? "" : "s") + " removed (no longer declared, or moved)";
     if (summary.cache_rejected)
       text += "; " + std::to_string(summary.cache_rejected) + " bad cache entr" +
               (summary.cache_rejected == 1 ? "y" : "ies") + " removed, not installed";
@@ -619,7 +621,8 @@ int cmd_adopt(int argc, char** argv) {
   std::vector<std::string> names;
   po::options_description d = common_options(a, false);
   d.add_options()("name", po::value(&names)->value_name("NAME")->composing(),
-                  "an asset, or a glob ('icons/*'); repeatable, or given without --name");
+                  "an asset, or a glob ('icons/*'); repeatable, or given without --name")(
+      "quiet,q", po::bool_switch(&a.quiet), "print errors only");
   po::positional_options_description positional;
   positional.add("name", -1);
   po::variables_map vm;

@@ -184,8 +184,8 @@ struct AssetOutcome {
 struct BuildSummary {
   size_t total = 0; // assets in the plan
   int generated = 0, cached = 0, up_to_date = 0, failed = 0, skipped = 0;
-  int kept = 0;                            // artists' edits left as they are
-  size_t removed = 0;                      // outputs of assets no longer declared, removed
+  int kept = 0;       // artists' edits left as they are
+  size_t removed = 0; // old outputs removed: of assets no longer declared, or of another format
   std::vector<std::string> fallback_names; // generated assets whose image is a fallback stand-in
   bool needs_a_person = false; // an asset needs a person (credit, billing): new work stopped
   // "backend: asset: why" for each asset that made its backend stop creating

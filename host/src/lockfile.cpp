@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <memory>
+#include <openssl/evp.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,6 +28,56 @@ constexpr const char* k_header =
     "NAME`\n"
     "# records a file an artist edited as the asset's own.\n"
     "version = 1\n";
+
+// An exclusive flock for the time a kiln.lock is read or written, on a file of the
+// state root named after the kiln.lock's path (never beside it: nothing is added to the
+// project). Not had (a read-only state root): the write goes on unguarded.
+class SaveGuard {
+public:
+  explicit SaveGuard(const fs::path& lock_path) {
+    fs::path dir = state_root() / "locks";
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    std::error_code real;
+    fs::path where = fs::weakly_canonical(fs::absolute(lock_path), real);
+    std::string key =
+        sha256_hex((real ? fs::absolute(lock_path).lexically_normal() : where).string());
+    m_fd =
+        ::open((dir / (key.substr(0, 24) + ".lock")).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    while (m_fd >= 0 && ::flock(m_fd, LOCK_EX) != 0 && errno == EINTR) {
+    }
+  }
+  ~SaveGuard() {
+    if (m_fd >= 0)
+      ::close(m_fd);
+  }
+  SaveGuard(const SaveGuard&) = delete;
+  SaveGuard& operator=(const SaveGuard&) = delete;
+
+private:
+  int m_fd = -1;
+};
+
+// SHA-256 of a file's bytes, read in pieces; nullopt when it cannot be read (missing).
+std::optional<std::string> file_digest(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return std::nullopt;
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
+    return std::nullopt;
+  std::vector<char> buf(1 << 16);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    if (in.gcount() > 0)
+      EVP_DigestUpdate(ctx.get(), buf.data(), size_t(in.gcount()));
+  }
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_DigestFinal_ex(ctx.get(), out, &length) != 1)
+    return std::nullopt;
+  return std::string(reinterpret_cast<char*>(out), length);
+}
 
 std::string toml_string(std::string_view s) {
   std::string out = "\"";
@@ -211,15 +263,24 @@ void Lockfile::put(std::string_view name, const LockEntry& e, bool touched) {
 }
 
 // CI's placeholder build does not replace the art that was paid for, or an artist's.
-bool Lockfile::replaces(bool old_kept, const LockEntry& entry) {
-  return !old_kept || entry.paid || entry.adopted;
+bool Lockfile::replaces(const Entry& old, const LockEntry& entry) const {
+  if (old.paid && !entry.paid && !entry.adopted)
+    return false; // an offline image never replaces paid art
+  if (old.adopted && !entry.adopted && m_backend_overridden)
+    return false; // nor does a --backend run (CI's) replace an artist's
+  return true;
 }
 
 void Lockfile::load() {
   std::lock_guard lock(m_mutex);
+  SaveGuard guard(m_path); // never half of another run's write
+  load_unguarded();
+}
+
+void Lockfile::load_unguarded() {
   clear();
   m_changed = false;
-  m_loaded.reset();
+  m_loaded = file_digest(m_path);
   std::ifstream in(m_path, std::ios::binary);
   if (!in)
     return;
@@ -324,7 +385,6 @@ void Lockfile::load() {
   if (!versioned && !m_entries.empty())
     fail("no version line");
   m_changed = false;
-  m_loaded = disk_stamp();
 }
 
 std::optional<LockEntry> Lockfile::find(std::string_view name) const {
@@ -337,7 +397,7 @@ std::optional<LockEntry> Lockfile::find(std::string_view name) const {
 
 void Lockfile::set(std::string_view name, const LockEntry& entry) {
   std::lock_guard lock(m_mutex);
-  if (const Entry* old = lookup(name); old && !replaces(old->paid || old->adopted, entry))
+  if (const Entry* old = lookup(name); old && !replaces(*old, entry))
     return;
   put(name, entry, true);
 }
@@ -425,44 +485,6 @@ template <class Sink> bool Lockfile::produce(Sink&& sink) const {
   return sink(std::string_view(buf));
 }
 
-std::optional<FileStampId> Lockfile::disk_stamp() const {
-  struct stat st {};
-  if (::stat(m_path.c_str(), &st) != 0)
-    return std::nullopt;
-  return FileStampId{uint64_t(st.st_size), uint64_t(st.st_ino),
-                     int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-}
-
-namespace {
-
-// An exclusive flock for the time a kiln.lock is read again and written, on a file of the
-// state root named after the kiln.lock's path (never beside it: nothing is added to the
-// project). Not had (a read-only state root): the write goes on unguarded.
-class SaveGuard {
-public:
-  explicit SaveGuard(const fs::path& lock_path) {
-    fs::path dir = state_root() / "locks";
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    std::string key = sha256_hex(fs::absolute(lock_path).lexically_normal().string());
-    m_fd =
-        ::open((dir / (key.substr(0, 24) + ".lock")).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    while (m_fd >= 0 && ::flock(m_fd, LOCK_EX) != 0 && errno == EINTR) {
-    }
-  }
-  ~SaveGuard() {
-    if (m_fd >= 0)
-      ::close(m_fd);
-  }
-  SaveGuard(const SaveGuard&) = delete;
-  SaveGuard& operator=(const SaveGuard&) = delete;
-
-private:
-  int m_fd = -1;
-};
-
-} // namespace
-
 bool Lockfile::save() {
   std::lock_guard lock(m_mutex);
   if (!m_changed)
@@ -470,19 +492,21 @@ bool Lockfile::save() {
   SaveGuard guard(m_path);
   // Another run (a second build tree) wrote the file since this one read it: its entries are
   // read again, and only this run's changes go on top of them.
-  if (disk_stamp() != m_loaded) {
-    Lockfile now(m_path);
+  bool merge = file_digest(m_path) != m_loaded;
+  Lockfile now(m_path);
+  if (merge)
     try {
-      now.load();
+      now.load_unguarded();
     } catch (const Fatal&) {
-      now.clear(); // broken since this run read it: this run's record replaces it
+      merge = false; // broken since this run read it: this run's whole record replaces it
     }
+  if (merge) {
     for (const Entry& mine : m_entries) {
       if (!mine.touched)
         continue;
       LockEntry e = entry_of(mine);
       const Entry* theirs = now.lookup(name_of(mine));
-      if (!theirs || replaces(theirs->paid || theirs->adopted, e))
+      if (!theirs || replaces(*theirs, e))
         now.put(name_of(mine), e, true);
     }
     if (!m_dropped.empty()) {
@@ -526,7 +550,7 @@ bool Lockfile::save() {
     });
     out.commit();
   }
-  m_loaded = disk_stamp();
+  m_loaded = file_digest(m_path);
   return !same;
 }
 

@@ -33,13 +33,6 @@ struct LockEntry {
   bool adopted = false; // an artist's file, recorded with `kiln adopt`
 };
 
-// Identifies one version of a file: another writer's rename changes it.
-struct FileStampId {
-  uint64_t size = 0, inode = 0;
-  int64_t mtime_ns = 0;
-  bool operator==(const FileStampId&) const = default;
-};
-
 class Lockfile {
 public:
   // kiln.lock beside a manifest named assets.toml; for any other name, the manifest's name
@@ -56,8 +49,12 @@ public:
 
   std::optional<LockEntry> find(std::string_view name) const;
   // Records what `name` is now. An offline backend's image (CI's placeholder run) never
-  // replaces a paid or adopted entry: that image stays the asset's record. Thread-safe.
+  // replaces a paid entry, and a run with --backend never replaces an adopted one: that image
+  // stays the asset's record. Any other new image (--force, a changed fingerprint) replaces an
+  // adopted file's entry. Thread-safe.
   void set(std::string_view name, const LockEntry& entry);
+  // This run's backend is forced for every asset (--backend): adopted entries stay.
+  void set_backend_overridden(bool on) { m_backend_overridden = on; }
   // Forgets assets no longer declared.
   void retain(const std::vector<std::string_view>& names);
   // The names it records that are not among `names`.
@@ -99,11 +96,11 @@ private:
   uint32_t intern(const std::string& s);
   void put(std::string_view name, const LockEntry& entry, bool touched);
   LockEntry entry_of(const Entry& e) const;
-  static bool replaces(bool old_kept, const LockEntry& entry);
+  bool replaces(const Entry& old, const LockEntry& entry) const;
   void retain_unlocked(const std::vector<std::string_view>& names);
   // Produces the file's text in pieces of about 64 KiB; false when `sink` said stop.
   template <class Sink> bool produce(Sink&& sink) const;
-  std::optional<FileStampId> disk_stamp() const;
+  void load_unguarded();
 
   fs::path m_path;
   std::vector<Entry> m_entries;       // in any order; sorted when written
@@ -112,8 +109,9 @@ private:
   std::vector<std::string> m_strings; // backend and model names
   std::unordered_map<std::string, uint32_t> m_string_ids;
   std::vector<std::string> m_dropped;  // names retain() removed, for save() to remove too
-  std::optional<FileStampId> m_loaded; // the file as load() found it
+  std::optional<std::string> m_loaded; // SHA-256 of the file as load() found it
   bool m_changed = false;
+  bool m_backend_overridden = false;
   mutable std::mutex m_mutex;
 };
 

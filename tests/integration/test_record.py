@@ -356,6 +356,11 @@ class LockTest(RecordCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         path = r.stderr.split(" is saved as ")[1].split(" before")[0]
         self.assertEqual(read(path), adopted)
+        forced = read(sword)
+        self.assertNotIn("adopted", lock_entries(self.lock())["icons/sword"])  # replaced
+        os.remove(sword)
+        self.assertEqual(self.kiln("build").returncode, 0)
+        self.assertEqual(read(sword), forced)  # the forced image, not the adopted one
 
     # An output that is no readable image of its size (cut short, emptied, a Git LFS pointer
     # of a clone without git-lfs) is nobody's art: restored from the cache, exit 0.

@@ -98,8 +98,13 @@ TEST_F(LockfileTest, AnOfflineImageNeverReplacesPaidOrAdoptedArt) {
   LockEntry adopted = entry('3', '4', false);
   adopted.adopted = true;
   lock.set("icons/shield", adopted);
+  lock.set_backend_overridden(true); // kiln build --backend placeholder
   lock.set("icons/shield", entry('5', '6', false));
   EXPECT_TRUE(lock.find("icons/shield")->adopted);
+  lock.set_backend_overridden(false); // --force or a changed prompt: the new image is the art
+  lock.set("icons/shield", entry('5', '6', false));
+  EXPECT_FALSE(lock.find("icons/shield")->adopted);
+  EXPECT_EQ(lock.find("icons/shield")->sha256, std::string(64, '6'));
   lock.set("icons/sword", entry('7', '8', true, 0.003)); // a new paid image does
   EXPECT_EQ(lock.find("icons/sword")->fingerprint, std::string(64, '7'));
 }
@@ -127,6 +132,39 @@ TEST_F(LockfileTest, TwoRunsSavingBothKeepTheirEntries) {
   last.load();
   EXPECT_FALSE(last.find("a"));
   EXPECT_TRUE(last.find("b"));
+}
+
+// Another run rewrote the file meanwhile with the same size (its stamps may even match): the
+// bytes tell, and its entries are merged; a file broken meanwhile loses nothing of this run's.
+TEST_F(LockfileTest, SavingMergesByContentAndSurvivesABrokenFile) {
+  fs::path path = dir / "kiln.lock";
+  {
+    Lockfile first(path);
+    first.load();
+    first.set("a", entry('a', '1', true));
+    first.set("b", entry('b', '1', true));
+    first.save();
+  }
+  Lockfile mine(path), theirs(path);
+  mine.load();
+  theirs.load();
+  theirs.set("a", entry('a', '2', true)); // same length: same file size
+  theirs.save();
+  mine.set("b", entry('b', '3', true));
+  mine.save();
+  Lockfile now(path);
+  now.load();
+  EXPECT_EQ(now.find("a")->sha256, std::string(64, '2'));
+  EXPECT_EQ(now.find("b")->sha256, std::string(64, '3'));
+
+  Lockfile last(path);
+  last.load();
+  write(path, "<<<<<<< HEAD\n");
+  last.set("c", entry('c', '4', true));
+  last.save();
+  Lockfile after(path);
+  after.load();
+  EXPECT_EQ(after.size(), 3u);
 }
 
 TEST_F(LockfileTest, AFileKilnDidNotWriteIsRefusedAtItsLine) {
