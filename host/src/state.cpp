@@ -654,6 +654,25 @@ OutputLock::~OutputLock() {
     ::close(m_fd); // releases the flock
 }
 
+bool is_output_temp_name(std::string_view name) {
+  // <file>.<png|jpg|webp>.kiln-tmp.<16 hex digits>, as AtomicFile names it: nobody else's.
+  constexpr std::string_view marker = ".kiln-tmp.";
+  if (name.size() < marker.size() + 16)
+    return false;
+  std::string_view digits = name.substr(name.size() - 16);
+  if (!std::all_of(digits.begin(), digits.end(),
+                   [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }))
+    return false;
+  std::string_view rest = name.substr(0, name.size() - 16);
+  if (rest.size() < marker.size() || rest.substr(rest.size() - marker.size()) != marker)
+    return false;
+  rest.remove_suffix(marker.size());
+  for (std::string_view ext : {".png", ".jpg", ".webp"})
+    if (rest.size() > ext.size() && rest.substr(rest.size() - ext.size()) == ext)
+      return true;
+  return false;
+}
+
 size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir) {
   size_t removed = 0;
   std::error_code ec;
@@ -662,8 +681,7 @@ size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir) {
     removed += size_t(fs::remove_all(work, ec));
   for (auto it = fs::recursive_directory_iterator(output_dir, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->is_regular_file(ec) &&
-        it->path().filename().string().find(".kiln-tmp.") != std::string::npos &&
+    if (it->is_regular_file(ec) && is_output_temp_name(it->path().filename().string()) &&
         fs::remove(it->path(), ec))
       ++removed;
   }

@@ -188,6 +188,9 @@ private:
 // hold ".kiln-tmp.") and scratch folders of the state folder. Call it holding the OutputLock.
 // Returns how many.
 size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir);
+// Whether a file name is one of an output's temp files as AtomicFile makes them
+// ("sword.png.kiln-tmp.00c0ffee00c0ffee"): the only files remove_leftovers() deletes.
+bool is_output_temp_name(std::string_view name);
 
 // Size and modification time of a file, or nullopt when it does not exist.
 struct FileStamp {

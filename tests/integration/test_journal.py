@@ -163,8 +163,18 @@ class KillTest(JournalCase):
                          ".kiln/work/0123abcd/image.png"):
             with open(os.path.join(out, leftover), "wb") as f:
                 f.write(b"half")
+        # Files that only look like Kiln's temp files are someone else's (issue 16).
+        theirs = ["docs/notes.kiln-tmp.backup", "src/main.kiln-tmp.c",
+                  "icons/sword0.png.kiln-tmp.not-hex-digits!"]
+        for name in theirs:
+            os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
+            with open(os.path.join(out, name), "w") as f:
+                f.write("mine")
         r = self.kiln("build")
         self.assertEqual(r.returncode, 0, r.stderr)
+        for name in theirs:
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+            os.remove(os.path.join(out, name))
         self.assert_no_temp_files()
         self.assert_all_valid(items)
 

@@ -263,5 +263,16 @@ TEST(Cache, EntriesOfTheFirstLayoutAreCheckedAndMovedOver) {
   EXPECT_EQ(cache.rejected(), 1u);
 }
 
+// Only Kiln's own temp names are leftovers; look-alikes are someone's files (issue 16).
+TEST(State, OnlyKilnsOwnTempNamesAreLeftovers) {
+  EXPECT_TRUE(is_output_temp_name("sword.png.kiln-tmp.00c0ffee00c0ffee"));
+  EXPECT_TRUE(is_output_temp_name("a.webp.kiln-tmp.0123456789abcdef"));
+  for (const char* name :
+       {"notes.kiln-tmp.backup", "main.kiln-tmp.c", "sword.png.kiln-tmp.",
+        "sword.png.kiln-tmp.00C0FFEE00C0FFEE", "state.jsonl.kiln-tmp.00c0ffee00c0ffee",
+        ".png.kiln-tmp.00c0ffee00c0ffee", "sword.png.kiln-tmp.00c0ffee00c0ffee0"})
+    EXPECT_FALSE(is_output_temp_name(name)) << name;
+}
+
 } // namespace
 } // namespace kiln::host
