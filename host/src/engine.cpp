@@ -686,6 +686,7 @@ std::string install_output(Workspace& ws, std::mutex& state_mutex, const Planned
     same = existing && *existing == bytes;
   }
   if (!same) {
+    refuse_links_below(ws.manifest.output_dir, p.output);
     if (stamp && p.save_edit)
       save_edit(ws, p);
     else if (stamp)

@@ -304,7 +304,7 @@ std::optional<std::string> StateFile::load(bool owner) {
     }
   std::optional<std::string> warning;
 
-  m_fd[0] = ::open(m_path.c_str(), O_RDONLY | O_CLOEXEC);
+  m_fd[0] = ::open(m_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (m_fd[0] >= 0) {
     bool first = true;
     std::string why;
@@ -333,7 +333,7 @@ std::optional<std::string> StateFile::load(bool owner) {
     }
   }
 
-  m_fd[1] = ::open(m_journal_path.c_str(), (owner ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  m_fd[1] = ::open(m_journal_path.c_str(), (owner ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
   m_journal_size = 0;
   if (m_fd[1] >= 0) {
     uint64_t good_end = 0;
@@ -364,12 +364,13 @@ void StateFile::open_journal_for_append() {
     return;
   std::error_code ec;
   fs::create_directories(m_journal_path.parent_path(), ec);
-  m_append = ::open(m_journal_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  m_append =
+      ::open(m_journal_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (m_append < 0)
     throw std::runtime_error("cannot open '" + m_journal_path.string() +
                              "': " + std::strerror(errno));
   if (m_fd[1] < 0)
-    m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
+    m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 }
 
 void StateFile::append(const std::string& line) {
@@ -580,7 +581,7 @@ void StateFile::save(bool keep_spend) {
   // replays the journal over the new snapshot, which changes nothing).
   if (m_fd[0] >= 0)
     ::close(m_fd[0]);
-  m_fd[0] = ::open(m_path.c_str(), O_RDONLY | O_CLOEXEC);
+  m_fd[0] = ::open(m_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   for (size_t i = 0; i < order.size(); ++i) {
     order[i]->file = 0;
     order[i]->offset = offsets[i];
@@ -612,10 +613,38 @@ void StateFile::save(bool keep_spend) {
         ::close(*fd);
         *fd = -1;
       }
-    m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC);
+    m_fd[1] = ::open(m_journal_path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
   }
   m_journal_size = rest.size();
   m_dirty = false;
+}
+
+void refuse_links_in_state(const fs::path& state_dir) {
+  std::error_code ec;
+  for (const char* name : {"lock", "state.jsonl", "journal.jsonl", "owner", "work"}) {
+    fs::path p = state_dir / name;
+    if (fs::is_symlink(fs::symlink_status(p, ec)))
+      throw Fatal("'" + p.string() + "' is a symbolic link: Kiln does not write through links " +
+                  "in its state folder (remove it; Kiln makes the file anew)");
+  }
+}
+
+void refuse_links_below(const fs::path& root, const fs::path& file) {
+  fs::path rel = file.parent_path().lexically_relative(root);
+  if (rel.empty() || rel == ".")
+    return;
+  fs::path at = root;
+  std::error_code ec;
+  for (const auto& part : rel) {
+    at /= part;
+    auto st = fs::symlink_status(at, ec);
+    if (fs::is_symlink(st))
+      throw std::runtime_error("'" + at.string() +
+                               "' is a symbolic link: Kiln writes outputs only into real "
+                               "folders below the output folder (remove the link)");
+    if (!fs::exists(st))
+      return; // made as a real folder
+  }
 }
 
 OutputLock::OutputLock(const fs::path& state_dir, const fs::path& output_dir, bool wait,
@@ -623,7 +652,8 @@ OutputLock::OutputLock(const fs::path& state_dir, const fs::path& output_dir, bo
   std::error_code ec;
   fs::create_directories(state_dir, ec);
   fs::path path = state_dir / "lock";
-  m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  refuse_links_in_state(state_dir);
+  m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (m_fd < 0)
     throw Fatal("cannot open '" + path.string() + "': " + std::strerror(errno));
   if (::flock(m_fd, LOCK_EX | LOCK_NB) != 0) {

@@ -188,6 +188,12 @@ private:
 // hold ".kiln-tmp.") and scratch folders of the state folder. Call it holding the OutputLock.
 // Returns how many.
 size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir);
+// Fatal (exit 2) when a file Kiln keeps in a state folder is a symbolic link.
+void refuse_links_in_state(const fs::path& state_dir);
+// Throws std::runtime_error when a folder between `root` and `file` is a symbolic link: an
+// output is never written outside the output folder through one.
+void refuse_links_below(const fs::path& root, const fs::path& file);
+
 // Whether a file name is one of an output's temp files as AtomicFile makes them
 // ("sword.png.kiln-tmp.00c0ffee00c0ffee"): the only files remove_leftovers() deletes.
 bool is_output_temp_name(std::string_view name);

@@ -610,5 +610,39 @@ class CliTest(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(other, "state.jsonl")))
         self.assertIn("no work to do", self.p.kiln("build", "--state-dir", other).stdout)
 
+    # A link planted in the state folder or below the output folder is never written through:
+    # the file or folder it points at stays as it was (issue 16).
+    def test_planted_symlinks_are_refused_and_their_targets_untouched(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        victim = os.path.join(self.tmp, "precious.txt")
+        with open(victim, "w") as f:
+            f.write("precious")
+        state = state_folder(self.tmp)
+        for name in ("journal.jsonl", "lock"):
+            path = os.path.join(state, name)
+            saved = path + ".saved"
+            if os.path.exists(path):
+                os.rename(path, saved)
+            os.symlink(victim, path)
+            r = self.p.kiln("build", "--force")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("'%s' is a symbolic link" % path, r.stderr)
+            with open(victim) as f:
+                self.assertEqual(f.read(), "precious")
+            os.remove(path)
+            if os.path.exists(saved):
+                os.rename(saved, path)
+        # An output subfolder replaced by a link to a folder elsewhere.
+        elsewhere = os.path.join(self.tmp, "elsewhere")
+        os.makedirs(elsewhere)
+        shutil.rmtree(os.path.join(self.p.out, "icons"))
+        os.symlink(elsewhere, os.path.join(self.p.out, "icons"))
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(os.listdir(elsewhere), [])
+        self.assertIn("is a symbolic link: Kiln writes outputs only into real folders",
+                      by_name(report)["icons/sword"]["error"])
+        self.assertEqual(by_name(report)["cover"]["status"], "up_to_date")
+
 if __name__ == "__main__":
     unittest.main()
