@@ -74,6 +74,22 @@ class MoneyAtTheEdgesTest(RecordCase):
             self.assertEqual([t["strategy"] for t in a["attempts"]], ["initial", "download-again"])
             self.assertAlmostEqual(a["cost_usd"], 0.003)  # paid once, counted once
 
+    # A decompression bomb (issue 16): refused from its header, never decoded, no new
+    # prediction bought for it, and Kiln's memory stays small.
+    def test_a_decompression_bomb_is_refused_without_decoding(self):
+        import resource
+        self.write(paid_manifest(self.server, ["icons/bomb", "icons/fine"]))
+        self.server.control(prompt_rules=[{"contains": "icons/bomb", "fate": "bomb", "times": 9}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertLessEqual(self.creates(), 2)  # one each
+        bomb = by_name(report)["icons/bomb"]
+        self.assertEqual((bomb["status"], bomb["error_category"]), ("failed", "permanent"))
+        self.assertIn("23000x23000 pixels: larger than Kiln decodes", bomb["error"])
+        self.assertEqual(by_name(report)["icons/fine"]["status"], "generated")
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        self.assertLess(peak_mib, 300)
+
     def test_a_cache_that_cannot_be_written_keeps_the_paid_image(self):
         self.write(paid_manifest(self.server, ["icons/a", "icons/b"]))
         blocker = os.path.join(self.tmp, "not-a-folder")

@@ -56,7 +56,8 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
                      "times": n, "error": "..."}]: the next n predictions whose prompt contains
                    the text end that way ("slow" never finishes by itself, "expire" succeeds
                    with its outputs already removed); "gif" and "html" succeed with an output
-                   that is a GIF or an HTML page (some models answer GIFs; a CDN error page)
+                   that is a GIF or an HTML page (some models answer GIFs; a CDN error page);
+                   "bomb" with a 23000x23000 PNG of about 50 KB
 GET /_stats returns what happened: every create request (time, status, prompt), created
 predictions, polls, cancels, downloads and downloads that carried an Authorization header.
 """
@@ -263,10 +264,27 @@ class Fake:
            b"\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
     HTML = b"<html><head><title>Error</title></head><body><h1>Not an image</h1></body></html>"
 
+    @staticmethod
+    def bomb():
+        """A PNG of 23000x23000 pixels in about 50 KB: a valid header and the start of its
+        all-zero pixel data (a decompression bomb, as a hostile or broken server may send)."""
+        import struct
+        import zlib
+
+        def chunk(kind, body):
+            return (struct.pack(">I", len(body)) + kind + body +
+                    struct.pack(">I", zlib.crc32(kind + body)))
+        z = zlib.compressobj(9)
+        row = bytes(1 + 23000 * 3)
+        data = b"".join(z.compress(row) for _ in range(700)) + z.flush(zlib.Z_SYNC_FLUSH)
+        return (b"\x89PNG\r\n\x1a\n" +
+                chunk(b"IHDR", struct.pack(">IIBBBBB", 23000, 23000, 8, 2, 0, 0, 0)) +
+                chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
     def odd_file(self, fate):
-        path = os.path.join(self.files, f"{new_id()}.{fate}")
+        path = os.path.join(self.files, f"{new_id()}.{'png' if fate == 'bomb' else fate}")
         with open(path, "wb") as f:
-            f.write(self.GIF if fate == "gif" else self.HTML)
+            f.write(self.bomb() if fate == "bomb" else self.GIF if fate == "gif" else self.HTML)
         return path
 
     def render(self, fmt, width, height, seed, fault=None, prompt=""):
@@ -288,7 +306,7 @@ class Fake:
              "created": time.time(), "latency": latency, "fate": fate, "error": error,
              "canceled_at": None, "cancel_after": cancel_after_s, "files": [],
              "predict_time": self.config["predict_time_s"]}
-        if fate in ("gif", "html"):
+        if fate in ("gif", "html", "bomb"):
             p["files"].append(self.odd_file(fate))
             p["fate"] = "succeed"
         if fate in ("succeed", "expire"):

@@ -59,5 +59,26 @@ TEST(Image, DecodeRejectsWhatIsNotAnImage) {
   EXPECT_EQ(r.error().message, "not a PNG, JPEG or WebP file");
 }
 
+// A 23000x23000 PNG of a few bytes (a decompression bomb) is refused from its header, before
+// any pixel is allocated; one within the limits decodes (issue 16).
+TEST(Image, ADecompressionBombIsRefusedFromItsHeader) {
+  Image small(64, 64);
+  std::string png = encode_image(small, "png");
+  auto be32 = [](std::string& s, size_t at, uint32_t v) {
+    for (int i = 0; i < 4; ++i)
+      s[at + size_t(i)] = char((v >> (24 - 8 * i)) & 0xff);
+  };
+  std::string bomb = png; // IHDR: width at byte 16, height at byte 20
+  be32(bomb, 16, 23000);
+  be32(bomb, 20, 23000);
+  auto r = decode_image(bomb);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("23000x23000 pixels: larger than Kiln decodes"),
+            std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(r.error().download, "unsupported");
+  EXPECT_TRUE(decode_image(png));
+}
+
 } // namespace
 } // namespace kiln::host
