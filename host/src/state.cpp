@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -424,8 +425,13 @@ void StateFile::replay(std::string_view line) {
     m_pending[fp + '\n' + backend] = PendingJob{job, false};
   } else if (type == "downloaded" || type == "spent") {
     auto usd = v.FindMember("usd");
-    if (usd != v.MemberEnd() && usd->value.IsNumber() && m_spent_jobs.insert(job).second) {
-      m_spent_before += usd->value.GetDouble();
+    // One image's cost: finite, not negative (it would raise the budget), and below what no
+    // image costs. A damaged or planted value outside that is not counted.
+    constexpr double k_most_one_job_costs_usd = 1000;
+    double value = usd != v.MemberEnd() && usd->value.IsNumber() ? usd->value.GetDouble() : -1;
+    if (std::isfinite(value) && value >= 0 && value <= k_most_one_job_costs_usd &&
+        m_spent_jobs.insert(job).second) {
+      m_spent_before += value;
       m_spend_lines.emplace_back(line);
     }
   }

@@ -274,5 +274,26 @@ TEST(State, OnlyKilnsOwnTempNamesAreLeftovers) {
     EXPECT_FALSE(is_output_temp_name(name)) << name;
 }
 
+// What a killed run spent counts against the next budget; a planted or damaged value that no
+// image costs (negative, 1e308, not finite) does not (issue 16).
+TEST(State, OnlyPlausibleSpendsInTheJournalCount) {
+  TempDir dir;
+  {
+    StateFile state(dir.path());
+    state.load();
+    state.spent("a", "job1", 0.003, true);
+  }
+  std::ofstream(dir.path() / "journal.jsonl", std::ios::app)
+      << R"({"t":"spent","name":"b","job":"job2","usd":-5})"
+         "\n"
+      << R"({"t":"spent","name":"c","job":"job3","usd":1e308})"
+         "\n"
+      << R"({"t":"downloaded","name":"d","job":"job4","usd":0.04})"
+         "\n";
+  StateFile next(dir.path());
+  next.load();
+  EXPECT_NEAR(next.spent_before(), 0.043, 1e-12);
+}
+
 } // namespace
 } // namespace kiln::host
