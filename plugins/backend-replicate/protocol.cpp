@@ -222,6 +222,70 @@ const Price* find_price(const PriceTable& table, const ModelRef& model) {
   return nullptr;
 }
 
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost" || host == "[::1]")
+    return true;
+  // 127.a.b.c, digits only: "127.0.0.1.evil.example" is somebody else's.
+  int parts = 0;
+  size_t start = 0;
+  while (start <= host.size()) {
+    size_t dot = host.find('.', start);
+    std::string_view part =
+        host.substr(start, dot == std::string_view::npos ? host.npos : dot - start);
+    if (part.empty() || part.size() > 3 ||
+        !std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return false;
+    if (parts == 0 && part != "127")
+      return false;
+    ++parts;
+    if (dot == std::string_view::npos)
+      break;
+    start = dot + 1;
+  }
+  return parts == 4;
+}
+
+std::optional<std::string> base_url_problem(std::string_view url, std::string* host_out) {
+  std::string_view rest;
+  bool https = url.rfind("https://", 0) == 0;
+  if (https)
+    rest = url.substr(8);
+  else if (url.rfind("http://", 0) == 0)
+    rest = url.substr(7);
+  else
+    return "must start with https:// (http:// only for a server on this machine)";
+  std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+  if (authority.find('@') != std::string_view::npos)
+    return "must not hold a user name or password";
+  std::string_view host = authority;
+  if (!host.empty() && host.front() == '[')
+    host = host.substr(0, host.find(']') + 1);
+  else
+    host = host.substr(0, host.find(':'));
+  if (host.empty())
+    return "has no host";
+  if (host_out)
+    *host_out = std::string(host);
+  bool loopback = is_loopback_host(host);
+  if (!https && !loopback)
+    return "uses plain http:// to " + std::string(host) +
+           ", which would send the API token unencrypted: use https:// (http:// only for a "
+           "server on this machine)";
+  return std::nullopt;
+}
+
+std::optional<std::string> token_env_problem(std::string_view name) {
+  bool ours = name.find("REPLICATE") != std::string_view::npos || name.rfind("KILN_", 0) == 0;
+  bool shape = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  });
+  if (ours && shape)
+    return std::nullopt;
+  return "'" + std::string(name) +
+         "' is not a Replicate token variable: token_env must contain REPLICATE or start with "
+         "KILN_ (upper case), so a manifest cannot send another secret of your environment";
+}
+
 bool valid_prediction_id(std::string_view id) {
   return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');

@@ -86,6 +86,15 @@ std::optional<Prediction> parse_prediction(std::string_view body);
 // anything else never goes into a URL or the journal.
 bool valid_prediction_id(std::string_view id);
 
+// Why the token must not be sent to `url`, or nullopt: https:// to any host, http:// only to
+// this machine (localhost, 127.x, [::1]), never with credentials in it. Its host in `host`.
+std::optional<std::string> base_url_problem(std::string_view url, std::string* host = nullptr);
+// Why `name` may not be read as the token, or nullopt: only variables naming REPLICATE, or KILN_*,
+// so a manifest cannot name AWS_SECRET_ACCESS_KEY and send it to its base_url.
+std::optional<std::string> token_env_problem(std::string_view name);
+// localhost, [::1] or 127.x.y.z.
+bool is_loopback_host(std::string_view host);
+
 // What a create's answer says about money. Replicate has no idempotency key: only a prediction
 // object (Created) or a definite refusal (429, 401, 402, any 4xx but 408: nothing was created)
 // settle it. No answer, a 5xx or 408 (often a proxy's HTML page) and a 2xx whose body is not a

@@ -502,6 +502,8 @@ public:
     const kiln::Options& o = context.options();
     Settings& s = *m_settings;
     s.token_env = o.get_string("token_env");
+    if (auto why = token_env_problem(s.token_env))
+      throw Error("token_env " + *why);
     // The token is read here and checked when the first image is asked for, so `kiln plan` and
     // builds with nothing to generate work without one.
     if (const char* token = std::getenv(s.token_env.c_str()))
@@ -511,8 +513,12 @@ public:
     s.base_url = o.get_string("base_url");
     while (!s.base_url.empty() && s.base_url.back() == '/')
       s.base_url.pop_back();
-    if (s.base_url.rfind("https://", 0) != 0 && s.base_url.rfind("http://", 0) != 0)
-      throw Error("base_url must start with https:// (http:// for a local server)");
+    std::string host;
+    if (auto why = base_url_problem(s.base_url, &host))
+      throw Error("base_url " + *why);
+    if (host != "api.replicate.com" && !is_loopback_host(host))
+      context.log(KILN_LOG_WARNING, "base_url sends the Replicate token to " + host +
+                                        ", not api.replicate.com: make sure you trust it");
     s.default_model = o.get_string("model");
     if (!parse_model_ref(s.default_model))
       throw Error("model '" + s.default_model + "' is not a Replicate model reference");

@@ -69,6 +69,26 @@ TEST(ReplicateProtocol, RetryAfterHintsAreClamped) {
   EXPECT_EQ(retry_after_ms(p, "3"), 3000);
 }
 
+// The token goes only where it is safe, and only a Replicate token is read (issue 16).
+TEST(ReplicateProtocol, TheTokenGoesOnlyToHttpsOrThisMachine) {
+  std::string host;
+  EXPECT_FALSE(base_url_problem("https://api.replicate.com/v1", &host));
+  EXPECT_EQ(host, "api.replicate.com");
+  EXPECT_FALSE(base_url_problem("http://127.0.0.1:8080/v1", &host));
+  EXPECT_EQ(host, "127.0.0.1");
+  EXPECT_FALSE(base_url_problem("http://localhost/v1"));
+  EXPECT_FALSE(base_url_problem("http://[::1]:9/v1"));
+  EXPECT_NE(base_url_problem("http://evil.example/v1")->find("unencrypted"), std::string::npos);
+  EXPECT_NE(base_url_problem("http://127.0.0.1.evil.example/v1"), std::nullopt);
+  EXPECT_TRUE(base_url_problem("https://user:pw@api.replicate.com/v1"));
+  EXPECT_TRUE(base_url_problem("ftp://api.replicate.com"));
+  EXPECT_FALSE(token_env_problem("REPLICATE_API_TOKEN"));
+  EXPECT_FALSE(token_env_problem("KILN_CI_TOKEN"));
+  EXPECT_FALSE(token_env_problem("MY_GAME_REPLICATE_TOKEN"));
+  for (const char* name : {"AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "replicate_api_token", ""})
+    EXPECT_TRUE(token_env_problem(name)) << name;
+}
+
 TEST(ReplicateProtocol, ModelReferences) {
   auto official = parse_model_ref("black-forest-labs/flux-schnell");
   ASSERT_TRUE(official);
