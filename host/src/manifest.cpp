@@ -726,18 +726,101 @@ struct Split {
   };
   std::vector<Chunk> assets;
   std::string header;
+  // `[asset.x]` headers separated from their [[asset]] by another table (valid TOML: they
+  // belong to the last asset): line of the header, line of that asset.
+  std::vector<std::pair<uint32_t, uint32_t>> detached;
 };
 
-// The first key of a table header's text (between the brackets), unquoted, and whether more
-// keys follow it: `asset.params` -> {"asset", true}; ` "asset" ` -> {"asset", false}.
+// A basic string's escapes decoded (\\uXXXX and \\UXXXXXXXX as UTF-8); nullopt if malformed.
+std::optional<std::string> toml_unescape(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\') {
+      out += s[i];
+      continue;
+    }
+    if (++i >= s.size())
+      return std::nullopt;
+    switch (s[i]) {
+    case 'b':
+      out += '\b';
+      break;
+    case 't':
+      out += '\t';
+      break;
+    case 'n':
+      out += '\n';
+      break;
+    case 'f':
+      out += '\f';
+      break;
+    case 'r':
+      out += '\r';
+      break;
+    case 'e':
+      out += '\x1b';
+      break;
+    case '"':
+      out += '"';
+      break;
+    case '\\':
+      out += '\\';
+      break;
+    case 'u':
+    case 'U': {
+      size_t digits = s[i] == 'u' ? 4 : 8;
+      uint32_t cp = 0;
+      for (size_t k = 1; k <= digits; ++k) {
+        if (i + k >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + k])))
+          return std::nullopt;
+        char c = s[i + k];
+        cp = cp * 16 + uint32_t(std::isdigit(static_cast<unsigned char>(c))
+                                    ? c - '0'
+                                    : std::tolower(static_cast<unsigned char>(c)) - 'a' + 10);
+      }
+      i += digits;
+      if (cp < 0x80) {
+        out += char(cp);
+      } else if (cp < 0x800) {
+        out += char(0xc0 | (cp >> 6));
+        out += char(0x80 | (cp & 0x3f));
+      } else if (cp < 0x10000) {
+        out += char(0xe0 | (cp >> 12));
+        out += char(0x80 | ((cp >> 6) & 0x3f));
+        out += char(0x80 | (cp & 0x3f));
+      } else {
+        out += char(0xf0 | (cp >> 18));
+        out += char(0x80 | ((cp >> 12) & 0x3f));
+        out += char(0x80 | ((cp >> 6) & 0x3f));
+        out += char(0x80 | (cp & 0x3f));
+      }
+      break;
+    }
+    default:
+      return std::nullopt;
+    }
+  }
+  return out;
+}
+
+// The first key of a table header's text (between the brackets), unquoted (escapes decoded),
+// and whether more keys follow it: `asset.params` -> {"asset", true}; ` "asset" ` and
+// `"\\u0061sset"` -> {"asset", false}.
 std::pair<std::string, bool> first_key(std::string_view inner) {
   size_t i = inner.find_first_not_of(" \t");
   if (i == std::string_view::npos)
     return {"", false};
   std::string key;
-  if (inner[i] == '"' || inner[i] == '\'') {
-    char q = inner[i];
-    size_t end = inner.find(q, i + 1);
+  if (inner[i] == '"') {
+    size_t end = i + 1;
+    while (end < inner.size() && inner[end] != '"')
+      end += inner[end] == '\\' ? 2 : 1;
+    if (end >= inner.size())
+      return {"", false};
+    key = toml_unescape(inner.substr(i + 1, end - i - 1)).value_or("");
+    i = end + 1;
+  } else if (inner[i] == '\'') {
+    size_t end = inner.find('\'', i + 1);
     if (end == std::string_view::npos)
       return {"", false};
     key = inner.substr(i + 1, end - i - 1);
@@ -755,6 +838,8 @@ Split split_manifest(std::string_view text) {
   Split out;
   out.header.assign(text);
   size_t n = text.size(), i = 0;
+  if (text.substr(0, 3) == "\xEF\xBB\xBF")
+    i = 3; // a UTF-8 byte order mark, as some Windows editors write
   uint32_t line = 1;
   int depth = 0;          // open [ and { of values
   bool line_start = true; // only blanks so far on this line
@@ -823,8 +908,12 @@ Split split_manifest(std::string_view text) {
       bool array = i + 1 < n && text[i + 1] == '[';
       size_t inner = i + (array ? 2 : 1), k = inner;
       while (k < n && text[k] != ']' && text[k] != '\n') {
-        if (text[k] == '"' || text[k] == '\'') {
-          size_t end = text.find(text[k], k + 1);
+        if (text[k] == '"') { // a basic string: \" does not close it
+          ++k;
+          while (k < n && text[k] != '"' && text[k] != '\n')
+            k += text[k] == '\\' ? 2 : 1;
+        } else if (text[k] == '\'') {
+          size_t end = text.find('\'', k + 1);
           k = end == std::string_view::npos ? n : end;
         }
         ++k;
@@ -835,6 +924,8 @@ Split split_manifest(std::string_view text) {
         chunk = Split::Chunk{line_begin, 0, line};
       } else if (!(key == "asset" && more && chunk)) {
         close_chunk(line_begin);
+        if (key == "asset" && more && !out.assets.empty())
+          out.detached.emplace_back(line, out.assets.back().line);
       }
       i = k;
       line_start = false;
@@ -950,6 +1041,12 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     throw Fatal(display_path + ": larger than 4 GiB");
 
   Split split = split_manifest(*text);
+  for (auto [at, asset_line] : split.detached)
+    d.error(SourceLoc{at, 1},
+            "this [asset.…] table belongs to the [[asset]] at line " + std::to_string(asset_line) +
+                " (TOML gives it to the last one), but other tables stand between them: move it "
+                "right below that asset, where Kiln reads each asset's tables together");
+  d.throw_if_errors();
   auto layers = std::make_shared<LayerTables>();
   try {
     layers->root = toml::parse(split.header, display_path);

@@ -590,5 +590,32 @@ TEST(Manifest, TempMarkersAndControlCharactersInNamesAreRefusedSafely) {
   EXPECT_FALSE(asset_name_problem("icons/sword"));
 }
 
+// Valid TOML that the asset splitter once refused (issue 16): an escaped table name, a
+// sub-table of the last asset, and a UTF-8 byte order mark before the first asset.
+TEST(Manifest, ValidTomlSpellingsOfAssetTablesAreAccepted) {
+  Manifest escaped = parse(std::string(k_head) +
+                           "[[\"\\u0061sset\"]]\nname = \"a\"\ntype = \"icon\"\nprompt = \"x\"\n");
+  ASSERT_EQ(escaped.size(), 1u);
+  EXPECT_EQ(escaped.name(0), "a");
+  Manifest sub = parse(std::string(k_head) + asset_text("a", "x") +
+                       "[asset.params]\nnum_inference_steps = 4\n" + asset_text("b", "y"));
+  ASSERT_EQ(sub.size(), 2u);
+  EXPECT_NE(sub.asset(0).params_json.find("\"num_inference_steps\":4"), std::string::npos)
+      << sub.asset(0).params_json;
+  // A sub-table that other tables separate from its asset: said plainly, at its line.
+  EXPECT_EQ(error_of(asset_text("a", "x") + "\n" + k_head + "\n[asset.params]\nsteps = 4\n"),
+            "assets.toml:10:1: this [asset.…] table belongs to the [[asset]] at line 1 (TOML "
+            "gives it to the last one), but other tables stand between them: move it right below "
+            "that asset, where Kiln reads each asset's tables together\n"
+            "    [asset.params]\n"
+            "    ^");
+  for (std::string text : {"\xEF\xBB\xBF" + asset_text("a", "x") + k_head,
+                           "\xEF\xBB\xBF" + std::string(k_head) + asset_text("a", "x")}) {
+    Manifest bom = parse(text);
+    ASSERT_EQ(bom.size(), 1u);
+    EXPECT_EQ(bom.asset(0).prompt, "x");
+  }
+}
+
 } // namespace
 } // namespace kiln::host
