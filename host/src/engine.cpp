@@ -1024,6 +1024,8 @@ struct RunGuards {
 
   // The pace of new jobs per backend, shared by every worker.
   std::map<std::string, std::unique_ptr<RateLimiter>, std::less<>> limiters;
+  // Per backend, the longest wait hint honoured (max_retry_after_s), in milliseconds.
+  std::map<std::string, int64_t, std::less<>> max_wait_ms;
   // Which asset starts next, and the jobs each backend may have in flight at once.
   Scheduler scheduler;
 
@@ -1038,6 +1040,7 @@ struct RunGuards {
       if (auto it = ws.manifest.backend_pacing.find(id); it != ws.manifest.backend_pacing.end())
         pacing = it->second;
       limiters.emplace(id, std::make_unique<RateLimiter>(pacing.requests_per_second, pacing.burst));
+      max_wait_ms.emplace(id, int64_t(pacing.max_retry_after_s * 1000));
       unsigned concurrency = jobs ? jobs : pacing.concurrency;
       if (!concurrency)
         concurrency = backend_can(ws, id, KILN_BACKEND_OFFLINE)
@@ -1408,6 +1411,24 @@ Result<Generated> generate_asset(Workspace& ws, RunGuards& guards, const Planned
         auto g = generate_once(ws, p, req, fingerprint, attempt, resume, rec, slot);
         if (limiter && g)
           limiter->succeeded();
+        // A wait longer than the backend's max_retry_after_s: this asset fails now (nothing
+        // is gained by buying another request), and the others are not held back by it.
+        if (!g && rec.source == req.backend && g.error().category == KILN_ERROR_RETRYABLE) {
+          auto cap = guards.max_wait_ms.find(req.backend);
+          if (cap != guards.max_wait_ms.end() && g.error().retry_after_ms > cap->second) {
+            Fault too_long = g.error();
+            too_long.message += "; " + req.backend + " asks to wait " +
+                                std::to_string((too_long.retry_after_ms + 999) / 1000) +
+                                " s, more than its max_retry_after_s (" +
+                                std::to_string(cap->second / 1000) +
+                                "): not waiting, run again later";
+            too_long.category = KILN_ERROR_PERMANENT;
+            too_long.retry_after_ms = -1;
+            if (limiter)
+              limiter->throttled(-1); // the pace still slows; nothing waits for the hint
+            g = too_long;
+          }
+        }
         // Throttled: the whole backend slows down, and waits for the server's hint.
         if (limiter && !g && rec.source == req.backend &&
             g.error().category == KILN_ERROR_RETRYABLE && g.error().retry_after_ms >= 0)

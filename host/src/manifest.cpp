@@ -435,7 +435,8 @@ private:
   }
 
   static bool is_pacing_key(std::string_view key) {
-    return key == "requests_per_second" || key == "burst" || key == "concurrency";
+    return key == "requests_per_second" || key == "burst" || key == "concurrency" ||
+           key == "max_retry_after_s";
   }
 
   void parse_pacing(const toml::table& t, BackendPacing& out) {
@@ -452,6 +453,13 @@ private:
         m_d.error(loc_of(*t.get("burst")), "burst must be a whole number of at least 1");
       else
         out.burst = *v;
+    }
+    if (auto v = get_number(t, "max_retry_after_s")) {
+      if (!(*v >= 0) || !std::isfinite(*v) || *v > 86400)
+        m_d.error(loc_of(*t.get("max_retry_after_s")),
+                  "max_retry_after_s must be from 0 to 86400 (seconds a server may ask to wait)");
+      else
+        out.max_retry_after_s = *v;
     }
     if (auto v = get_number(t, "concurrency")) {
       if (*v < 1 || *v != std::floor(*v) || *v > 1024)

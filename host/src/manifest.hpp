@@ -85,6 +85,9 @@ struct BackendPacing {
   double requests_per_second = 0; // new remote jobs per second; 0: learn it from 429s
   double burst = 1;               // jobs that may start at once after a quiet spell
   unsigned concurrency = 0;       // jobs in flight at once; 0: the backend's default (-j wins)
+  // The longest server wait hint (429 retry_after) honoured: an asset told to wait longer fails
+  // ("run again later") instead of holding the backend's other assets back.
+  double max_retry_after_s = 300;
 };
 
 // Where each [[asset]] table sits in the manifest, with its name and format: the manifest keeps

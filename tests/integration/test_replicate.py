@@ -430,6 +430,20 @@ class ReplicateTest(FakeReplicateCase):
         self.assertIn("\\x1b[2J\\x1b]0;pwned\\x07\\x0dkiln: 8 assets", r.stderr)
         self.assertIn(evil, by_name(report)["icons/sword"]["error"])  # JSON escapes its own
 
+    # A 429 asking for an hour fails that asset, not the backend's others (issue 16).
+    def test_a_wait_hint_over_the_cap_fails_that_asset_only(self):
+        self.write(EIGHT[:3])
+        self.server.control(faults={"create": [{"status": 429, "retry_after": 3600}]})
+        start = time.time()
+        r, report = self.build("-j", "1")
+        self.assertLess(time.time() - start, 30)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        statuses = sorted(a["status"] for a in report["assets"])
+        self.assertEqual(statuses, ["failed", "generated", "generated"])
+        failed = [a for a in report["assets"] if a["status"] == "failed"][0]
+        self.assertIn("asks to wait 3600 s, more than its max_retry_after_s (300)",
+                      failed["error"])
+
     def test_timeout_cancels_the_prediction_then_tries_again(self):
         self.write(EIGHT[:1], "timeout_s = 5\nsync_wait_s = 1")
         self.server.control(prompt_rules=[{"contains": "sword", "fate": "slow", "times": 1}])

@@ -148,7 +148,7 @@ TEST(Fingerprint, BackendOptionsThatShapeTheImageCount) {
   std::string replicate = sword_fingerprint(paid);
   EXPECT_EQ(sword_fingerprint(paid + "\n[backends.replicate]\nbase_url = "
                                      "\"http://127.0.0.1:9/v1\"\ntimeout_s = 60\n"
-                                     "sync_wait_s = 0\ntoken_env = \"OTHER\"\n"),
+                                     "sync_wait_s = 0\ntoken_env = \"OTHER_REPLICATE_TOKEN\"\n"),
             replicate);
   EXPECT_NE(sword_fingerprint(paid + "\n[backends.replicate]\nmodel = \"stability-ai/sdxl\"\n"),
             replicate);
