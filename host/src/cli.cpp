@@ -4,6 +4,7 @@
 #include "fatal.hpp"
 #include "interrupt.hpp"
 #include "noop.hpp"
+#include "plugin_guard.hpp"
 #include "version.hpp"
 
 #include <algorithm>
@@ -747,6 +748,7 @@ int cmd_plugins(int argc, char** argv) {
 } // namespace
 
 int cli_main(int argc, char** argv) {
+  install_plugin_crash_reporting();
   if (argc < 2) {
     std::fputs(k_overview, stderr);
     return k_exit_usage;

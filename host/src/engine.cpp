@@ -3,6 +3,7 @@
 #include "fatal.hpp"
 #include "image.hpp"
 #include "interrupt.hpp"
+#include "plugin_guard.hpp"
 #include "rate_limit.hpp"
 #include "resilience.hpp"
 #include "scheduler.hpp"
@@ -178,6 +179,7 @@ std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationReq
   for (auto& id : spec.enhancers) {
     const PluginInstance& inst = *ws.plugins.enhancers.at(id);
     kiln_result r = ws.registry.make_result(id);
+    PluginCall call(inst.plugin().path.string(), inst.plugin().id, "enhance");
     kiln_status st = inst.plugin().enhancer()->enhance(inst.handle(), view.get(), ks(req.prompt),
                                                        ks(req.negative_prompt), &r);
     if (st != KILN_OK || r.failed()) {
@@ -776,6 +778,7 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
   for (auto& id : spec.validators) {
     const PluginInstance& v = *ws.plugins.validators.at(id);
     kiln_result vr = ws.registry.make_result(id);
+    PluginCall call(v.plugin().path.string(), v.plugin().id, "validate");
     kiln_status vs = v.plugin().validator()->validate(v.handle(), asset.get(), &file, &vr);
     if (vs != KILN_OK || vr.failed()) {
       // The first rejection is the one reported; the validators after it still say what else
@@ -833,6 +836,7 @@ std::optional<Fault> postprocess(Workspace& ws, const AssetSpec& spec, const Gen
     source = id;
     kiln_image raw = image.raw();
     kiln_result r = ws.registry.make_result(id);
+    PluginCall call(inst.plugin().path.string(), inst.plugin().id, "process");
     kiln_status st = inst.plugin().postprocessor()->process(inst.handle(), view.get(), &raw, &r);
     if (st != KILN_OK || r.failed()) {
       Fault f = r.failure();
@@ -953,6 +957,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
       ws.state.submitted(spec.name, fingerprint, req.backend, id);
     };
   }
+  PluginCall call(backend.plugin().path.string(), backend.plugin().id, "generate");
   kiln_status st = backend.plugin().backend()->generate(backend.handle(), &q, &r);
   record.cost_usd = r.cost_usd.value_or(0);
   record.remote_id = r.remote_id;
@@ -1245,6 +1250,7 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
     f.proposals = counters.proposals[id];
     f.source = ks(source);
     kiln_result r = ws.registry.make_result(id);
+    PluginCall call(inst.plugin().path.string(), inst.plugin().id, "propose");
     kiln_status st = inst.plugin().strategy()->propose(inst.handle(), &f, &r);
     if (st != KILN_OK || r.failed()) {
       if (r.failed()) // a strategy that could have helped says why it did not

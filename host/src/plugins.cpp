@@ -3,6 +3,7 @@
 #include "fatal.hpp"
 #include "image.hpp"
 #include "interrupt.hpp"
+#include "plugin_guard.hpp"
 #include "version.hpp"
 
 #define BOOST_DLL_USE_STD_FS
@@ -356,6 +357,8 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   if (!fs::exists(path, exists_ec))
     fail("does not exist");
 
+  m_log.debug("loading " + path.string());
+  PluginCall call(path.string(), "", "load");
   auto lib = std::make_unique<Library>();
   std::error_code ec;
   lib->library.load(path, ec,
@@ -739,7 +742,10 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
   kiln_options options{r.values.data(), r.values.size()};
   kiln_result result = make_result(plugin.id);
   void* handle = nullptr;
-  kiln_status status = info->create(&k_host_api, &options, &handle, &result);
+  kiln_status status = [&] {
+    PluginCall call(plugin.path.string(), plugin.id, "create");
+    return info->create(&k_host_api, &options, &handle, &result);
+  }();
   if (status != KILN_OK || result.failed() || !handle) {
     // At the option the plugin names ("margin must be..."), else at its table.
     SourceLoc where = settings ? settings->loc : SourceLoc{};

@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -403,6 +404,19 @@ class CliTest(unittest.TestCase):
             path = os.path.join(wrong, "kiln-fixture-wrong-abi.so")
             self.assertIn("kiln: error: plugin '%s' was built for Kiln plugin ABI 2, this kiln "
                           "supports 1" % path, r.stderr)
+
+    # A plugin that crashes in its entry point is named before Kiln dies of it; -v says what
+    # is being loaded (issue 16).
+    def test_a_plugin_crashing_at_load_is_named(self):
+        crash = os.environ["KILN_CRASH_DIR"]
+        env = dict(self.p.env, KILN_PLUGIN_PATH=crash)
+        path = os.path.join(crash, "kiln-fixture-crash-entry.so")
+        for command in (["plugins"], ["build", "-v"]):
+            r = self.p.kiln(*command, env=env)
+            self.assertEqual(r.returncode, -signal.SIGSEGV, r.stderr)
+            self.assertIn("kiln: error: fatal signal SIGSEGV in plugin %s (during load)" % path,
+                          r.stderr)
+        self.assertIn("loading %s" % path, r.stderr)
 
     def test_a_plugin_folder_from_the_manifest_is_searched(self):
         solid = os.environ["KILN_SOLID_DIR"]
