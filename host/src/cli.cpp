@@ -331,6 +331,8 @@ int cmd_build(int argc, char** argv) {
   options.verbosity = verbosity(a);
   options.progress = Progress::detect();
   BuildSummary summary = build(ws, plan, options, report_writer ? &*report_writer : nullptr);
+  if (size_t swept = s->cache->sweep_stale_temp_files())
+    s->log.debug("removed " + std::to_string(swept) + " temp files of killed runs from the cache");
   // The record of what was made, kept even when the run failed: what it made is made.
   summary.removed = remove_undeclared(ws, undeclared);
   for (auto& u : undeclared)

@@ -936,6 +936,34 @@ std::optional<Cache::Lease> Cache::lease(const std::string& key,
   return Lease(fd);
 }
 
+size_t Cache::sweep_stale_temp_files() {
+  std::error_code ec;
+  fs::path stamp = m_dir / "last-sweep";
+  auto now = fs::file_time_type::clock::now();
+  auto last = fs::last_write_time(stamp, ec);
+  if (!ec && now - last < std::chrono::hours(24))
+    return 0;
+  try {
+    touch_file(stamp);
+  } catch (const std::exception&) {
+    return 0; // a read-only cache: nothing to sweep either
+  }
+  size_t removed = 0;
+  for (const char* sub : {"cas", "ac", "edits", "leases"})
+    for (auto it = fs::recursive_directory_iterator(m_dir / sub, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      std::string name = it->path().filename().string();
+      size_t marker = name.rfind(".kiln-tmp.");
+      if (marker == std::string::npos || name.size() - marker != 10 + 16 ||
+          !it->is_regular_file(ec))
+        continue;
+      auto age = now - fs::last_write_time(it->path(), ec);
+      if (!ec && age > std::chrono::hours(1) && fs::remove(it->path(), ec))
+        ++removed;
+    }
+  return removed;
+}
+
 fs::path Cache::keep_edit(std::string_view bytes, const std::string& name,
                           const std::string& format) {
   std::string file;

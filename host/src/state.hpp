@@ -271,6 +271,9 @@ public:
   // Nullopt when the run is interrupted while waiting.
   std::optional<Lease> lease(const std::string& key, const std::function<void()>& on_wait);
   const fs::path& dir() const { return m_dir; }
+  // At most once a day (a stamp file says when): removes temp files that killed runs left in
+  // the cache, older than an hour (a live writer's are younger). How many.
+  size_t sweep_stale_temp_files();
 
 private:
   fs::path entry_path(const std::string& key, const std::string& kind) const;

@@ -295,5 +295,25 @@ TEST(State, OnlyPlausibleSpendsInTheJournalCount) {
   EXPECT_NEAR(next.spent_before(), 0.043, 1e-12);
 }
 
+// Temp files killed runs left in the cache go, once they are old; a live writer's and
+// anything else stay (issue 16).
+TEST(State, TheCacheSweepsOldTempFilesOfKilledRuns) {
+  TempDir dir;
+  Cache cache(dir.path());
+  fs::path old_tmp = dir / "cas/ab/abcd.kiln-tmp.00c0ffee00c0ffee";
+  fs::path young_tmp = dir / "ac/ab/abcd.png.kiln-tmp.00c0ffee00c0ffef";
+  fs::path other = dir / "cas/ab/notes.kiln-tmp.backup";
+  for (auto& p : {old_tmp, young_tmp, other}) {
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << "x";
+  }
+  fs::last_write_time(old_tmp, fs::file_time_type::clock::now() - std::chrono::hours(2));
+  EXPECT_EQ(cache.sweep_stale_temp_files(), 1u);
+  EXPECT_FALSE(fs::exists(old_tmp));
+  EXPECT_TRUE(fs::exists(young_tmp));
+  EXPECT_TRUE(fs::exists(other));
+  EXPECT_EQ(cache.sweep_stale_temp_files(), 0u); // not again within a day
+}
+
 } // namespace
 } // namespace kiln::host
