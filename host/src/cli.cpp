@@ -592,7 +592,8 @@ int cmd_plan(int argc, char** argv) {
                                                           : "up to date";
       std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
       std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
-                  (p.prepare_error ? p.prepare_error->message : p.reason).c_str(), cost.c_str());
+                  escape_controls(p.prepare_error ? p.prepare_error->message : p.reason).c_str(),
+                  cost.c_str());
     }
     for (auto& u : undeclared)
       std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width), u.name.c_str(),
@@ -724,11 +725,13 @@ int cmd_plugins(int argc, char** argv) {
   std::printf("%-15s %-20s %-9s %-4s %s\n", "KIND", "ID", "VERSION", "ABI", "FILE");
   for (auto* p : plugins) {
     std::string abi = std::to_string(p->info->abi_version) + "." + std::to_string(p->abi_minor);
+    // A plugin's own text and its file's path are shown with control characters escaped.
     std::printf("%-15s %-20s %-9s %-4s %s\n", std::string(kind_name(p->kind)).c_str(),
-                p->id.c_str(), p->version.c_str(), abi.c_str(), p->path.c_str());
+                p->id.c_str(), escape_controls(p->version).c_str(), abi.c_str(),
+                escape_controls(p->path.string()).c_str());
     if (verbose) {
       if (!p->description.empty())
-        std::printf("    %s\n", p->description.c_str());
+        std::printf("    %s\n", escape_controls(p->description).c_str());
       for (size_t i = 0; i < p->options.size(); ++i) {
         const kiln_option_spec& o = p->options[i];
         static const char* k_types[] = {"?",       "string", "integer", "number",
@@ -738,9 +741,10 @@ int cmd_plugins(int argc, char** argv) {
                                : *o.default_value ? "default " + std::string(o.default_value)
                                : o.type == KILN_OPTION_PATH ? "default none"
                                                             : "default \"\"";
-        std::printf("    option %s (%s, %s%s): %s\n", o.name, type, fallback.c_str(),
+        std::printf("    option %s (%s, %s%s): %s\n", escape_controls(o.name).c_str(), type,
+                    escape_controls(fallback).c_str(),
                     p->shapes[i] || p->kind == KILN_KIND_VALIDATOR ? "" : ", not in fingerprints",
-                    o.description ? o.description : "");
+                    escape_controls(o.description ? o.description : "").c_str());
       }
     }
   }

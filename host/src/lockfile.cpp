@@ -42,8 +42,11 @@ public:
     fs::path where = fs::weakly_canonical(fs::absolute(lock_path), real);
     std::string key =
         sha256_hex((real ? fs::absolute(lock_path).lexically_normal() : where).string());
-    m_fd =
-        ::open((dir / (key.substr(0, 24) + ".lock")).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    // Never through a link planted there (the folder or the file).
+    if (fs::is_symlink(fs::symlink_status(dir, ec)))
+      return;
+    m_fd = ::open((dir / (key.substr(0, 24) + ".lock")).c_str(),
+                  O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     while (m_fd >= 0 && ::flock(m_fd, LOCK_EX) != 0 && errno == EINTR) {
     }
   }

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <unistd.h>
 
@@ -55,8 +56,19 @@ void on_fatal_signal(int sig) {
   std::raise(sig);
 }
 
-void format(char* out, size_t size, std::string_view file, std::string_view id,
+// Control characters of a path or id as '?': this text is printed by the signal handler.
+std::string printable(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f ||
+        (static_cast<unsigned char>(c) >= 0x80 && static_cast<unsigned char>(c) < 0xa0))
+      c = '?';
+  return out;
+}
+
+void format(char* out, size_t size, std::string_view file_raw, std::string_view id_raw,
             std::string_view what) {
+  std::string file = printable(file_raw), id = printable(id_raw);
   if (id.empty())
     std::snprintf(out, size, "plugin %.*s (during %.*s)", int(file.size()), file.data(),
                   int(what.size()), what.data());

@@ -632,6 +632,12 @@ void refuse_links_in_state(const fs::path& state_dir) {
     if (fs::is_symlink(fs::symlink_status(p, ec)))
       throw Fatal("'" + p.string() + "' is a symbolic link: Kiln does not write through links " +
                   "in its state folder (remove it; Kiln makes the file anew)");
+    // A hard link shares its bytes with a file elsewhere, which emptying the journal in place
+    // would empty too.
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1)
+      throw Fatal("'" + p.string() + "' has another hard link: Kiln does not write files of " +
+                  "its state folder that other names share (remove it; Kiln makes it anew)");
   }
 }
 

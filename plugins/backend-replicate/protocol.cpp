@@ -331,8 +331,18 @@ std::optional<Prediction> parse_prediction(std::string_view body) {
 }
 
 CreateAnswer classify_create_answer(int status, std::string_view body) {
-  if (status >= 200 && status < 300)
-    return parse_prediction(body) ? CreateAnswer::Created : CreateAnswer::Unknown;
+  if (status >= 200 && status < 300) {
+    if (parse_prediction(body))
+      return CreateAnswer::Created;
+    // A prediction whose id is not Replicate's (a hostile or broken server): it was created,
+    // but can never be followed; creating again would only pay again.
+    rapidjson::Document d;
+    d.Parse<rapidjson::kParseIterativeFlag>(body.data(), body.size());
+    if (!d.HasParseError() && d.IsObject())
+      if (auto* id = member(d, "id"); id && id->IsString() && id->GetStringLength() > 0)
+        return CreateAnswer::BadId;
+    return CreateAnswer::Unknown;
+  }
   if (status == 0 || status == 408 || status >= 500)
     return CreateAnswer::Unknown;
   return CreateAnswer::Refused;

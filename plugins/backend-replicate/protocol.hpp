@@ -99,7 +99,8 @@ bool is_loopback_host(std::string_view host);
 // object (Created) or a definite refusal (429, 401, 402, any 4xx but 408: nothing was created)
 // settle it. No answer, a 5xx or 408 (often a proxy's HTML page) and a 2xx whose body is not a
 // prediction leave the prediction possibly created, and billed: Unknown, look for it.
-enum class CreateAnswer { Created, Refused, Unknown };
+// BadId: a 2xx prediction whose id Kiln will not put in a URL: created, never to be followed.
+enum class CreateAnswer { Created, Refused, Unknown, BadId };
 CreateAnswer classify_create_answer(int status, std::string_view body);
 
 // How a lost create's prediction is told apart from older ones of the same request.

@@ -221,6 +221,11 @@ private:
       break;
     case CreateAnswer::Refused:
       fail_http(r, what);
+    case CreateAnswer::BadId:
+      throw Error(what + ": the server answered with a prediction id that is not Replicate's "
+                         "(letters and digits): it cannot be followed, and it is not created "
+                         "again (it may have been billed)",
+                  KILN_ERROR_PERMANENT);
     case CreateAnswer::Unknown: {
       m_out.log(KILN_LOG_DEBUG, what + ": " +
                                     (r.status ? "HTTP " + std::to_string(r.status) : r.error) +

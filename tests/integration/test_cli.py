@@ -646,6 +646,17 @@ class CliTest(unittest.TestCase):
             os.remove(path)
             if os.path.exists(saved):
                 os.rename(saved, path)
+        # A hard link shares its bytes: emptying the journal would empty the other file.
+        journal = os.path.join(state, "journal.jsonl")
+        if os.path.exists(journal):
+            os.remove(journal)
+        os.link(victim, journal)
+        r = self.p.kiln("build", "--force")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("'%s' has another hard link" % journal, r.stderr)
+        with open(victim) as f:
+            self.assertEqual(f.read(), "precious")
+        os.remove(journal)
         # An output subfolder replaced by a link to a folder elsewhere.
         elsewhere = os.path.join(self.tmp, "elsewhere")
         os.makedirs(elsewhere)

@@ -52,6 +52,10 @@ TEST(ReplicateProtocol, PredictionIdsAreCheckedBeforeUse) {
         << id;
   EXPECT_FALSE(find_lost_prediction(
       R"({"results": [{"id": "../steal", "status": "starting", "input": {}}]})", ModelRef{}, "{}"));
+  // Created with such an id: never followed, never created again.
+  EXPECT_EQ(classify_create_answer(201, R"({"id": "../../v1/account", "status": "starting"})"),
+            CreateAnswer::BadId);
+  EXPECT_EQ(classify_create_answer(201, "not json"), CreateAnswer::Unknown);
 }
 
 // Wait hints are finite and at most a day, whatever the server says (issue 16).
