@@ -13,14 +13,11 @@
 
 namespace kiln::host {
 
-std::optional<ImageProbe> probe_image(std::string_view bytes) {
-  std::string_view format = detect_format(bytes);
-  if (format.empty())
-    return std::nullopt;
-  int w = 0, h = 0, channels = 0;
-  bool known = false;
+// The picture's size as its header declares it, without decoding; false when unreadable.
+// A PNG's is read from IHDR here: stbi_info refuses what it thinks too large without saying
+// the size (a decompression bomb must be refused by its size, not as "corrupt").
+static bool header_size(std::string_view bytes, std::string_view format, int& w, int& h) {
   if (format == "png" && bytes.size() >= 24 && bytes.substr(12, 4) == "IHDR") {
-    // Read here: stbi_info refuses what it thinks too large without saying the size.
     auto be32 = [&](size_t at) {
       uint64_t v = 0;
       for (size_t i = 0; i < 4; ++i)
@@ -29,13 +26,21 @@ std::optional<ImageProbe> probe_image(std::string_view bytes) {
     };
     w = be32(16);
     h = be32(20);
-    known = true;
-  } else {
-    known = format == "webp" ? WebPGetInfo(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                           bytes.size(), &w, &h) != 0
-                             : stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                                     int(bytes.size()), &w, &h, &channels) != 0;
+    return true;
   }
+  int channels = 0;
+  return format == "webp" ? WebPGetInfo(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                        bytes.size(), &w, &h) != 0
+                          : stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                                                  int(bytes.size()), &w, &h, &channels) != 0;
+}
+
+std::optional<ImageProbe> probe_image(std::string_view bytes) {
+  std::string_view format = detect_format(bytes);
+  if (format.empty())
+    return std::nullopt;
+  int w = 0, h = 0;
+  bool known = header_size(bytes, format, w, h);
   if (!known || w <= 0 || h <= 0)
     return std::nullopt;
   return ImageProbe{std::string(format), uint32_t(w), uint32_t(h)};
@@ -57,25 +62,8 @@ Result<Image> decode_image(std::string_view bytes) {
   }
   // The size first, from the header: a small file can declare a picture that takes gigabytes
   // to decode (a decompression bomb).
-  int w = 0, h = 0, channels = 0;
-  bool known = false;
-  if (format == "png" && bytes.size() >= 24 && bytes.substr(12, 4) == "IHDR") {
-    // Read here: stbi_info refuses what it thinks too large without saying the size.
-    auto be32 = [&](size_t at) {
-      uint64_t v = 0;
-      for (size_t i = 0; i < 4; ++i)
-        v = (v << 8) | static_cast<unsigned char>(bytes[at + i]);
-      return int(std::min<uint64_t>(v, uint64_t(INT32_MAX)));
-    };
-    w = be32(16);
-    h = be32(20);
-    known = true;
-  } else {
-    known = format == "webp" ? WebPGetInfo(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                           bytes.size(), &w, &h) != 0
-                             : stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                                     int(bytes.size()), &w, &h, &channels) != 0;
-  }
+  int w = 0, h = 0;
+  bool known = header_size(bytes, format, w, h);
   if (known &&
       (w <= 0 || h <= 0 || uint32_t(w) > k_max_image_side_px || uint32_t(h) > k_max_image_side_px ||
        uint64_t(w) * uint64_t(h) > k_max_decoded_pixels)) {
@@ -98,6 +86,7 @@ Result<Image> decode_image(std::string_view bytes) {
     WebPFree(px);
     return out;
   }
+  int channels = 0;
   stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
                                       int(bytes.size()), &w, &h, &channels, 4);
   if (!px)

@@ -18,7 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     toml_ok = false;
   }
   try {
-    kiln::host::Manifest m = kiln::host::parse_manifest(text, "/tmp/fuzz/assets.toml", "assets.toml");
+    kiln::host::Manifest m =
+        kiln::host::parse_manifest(text, "/tmp/fuzz/assets.toml", "assets.toml");
     if (!toml_ok)
       __builtin_trap(); // Kiln accepted what is not TOML
     for (size_t i = 0; i < m.size(); ++i)
