@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <sys/syscall.h>
 #include <thread>
 #include <unistd.h>
 
@@ -133,3 +134,26 @@ PluginCall::~PluginCall() {
 }
 
 } // namespace kiln::host
+
+// exit_guard.c's exit(), _exit(), _Exit() and quick_exit(): only a plugin (or a thread it
+// started) calls them, since Kiln returns from main. The run did not finish: say who, and end
+// with exit code 2 (a plugin error), never the plugin's 0. No atexit handlers, no stdio: the
+// plugin may have left the process in any state, and the journal is already on disk.
+extern "C" [[noreturn]] void kiln_unexpected_exit(const char* how, int status) {
+  using namespace kiln::host;
+  char line[900];
+  if (t_current[0])
+    std::snprintf(line, sizeof line,
+                  "\nkiln: error: %s called %s(%d) before Kiln finished; stopping with exit code "
+                  "2 (remove the plugin, or report it to its author)\n",
+                  t_current, how, status);
+  else
+    std::snprintf(line, sizeof line,
+                  "\nkiln: error: %s(%d) was called outside Kiln's own code (by a plugin's "
+                  "thread?) before Kiln finished; stopping with exit code 2\n",
+                  how, status);
+  write_all(line);
+  ::syscall(SYS_exit_group, 2);
+  for (;;)
+    ::pause();
+}

@@ -418,6 +418,20 @@ class CliTest(unittest.TestCase):
                           r.stderr)
         self.assertIn("loading %s" % path, r.stderr)
 
+    # A plugin that ends the process from its constructor cannot make Kiln exit 0 with the
+    # work undone: Kiln's own exit functions name it and exit 2 (issue 16).
+    def test_a_plugin_calling_exit_cannot_end_kiln_with_success(self):
+        folder = os.environ["KILN_EXIT_DIR"]
+        path = os.path.join(folder, "kiln-fixture-exit-entry.so")
+        for how in ("_exit", "exit"):
+            env = dict(self.p.env, KILN_PLUGIN_PATH=folder, KILN_FIXTURE_EXIT=how)
+            for command in (["plugins"], ["build"]):
+                r = self.p.kiln(*command, env=env)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn("kiln: error: plugin %s (during load) called %s(0) before Kiln "
+                              "finished; stopping with exit code 2" % (path, how), r.stderr)
+        self.assertFalse(os.path.exists(self.p.out))
+
     def test_a_plugin_folder_from_the_manifest_is_searched(self):
         solid = os.environ["KILN_SOLID_DIR"]
         text = MANIFEST.replace('output_dir = "out"',
