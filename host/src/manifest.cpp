@@ -731,12 +731,13 @@ struct Split {
   struct Chunk {
     size_t begin = 0, end = 0;
     uint32_t line = 0;
+    bool detached = false; // an `[asset.x]` table that other tables separate from its asset
   };
+  // An asset's chunk that takes in `[asset.x]` tables other tables separate from it (valid
+  // TOML: they belong to the last asset) spans those other tables too: own_tables() blanks
+  // them before it is parsed.
   std::vector<Chunk> assets;
   std::string header;
-  // `[asset.x]` headers separated from their [[asset]] by another table (valid TOML: they
-  // belong to the last asset): line of the header, line of that asset.
-  std::vector<std::pair<uint32_t, uint32_t>> detached;
 };
 
 // A basic string's escapes decoded (\\uXXXX and \\UXXXXXXXX as UTF-8); nullopt if malformed.
@@ -859,7 +860,10 @@ Split split_manifest(std::string_view text) {
     for (size_t k = chunk->begin; k < at; ++k)
       if (out.header[k] != '\n')
         out.header[k] = ' ';
-    out.assets.push_back(*chunk);
+    if (chunk->detached)
+      out.assets.back().end = at;
+    else
+      out.assets.push_back(*chunk);
     chunk.reset();
   };
   auto skip_string = [&](char q) { // at the opening quote; leaves i after the closing one
@@ -933,7 +937,7 @@ Split split_manifest(std::string_view text) {
       } else if (!(key == "asset" && more && chunk)) {
         close_chunk(line_begin);
         if (key == "asset" && more && !out.assets.empty())
-          out.detached.emplace_back(line, out.assets.back().line);
+          chunk = Split::Chunk{line_begin, 0, line, true};
       }
       i = k;
       line_start = false;
@@ -954,6 +958,17 @@ Split split_manifest(std::string_view text) {
   }
   close_chunk(n);
   return out;
+}
+
+// One asset's chunk of the manifest with every table that is not its own blanked to spaces
+// (lines and columns stay): what lies between it and an `[asset.x]` table of its own further
+// down. Usually there is none, and the chunk comes back as it is.
+std::string own_tables(std::string_view chunk) {
+  Split split = split_manifest(chunk);
+  std::string& out = split.header; // the chunk with its own tables blanked: inverted here
+  for (size_t k = 0; k < chunk.size(); ++k)
+    out[k] = out[k] == chunk[k] && chunk[k] != '\n' ? ' ' : chunk[k];
+  return std::move(out);
 }
 
 } // namespace
@@ -1049,12 +1064,6 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     throw Fatal(display_path + ": larger than 4 GiB");
 
   Split split = split_manifest(*text);
-  for (auto [at, asset_line] : split.detached)
-    d.error(SourceLoc{at, 1},
-            "this [asset.…] table belongs to the [[asset]] at line " + std::to_string(asset_line) +
-                " (TOML gives it to the last one), but other tables stand between them: move it "
-                "right below that asset, where Kiln reads each asset's tables together");
-  d.throw_if_errors();
   auto layers = std::make_shared<LayerTables>();
   try {
     layers->root = toml::parse(split.header, display_path);
@@ -1086,7 +1095,8 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     AssetIndex::Place place{uint32_t(chunk.begin), uint32_t(chunk.end - chunk.begin), chunk.line};
     toml::table root;
     try {
-      root = toml::parse(std::string_view(*text).substr(place.offset, place.length), display_path);
+      root = toml::parse(own_tables(std::string_view(*text).substr(place.offset, place.length)),
+                         display_path);
     } catch (const toml::parse_error& e) {
       parse_error(e, chunk.line - 1);
       continue;
@@ -1243,7 +1253,8 @@ index_again(const Manifest& m, const std::string& text, FileStamp stamp) {
   for (auto& chunk : split.assets) {
     toml::table root;
     try {
-      root = toml::parse(std::string_view(text).substr(chunk.begin, chunk.end - chunk.begin));
+      root = toml::parse(
+          own_tables(std::string_view(text).substr(chunk.begin, chunk.end - chunk.begin)));
     } catch (const toml::parse_error&) {
       continue; // its name is unknown: the asset it was is not found
     }
@@ -1362,7 +1373,7 @@ AssetSpec Manifest::asset(size_t i) const {
   }
   toml::table root;
   try {
-    root = toml::parse(text, path.string());
+    root = toml::parse(own_tables(text), path.string());
   } catch (const toml::parse_error&) {
     throw changed(asset_label + " is not in it any more, or its table does not parse");
   }

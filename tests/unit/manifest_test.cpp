@@ -602,11 +602,19 @@ TEST(Manifest, ValidTomlSpellingsOfAssetTablesAreAccepted) {
   ASSERT_EQ(sub.size(), 2u);
   EXPECT_NE(sub.asset(0).params_json.find("\"num_inference_steps\":4"), std::string::npos)
       << sub.asset(0).params_json;
-  // A sub-table that other tables separate from its asset: said plainly, at its line.
-  EXPECT_EQ(error_of(asset_text("a", "x") + "\n" + k_head + "\n[asset.params]\nsteps = 4\n"),
-            "assets.toml:10:1: this [asset.…] table belongs to the [[asset]] at line 1 (TOML "
-            "gives it to the last one), but other tables stand between them: move it right below "
-            "that asset, where Kiln reads each asset's tables together\n"
+  // A sub-table that other tables separate from its asset (TOML gives it to the last asset):
+  // read with that asset, and errors in it or after it keep their lines.
+  Manifest far = parse(asset_text("a", "x") + "\n" + k_head + "\n[asset.params]\nsteps = 4\n" +
+                       "[types.extra]\nwidth = 32\n[asset.params.inner]\nk = 1\n");
+  ASSERT_EQ(far.size(), 1u);
+  EXPECT_NE(far.asset(0).params_json.find("\"steps\":4"), std::string::npos)
+      << far.asset(0).params_json;
+  EXPECT_NE(far.asset(0).params_json.find("\"inner\":{\"k\":1}"), std::string::npos)
+      << far.asset(0).params_json;
+  EXPECT_EQ(error_of(asset_text("a", "x") + "\n" + k_head + "\n[asset.params]\nsteps = 4\n" +
+                     "[asset.params]\nk = 1\n"),
+            "assets.toml:12:1: Error while parsing table header: cannot redefine existing table "
+            "'asset.params'\n"
             "    [asset.params]\n"
             "    ^");
   for (std::string text : {"\xEF\xBB\xBF" + asset_text("a", "x") + k_head,
