@@ -663,6 +663,9 @@ OutputLock::OutputLock(const fs::path& state_dir, const fs::path& output_dir, bo
                        const std::function<void(const std::string&)>& on_wait) {
   std::error_code ec;
   fs::create_directories(state_dir, ec);
+  if (ec) // not "no such file" from the open below: say why the folder is not there
+    throw Fatal("cannot create the state folder '" + state_dir.string() + "': " + ec.message() +
+                " (give Kiln a writable one with --state-dir or KILN_STATE_DIR)");
   fs::path path = state_dir / "lock";
   refuse_links_in_state(state_dir);
   m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);

@@ -683,5 +683,31 @@ class CliTest(unittest.TestCase):
                       by_name(report)["icons/sword"]["error"])
         self.assertEqual(by_name(report)["cover"]["status"], "up_to_date")
 
+    # A read-only file system is reported as one, naming the folder, never as a missing file
+    # (issue 16). Mounts a read-only tmpfs in a mount namespace of the test's own.
+    def test_a_read_only_mount_is_reported_as_read_only(self):
+        ro = os.path.join(self.tmp, "ro")
+        os.makedirs(ro)
+        script = 'mount -t tmpfs -o ro,size=1m tmpfs "$0" && exec "$@"'
+
+        def on_read_only(*command, env):
+            return subprocess.run(["unshare", "--mount", "sh", "-c", script, ro, *command],
+                                  cwd=self.p.root, env=env, capture_output=True, text=True,
+                                  timeout=120)
+        if not shutil.which("unshare") or on_read_only("true", env=self.p.env).returncode != 0:
+            self.skipTest("cannot mount a read-only file system here (needs root)")
+        state = os.path.join(ro, "state")
+        r = on_read_only(KILN, "build", env=dict(self.p.env, KILN_STATE_DIR=state))
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("cannot create the state folder '%s/" % state, r.stderr)
+        self.assertIn("Read-only file system", r.stderr)
+        self.assertNotIn("No such file", r.stderr)
+        self.p.write(self.p.read().replace('output_dir = "out"', 'output_dir = "%s"' % ro))
+        r = on_read_only(KILN, "build", env=self.p.env)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("kiln: error: icons/sword: cannot create folder '%s/icons': Read-only file "
+                      "system" % ro, r.stderr)
+        self.assertNotIn("No such file", r.stderr)
+
 if __name__ == "__main__":
     unittest.main()
