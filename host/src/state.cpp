@@ -641,7 +641,8 @@ void refuse_links_in_state(const fs::path& state_dir) {
   }
 }
 
-void refuse_links_below(const fs::path& root, const fs::path& file) {
+void refuse_links_below(const fs::path& root, const fs::path& file, std::string_view what,
+                        std::string_view root_name) {
   fs::path rel = file.parent_path().lexically_relative(root);
   if (rel.empty() || rel == ".")
     return;
@@ -651,9 +652,9 @@ void refuse_links_below(const fs::path& root, const fs::path& file) {
     at /= part;
     auto st = fs::symlink_status(at, ec);
     if (fs::is_symlink(st))
-      throw std::runtime_error("'" + at.string() +
-                               "' is a symbolic link: Kiln writes outputs only into real "
-                               "folders below the output folder (remove the link)");
+      throw std::runtime_error("'" + at.string() + "' is a symbolic link: Kiln writes " +
+                               std::string(what) + " only into real folders below " +
+                               std::string(root_name) + " (remove the link)");
     if (!fs::exists(st))
       return; // made as a real folder
   }
@@ -891,9 +892,21 @@ std::optional<std::string> Cache::get(const std::string& key, const std::string&
   return bytes;
 }
 
+namespace {
+
+// The cache's own folders (cas/ab, ac/cd, edits, leases/ef) are never followed through a link
+// planted there: the cache folder itself may be a link (to a bigger disk), nothing below it.
+void refuse_links_in_cache(const fs::path& cache_dir, const fs::path& file) {
+  refuse_links_below(cache_dir, file, "its cache", "the cache folder");
+}
+
+} // namespace
+
 void Cache::put(const std::string& key, const std::string& kind, std::string_view bytes) {
   std::string sha = sha256_hex(bytes);
   fs::path content = content_path(sha);
+  refuse_links_in_cache(m_dir, content);
+  refuse_links_in_cache(m_dir, entry_path(key, kind));
   if (!stat_file(content))
     write_file_atomic(content, bytes);
   auto probe = probe_image(bytes);
@@ -922,9 +935,14 @@ Cache::Lease::~Lease() {
 std::optional<Cache::Lease> Cache::lease(const std::string& key,
                                          const std::function<void()>& on_wait) {
   fs::path path = m_dir / "leases" / key.substr(0, 2) / (key + ".lock");
+  try {
+    refuse_links_in_cache(m_dir, path);
+  } catch (const std::runtime_error&) {
+    return Lease(); // unleased, as on a read-only cache: the run goes on
+  }
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0)
     return Lease();
   bool waited = false;
@@ -959,7 +977,9 @@ size_t Cache::sweep_stale_temp_files() {
   }
   size_t removed = 0;
   for (const char* sub : {"cas", "ac", "edits", "leases"})
-    for (auto it = fs::recursive_directory_iterator(m_dir / sub, ec);
+    for (auto it = fs::is_symlink(fs::symlink_status(m_dir / sub, ec))
+                       ? fs::recursive_directory_iterator() // planted: not followed
+                       : fs::recursive_directory_iterator(m_dir / sub, ec);
          !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       std::string name = it->path().filename().string();
       size_t marker = name.rfind(".kiln-tmp.");
@@ -979,6 +999,7 @@ fs::path Cache::keep_edit(std::string_view bytes, const std::string& name,
   for (char c : name)
     file += c == '/' ? std::string("__") : std::string(1, c);
   fs::path kept = m_dir / "edits" / (file + "-" + sha256_hex(bytes).substr(0, 12) + "." + format);
+  refuse_links_in_cache(m_dir, kept);
   if (!stat_file(kept))
     write_file_atomic(kept, bytes);
   return kept;

@@ -191,8 +191,11 @@ size_t remove_leftovers(const fs::path& output_dir, const fs::path& state_dir);
 // Fatal (exit 2) when a file Kiln keeps in a state folder is a symbolic link.
 void refuse_links_in_state(const fs::path& state_dir);
 // Throws std::runtime_error when a folder between `root` and `file` is a symbolic link: an
-// output is never written outside the output folder through one.
-void refuse_links_below(const fs::path& root, const fs::path& file);
+// output (or a cache file) is never written outside the output folder (the cache) through one.
+// `what` and `root_name` word the message: "outputs", "the output folder".
+void refuse_links_below(const fs::path& root, const fs::path& file,
+                        std::string_view what = "outputs",
+                        std::string_view root_name = "the output folder");
 
 // Whether a file name is one of an output's temp files as AtomicFile makes them
 // ("sword.png.kiln-tmp.00c0ffee00c0ffee"): the only files remove_leftovers() deletes.

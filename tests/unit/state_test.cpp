@@ -315,5 +315,41 @@ TEST(State, TheCacheSweepsOldTempFilesOfKilledRuns) {
   EXPECT_EQ(cache.sweep_stale_temp_files(), 0u); // not again within a day
 }
 
+// A link planted in the cache's own folders is never written through (issue 16); the cache
+// folder itself may be a link.
+TEST(Cache, LinksPlantedBelowTheCacheFolderAreNotFollowed) {
+  TempDir dir;
+  fs::create_directories(dir / "real-cache");
+  fs::create_directory_symlink(dir / "real-cache", dir / "cache");
+  fs::create_directories(dir / "elsewhere");
+  Cache cache(dir / "cache");
+  std::string image = png_of(16, 16, 3);
+  const std::string sha = sha256_hex(image);
+  fs::create_directories(dir / "real-cache/cas");
+  fs::create_directory_symlink(dir / "elsewhere", dir / "real-cache/cas" / sha.substr(0, 2));
+  std::string message;
+  try {
+    cache.put(k_fp, "png", image);
+  } catch (const std::runtime_error& e) {
+    message = e.what();
+  }
+  EXPECT_EQ(message,
+            "'" + (dir / "cache/cas" / sha.substr(0, 2)).string() +
+                "' is a symbolic link: Kiln writes its cache only into real folders below the "
+                "cache folder (remove the link)");
+  fs::create_directory_symlink(dir / "elsewhere", dir / "real-cache/edits");
+  EXPECT_THROW(cache.keep_edit(image, "icons/sword", "png"), std::runtime_error);
+  fs::create_directories(dir / "real-cache/leases");
+  fs::create_directory_symlink(dir / "elsewhere",
+                               dir / "real-cache/leases" / std::string(k_fp).substr(0, 2));
+  auto lease = cache.lease(k_fp, [] {});
+  EXPECT_TRUE(lease.has_value()); // unleased, as on a read-only cache
+  EXPECT_TRUE(fs::is_empty(dir / "elsewhere"));
+  // With the links gone, the same calls write into the (linked) cache folder.
+  fs::remove(dir / "real-cache/cas" / sha.substr(0, 2));
+  cache.put(k_fp, "png", image);
+  EXPECT_TRUE(fs::exists(dir / "real-cache/cas" / sha.substr(0, 2) / sha));
+}
+
 } // namespace
 } // namespace kiln::host
