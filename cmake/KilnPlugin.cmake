@@ -21,8 +21,12 @@ function(kiln_add_plugin name)
     C_VISIBILITY_PRESET hidden
     CXX_VISIBILITY_PRESET hidden
     VISIBILITY_INLINES_HIDDEN ON)
-  # An unresolved symbol is a link error here, not a load error on a user's machine.
-  target_link_options(${name} PRIVATE -Wl,-z,defs)
+  # An unresolved symbol is a link error here, not a load error on a user's machine. (Not in
+  # Kiln's own sanitized trees: there the sanitizer runtime is in the executable, not linked
+  # into each module.)
+  if(NOT KILN_SANITIZE AND NOT KILN_FUZZ)
+    target_link_options(${name} PRIVATE -Wl,-z,defs)
+  endif()
   if(ARG_OUTPUT_DIRECTORY)
     set_target_properties(${name} PROPERTIES LIBRARY_OUTPUT_DIRECTORY "${ARG_OUTPUT_DIRECTORY}")
   endif()
