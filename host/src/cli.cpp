@@ -690,8 +690,16 @@ int cmd_outputs(int argc, char** argv) {
   // run at every configure.
   Manifest m = read_manifest(a);
   std::string out;
-  for (size_t i = 0; i < m.size(); ++i)
-    out += (m.output_dir / m.relative_output(i)).string() + "\n";
+  for (size_t i = 0; i < m.size(); ++i) {
+    std::string path = (m.output_dir / m.relative_output(i)).string();
+    // Asset names cannot hold control characters; a folder can. One path per line cannot carry
+    // a newline, and nothing raw reaches the terminal: refused, shown escaped.
+    if (std::string shown = escape_controls(path); shown != path)
+      throw Fatal("the output path '" + shown +
+                  "' holds control characters, which one path per line cannot carry: rename the "
+                  "output folder");
+    out += path + "\n";
+  }
   std::fwrite(out.data(), 1, out.size(), stdout);
   return k_exit_ok;
 }

@@ -683,6 +683,17 @@ class CliTest(unittest.TestCase):
                       by_name(report)["icons/sword"]["error"])
         self.assertEqual(by_name(report)["cover"]["status"], "up_to_date")
 
+    # `kiln outputs` prints one path per line for CMake: a folder name with control characters
+    # could neither be carried nor shown raw, so it is refused, escaped (issue 16).
+    def test_outputs_refuses_an_output_folder_with_control_characters(self):
+        self.p.write(self.p.read().replace('output_dir = "out"', 'output_dir = "o\\u001b[2Jut"'))
+        r = self.p.kiln("outputs")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertNotIn("\x1b", r.stderr)
+        self.assertIn("o\\x1b[2Jut/", r.stderr)
+        self.assertIn("holds control characters, which one path per line cannot carry", r.stderr)
+
     # A read-only file system is reported as one, naming the folder, never as a missing file
     # (issue 16). Mounts a read-only tmpfs in a mount namespace of the test's own.
     def test_a_read_only_mount_is_reported_as_read_only(self):
