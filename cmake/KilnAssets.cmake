@@ -24,6 +24,28 @@
 # - OUTPUT_DIR overrides the manifest's output_dir (relative to the current binary dir); JOBS,
 #   REPORT and BACKEND are kiln build's -j, --report and --backend (e.g. `BACKEND placeholder`
 #   in CI). The target is part of `all` unless NOT_ALL is given.
+#
+# kiln_link_assets(<consumer> <art target>)
+#
+# Declares that <consumer>, a custom target whose rules read the art (copy, pack, cook), needs
+# it. Its rules may then DEPEND on the asset files themselves under every generator: Ninja
+# knows every rule of the build, Unix Makefiles only the rules of the target being made, so the
+# art target must be made first. Only for data steps: linking art to an executable or library
+# would make every one of its object files wait for the art, so that is refused with the
+# pattern to use instead.
+#
+# kiln_install_assets(<art target> DESTINATION <dir> [COMPONENT <component>])
+#
+# Installs exactly the declared outputs of <art target> below <dir>, keeping their folders
+# (icons/sword.png -> <dir>/icons/sword.png); CPack packs what it installs.
+
+# The module works the same whatever the calling project's cmake_minimum_required: functions
+# keep the policies in effect where they are defined. CMP0116 above all: Ninja then reads
+# Kiln's depfile relative to the build tree (OLD, in projects below 3.20, made Ninja re-run
+# Kiln at every build: "expected depfile to mention ..., got /abs/...").
+cmake_policy(PUSH)
+cmake_policy(VERSION 3.25)
+
 function(kiln_add_assets target)
   cmake_parse_arguments(PARSE_ARGV 1 ARG "NOT_ALL" "MANIFEST;OUTPUT_DIR;JOBS;REPORT;BACKEND" "")
   if(ARG_UNPARSED_ARGUMENTS)
@@ -120,5 +142,65 @@ function(kiln_add_assets target)
   else()
     add_custom_target(${target} ALL DEPENDS "${stamp}")
   endif()
-  set_target_properties(${target} PROPERTIES KILN_OUTPUTS "${byproducts}")
+  if(NOT output_dir)
+    # The manifest's output_dir: the common parent of the listed outputs is not enough (one
+    # asset), so Kiln's own answer is used.
+    execute_process(COMMAND "${kiln_now}" outputs ${options} --folder
+                    OUTPUT_VARIABLE output_dir OUTPUT_STRIP_TRAILING_WHITESPACE
+                    RESULT_VARIABLE status ERROR_QUIET)
+    if(NOT status EQUAL 0)
+      set(output_dir "")
+    endif()
+  endif()
+  set_target_properties(${target} PROPERTIES KILN_OUTPUTS "${byproducts}"
+    KILN_OUTPUT_DIR "${output_dir}" KILN_STAMP "${stamp}")
 endfunction()
+
+function(kiln_link_assets consumer art)
+  if(NOT TARGET "${consumer}" OR NOT TARGET "${art}")
+    message(FATAL_ERROR "kiln_link_assets(${consumer} ${art}): both must be targets")
+  endif()
+  get_target_property(outputs "${art}" KILN_OUTPUTS)
+  if(outputs STREQUAL "outputs-NOTFOUND")
+    message(FATAL_ERROR "kiln_link_assets(${consumer} ${art}): ${art} is not a "
+                        "kiln_add_assets() target")
+  endif()
+  get_target_property(type "${consumer}" TYPE)
+  if(NOT type STREQUAL "UTILITY")
+    message(FATAL_ERROR
+      "kiln_link_assets(${consumer} ${art}): ${consumer} is a ${type}; the art would hold up "
+      "every one of its object files. Link the art to the data step that reads it instead "
+      "(kiln_link_assets(game_data ${art}), where game_data is an add_custom_target() whose "
+      "rules copy or pack the asset files), and let what needs both (a run or package target) "
+      "depend on both.")
+  endif()
+  add_dependencies("${consumer}" "${art}")
+endfunction()
+
+function(kiln_install_assets art)
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "DESTINATION;COMPONENT" "")
+  if(ARG_UNPARSED_ARGUMENTS OR NOT ARG_DESTINATION)
+    message(FATAL_ERROR "kiln_install_assets(${art} DESTINATION <dir> [COMPONENT <c>]): "
+                        "${ARG_UNPARSED_ARGUMENTS}")
+  endif()
+  get_target_property(outputs "${art}" KILN_OUTPUTS)
+  get_target_property(root "${art}" KILN_OUTPUT_DIR)
+  if(outputs STREQUAL "outputs-NOTFOUND" OR NOT root)
+    message(FATAL_ERROR "kiln_install_assets(${art}): not a kiln_add_assets() target")
+  endif()
+  set(component "")
+  if(ARG_COMPONENT)
+    set(component COMPONENT "${ARG_COMPONENT}")
+  endif()
+  foreach(file IN LISTS outputs)
+    cmake_path(RELATIVE_PATH file BASE_DIRECTORY "${root}" OUTPUT_VARIABLE relative)
+    cmake_path(GET relative PARENT_PATH folder)
+    set(destination "${ARG_DESTINATION}")
+    if(folder)
+      string(APPEND destination "/${folder}")
+    endif()
+    install(FILES "${file}" DESTINATION "${destination}" ${component})
+  endforeach()
+endfunction()
+
+cmake_policy(POP)

@@ -681,17 +681,20 @@ int cmd_adopt(int argc, char** argv) {
 
 int cmd_outputs(int argc, char** argv) {
   static const Command cmd{"outputs", "print one absolute output path per line",
-                           "  kiln outputs -m assets.toml   # e.g. for CMake BYPRODUCTS\n"};
+                           "  kiln outputs -m assets.toml   # e.g. for CMake BYPRODUCTS\n"
+                           "  kiln outputs --folder         # the output folder alone\n"};
   CommonArgs a;
+  bool folder = false;
   po::options_description d = common_options(a, false);
+  d.add_options()("folder", po::bool_switch(&folder), "print the output folder, not the files");
   if (!parse(cmd, d, argc, argv, a.help))
     return k_exit_ok;
   // The manifest alone decides the paths: no plugins are loaded, so this stays fast enough to
   // run at every configure.
   Manifest m = read_manifest(a);
   std::string out;
-  for (size_t i = 0; i < m.size(); ++i) {
-    std::string path = (m.output_dir / m.relative_output(i)).string();
+  for (size_t i = 0; i < (folder ? 1 : m.size()); ++i) {
+    std::string path = (folder ? m.output_dir : m.output_dir / m.relative_output(i)).string();
     // Asset names cannot hold control characters; a folder can. One path per line cannot carry
     // a newline, and nothing raw reaches the terminal: refused, shown escaped.
     if (std::string shown = escape_controls(path); shown != path)

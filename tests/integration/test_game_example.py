@@ -5,11 +5,15 @@ rules downstream of changed asset files.
 
 Run by ctest with KILN_BUILD_DIR set (the build tree to install); needs cmake and ninja."""
 
+import glob
 import json
 import os
 import shutil
 import subprocess
+import sys
+import tarfile
 import tempfile
+import time
 import unittest
 
 from test_install import install_kiln
@@ -18,7 +22,9 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "
 ASSETS = ["icons/sword.png", "icons/shield.png", "textures/grass.png"]
 
 
-class GameExampleTest(unittest.TestCase):
+class ExampleCase(unittest.TestCase):
+    """examples/game copied to a temporary folder, configured against an installed Kiln."""
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="kiln-game-")
@@ -29,6 +35,8 @@ class GameExampleTest(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
+    generator = "Ninja"
+
     def setUp(self):
         self.src = tempfile.mkdtemp(prefix="src-", dir=self.tmp)
         shutil.copytree(EXAMPLE, self.src, dirs_exist_ok=True)
@@ -37,14 +45,20 @@ class GameExampleTest(unittest.TestCase):
                     if k not in ("KILN_PLUGIN_PATH", "REPLICATE_API_TOKEN")}
         self.env["KILN_CACHE_DIR"] = os.path.join(self.src, "cache")
         self.env["KILN_STATE_DIR"] = os.path.join(self.src, "state")
-        r = subprocess.run(["cmake", "-S", self.src, "-B", self.build, "-G", "Ninja",
-                            "-DCMAKE_PREFIX_PATH=" + self.prefix],
+        self.configure()
+
+    def configure(self, *args):
+        r = subprocess.run(["cmake", "-S", self.src, "-B", self.build, "-G", self.generator,
+                            "-DCMAKE_PREFIX_PATH=" + self.prefix, *args],
                            capture_output=True, text=True, env=self.env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
-    def ninja(self):
-        r = subprocess.run(["ninja", "-C", self.build], capture_output=True, text=True,
-                           env=self.env)
+    def ninja(self, config=None):
+        """Builds with the test's generator at -j8; the build's output."""
+        command = ["cmake", "--build", self.build, "-j", "8"]
+        if config:
+            command += ["--config", config]
+        r = subprocess.run(command, capture_output=True, text=True, env=self.env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return r.stdout + r.stderr
 
@@ -74,6 +88,8 @@ class GameExampleTest(unittest.TestCase):
         with open(path, "w") as f:
             f.write(text.replace(old, new))
 
+
+class GameExampleTest(ExampleCase):
     def test_builds_then_regenerates_only_what_changed(self):
         self.ninja()
         self.assertEqual(self.report()["summary"]["generated"], 3)
@@ -132,13 +148,24 @@ class GameExampleTest(unittest.TestCase):
         self.assertIn("no work to do", self.ninja())
 
     def install(self, name):
+        """What `cmake --install` ships, relative to the art folder; CPack's archive must hold
+        exactly the same files."""
         prefix = os.path.join(self.src, name)
         r = subprocess.run(["cmake", "--install", self.build, "--prefix", prefix],
                            capture_output=True, text=True, env=self.env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         art = os.path.join(prefix, "share", "kiln-example-game", "art")
-        return sorted(os.path.relpath(os.path.join(d, f), art)
-                      for d, _, files in os.walk(prefix) for f in files)
+        installed = sorted(os.path.relpath(os.path.join(d, f), art)
+                           for d, _, files in os.walk(prefix) for f in files)
+        r = subprocess.run(["cpack", "-G", "TGZ", "-B", os.path.join(self.src, name + "-pack")],
+                           cwd=self.build, capture_output=True, text=True, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        [archive] = glob.glob(os.path.join(self.src, name + "-pack", "*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            packed = sorted(m.name.split("/share/kiln-example-game/art/", 1)[1]
+                            for m in tar.getmembers() if m.isfile())
+        self.assertEqual(packed, installed)
+        return installed
 
     # Must show 6: `cmake --install` ships only declared art; removing an asset removes its
     # output; an edited output of a removed asset is kept and named.
@@ -165,11 +192,186 @@ class GameExampleTest(unittest.TestCase):
         self.assertIn("textures/grass is no longer declared, but this one was edited by hand",
                       out)
         self.assertFalse(os.path.exists(os.path.join(self.build, "art", "icons", "shield.png")))
-        self.assertEqual(self.install("p2"), ["icons/sword.png", "textures/grass.png"])
+        # Exactly the declared art ships: the kept edit of an undeclared asset stays on disk,
+        # out of the package.
+        self.assertEqual(self.install("p2"), ["icons/sword.png"])
         with open(grass, "rb") as f:
             self.assertEqual(f.read(), edit)
         with open(os.path.join(self.src, "kiln.lock")) as f:
             self.assertEqual(f.read().count("[assets."), 1)
+
+    # Must show 2 (issue 17): in a project whose cmake_minimum_required leaves CMP0116 OLD, the
+    # module still sets it for its own rule, so Ninja reads Kiln's depfile and a second build
+    # has nothing to do (it re-ran Kiln every time before).
+    def test_an_old_cmake_minimum_required_still_builds_nothing_twice(self):
+        path = os.path.join(self.src, "CMakeLists.txt")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("cmake_minimum_required(VERSION 3.25)",
+                                 "cmake_minimum_required(VERSION 3.16)"))
+        shutil.rmtree(self.build)
+        self.configure()
+        self.ninja()
+        self.assertEqual(self.packed(), sorted(ASSETS))
+        self.assertIn("no work to do", self.ninja())
+        self.assertEqual(self.packed(), [])
+
+    # Linking the art to code would hold up every object file: refused, with the pattern.
+    def test_linking_art_to_an_executable_is_refused_with_the_pattern(self):
+        with open(os.path.join(self.src, "CMakeLists.txt"), "a") as f:
+            f.write("\nenable_language(C)\nfile(WRITE ${CMAKE_BINARY_DIR}/main.c "
+                    "\"int main(void) { return 0; }\")\n"
+                    "add_executable(game ${CMAKE_BINARY_DIR}/main.c)\n"
+                    "kiln_link_assets(game game_art)\n")
+        r = subprocess.run(["cmake", "-S", self.src, "-B", self.build],
+                           capture_output=True, text=True, env=self.env)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("kiln_link_assets(game game_art): game is a EXECUTABLE; the art would hold "
+                      "up every one of its object files", " ".join(r.stderr.split()))
+
+
+class EveryGeneratorCase(ExampleCase):
+    """Must show 1 (issue 17): the same cycle under each generator at -j8. A first build makes
+    every asset and every downstream step; a second runs no downstream step and rewrites no
+    asset (Ninja: nothing at all); one edited prompt regenerates exactly that asset and re-runs
+    exactly its downstream step."""
+
+    generator = None
+    configs = [None]
+
+    def setUp(self):
+        if self.generator is None:
+            self.skipTest("the generators are the subclasses")
+        super().setUp()
+
+    def nothing_ran(self, out):
+        if "Ninja" in self.generator:
+            self.assertIn("no work to do", out)
+        self.assertNotIn("Packing", out)
+        self.assertNotIn("generated", out.replace("0 generated", ""))
+
+    def test_first_build_then_nothing_then_exactly_the_edited_asset(self):
+        first, *others = self.configs
+        self.assertIn("Baking the assets", self.ninja(first))
+        self.assertEqual(self.report()["summary"]["generated"], 3)
+        self.assertEqual(self.packed(), sorted(ASSETS))
+        for config in others:  # the art is the same for every configuration: made once
+            self.nothing_ran(self.ninja(config))
+        before = self.mtimes()
+        for config in self.configs:
+            self.nothing_ran(self.ninja(config))
+        self.assertEqual(self.packed(), [])
+        self.assertEqual(self.mtimes(), before)
+
+        self.edit_manifest('prompt = "a steel sword"', 'prompt = "a golden sword"')
+        self.ninja(first)
+        summary = self.report()["summary"]
+        self.assertEqual((summary["generated"], summary["up_to_date"]), (1, 2))
+        self.assertEqual(self.packed(), ["icons/sword.png"])
+        after = self.mtimes()
+        self.assertNotEqual(after.pop("icons/sword.png"), before.pop("icons/sword.png"))
+        self.assertEqual(after, before)
+        for config in self.configs:
+            self.nothing_ran(self.ninja(config))
+        self.assertEqual(self.packed(), [])
+
+
+class NinjaTest(EveryGeneratorCase):
+    generator = "Ninja"
+
+
+class NinjaMultiConfigTest(EveryGeneratorCase):
+    generator = "Ninja Multi-Config"
+    configs = ["Debug", "Release"]
+
+
+class UnixMakefilesTest(EveryGeneratorCase):
+    generator = "Unix Makefiles"
+
+
+# Must show 3 (issue 17): a game with 20 C++ files and paid art (the fake Replicate, 1 s per
+# image): with the documented pattern, object files compile while the art is being made.
+class ArtDoesNotHoldUpTheCompileTest(unittest.TestCase):
+    def setUp(self):
+        from test_replicate import FLUX, TOKEN, FakeReplicate
+        self.tmp = tempfile.mkdtemp(prefix="kiln-compile-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        prefix = os.path.join(self.tmp, "prefix")
+        install_kiln(prefix)
+        self.server = FakeReplicate()
+        self.addCleanup(self.server.stop)
+        self.server.control(latency_s=1.0)
+        self.src = os.path.join(self.tmp, "game")
+        os.makedirs(os.path.join(self.src, "src"))
+        for i in range(20):
+            with open(os.path.join(self.src, "src", "unit%02d.cpp" % i), "w") as f:
+                f.write("#include <map>\n#include <regex>\n#include <string>\n"
+                        "int unit%02d(const std::string& s) {\n"
+                        "  std::map<std::string, int> m{{s, 1}};\n"
+                        "  return std::regex_match(s, std::regex(\"a+\")) ? m[s] : 0;\n}\n" % i)
+        with open(os.path.join(self.src, "src", "main.cpp"), "w") as f:
+            f.write("int main() { return 0; }\n")
+        with open(os.path.join(self.src, "CMakeLists.txt"), "w") as f:
+            f.write("""cmake_minimum_required(VERSION 3.16)
+project(Shooter LANGUAGES CXX)
+find_package(Kiln CONFIG REQUIRED)
+kiln_add_assets(game_art MANIFEST assets.toml OUTPUT_DIR art)
+file(GLOB sources ${CMAKE_SOURCE_DIR}/src/*.cpp)
+add_executable(game ${sources})
+get_target_property(art game_art KILN_OUTPUTS)
+add_custom_command(OUTPUT ${CMAKE_BINARY_DIR}/data.tar
+                   COMMAND ${CMAKE_COMMAND} -E tar cf ${CMAKE_BINARY_DIR}/data.tar ${art}
+                   DEPENDS ${art})
+add_custom_target(game_data ALL DEPENDS ${CMAKE_BINARY_DIR}/data.tar)
+kiln_link_assets(game_data game_art)
+""")
+        text = f"""[defaults]
+backend = "replicate"
+model = "{FLUX}"
+
+[backends.replicate]
+base_url = "{self.server.url}/v1"
+
+[types.icon]
+width = 256
+height = 256
+"""
+        for name in ("sword", "shield", "potion", "bow"):
+            text += f"""
+[[asset]]
+name = "icons/{name}"
+type = "icon"
+prompt = "a {name}"
+"""
+        with open(os.path.join(self.src, "assets.toml"), "w") as f:
+            f.write(text)
+        self.env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
+        self.env.update(REPLICATE_API_TOKEN=TOKEN, KILN_CACHE_DIR=os.path.join(self.tmp, "c"),
+                        KILN_STATE_DIR=os.path.join(self.tmp, "s"))
+        self.build = os.path.join(self.src, "build")
+        r = subprocess.run(["cmake", "-S", self.src, "-B", self.build, "-G", "Ninja",
+                            "-DCMAKE_PREFIX_PATH=" + prefix], capture_output=True, text=True,
+                           env=self.env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_objects_compile_while_the_art_is_made(self):
+        r = subprocess.run(["ninja", "-C", self.build, "-j", "8"], capture_output=True,
+                           text=True, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(len(self.server.stats()["creates"]), 4)
+        with open(os.path.join(self.build, ".ninja_log")) as f:
+            entries = [line.split("\t") for line in f if not line.startswith("#")]
+        # Ninja logs the stamp under its relative and its absolute name: one run.
+        art = {(int(e[0]), int(e[1])) for e in entries if e[3].endswith("game_art.kiln-stamp")}
+        objects = [(int(e[0]), int(e[1])) for e in entries if e[3].endswith(".o")]
+        self.assertEqual(len(art), 1, entries)
+        self.assertEqual(len(objects), 21)
+        [(start, end)] = art
+        self.assertGreater(end - start, 1000)  # the art took its paid second at least
+        during = [o for o in objects if o[0] < end and o[1] > start]
+        self.assertGreater(len(during), 0, "no object compiled while the art was made: %s %s"
+                           % (art, sorted(objects)))
 
 
 if __name__ == "__main__":
