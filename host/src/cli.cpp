@@ -729,7 +729,7 @@ int cmd_plugins(int argc, char** argv) {
     manifest = load_manifest(a.manifest, a.manifest);
   load_plugins(registry, manifest ? &*manifest : nullptr);
   auto plugins = registry.all();
-  if (plugins.empty()) {
+  if (plugins.empty() && registry.broken().empty()) {
     std::printf("no plugins found (searched %s)\n", PluginRegistry::builtin_dir().string().c_str());
     return k_exit_ok;
   }
@@ -758,6 +758,13 @@ int cmd_plugins(int argc, char** argv) {
                     escape_controls(o.description ? o.description : "").c_str());
       }
     }
+  }
+  // Libraries that did not load: listed with why; a build fails on one only if its manifest
+  // names it.
+  for (const auto& b : registry.broken()) {
+    std::printf("%-15s %-20s %-9s %-4s %s\n", "broken", b.id.empty() ? "?" : b.id.c_str(), "-", "-",
+                escape_controls(b.path.string()).c_str());
+    std::printf("    %s\n", escape_controls(b.message).c_str());
   }
   return k_exit_ok;
 }

@@ -343,8 +343,28 @@ void PluginRegistry::load_directory(const fs::path& dir) {
       files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
-  for (auto& f : files)
-    load_file(f);
+  for (auto& f : files) {
+    try {
+      load_file(f);
+    } catch (const Fatal& e) {
+      // One bad library on the path must not stop every command of every manifest.
+      m_broken.push_back(Broken{fs::absolute(f).lexically_normal(), m_loading_id, e.what()});
+      m_log.debug("skipped: " + std::string(e.what()));
+    }
+  }
+}
+
+std::string PluginRegistry::broken_reason(std::string_view id, bool exact) const {
+  for (const Broken& b : m_broken)
+    if (b.id == id)
+      return b.message;
+  if (exact)
+    return "";
+  std::string unnamed;
+  for (const Broken& b : m_broken)
+    if (b.id.empty())
+      unnamed += (unnamed.empty() ? "" : "; ") + b.message;
+  return unnamed.empty() ? "" : "a plugin that did not load may be it: " + unnamed;
 }
 
 const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
@@ -358,6 +378,7 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
     fail("does not exist");
 
   m_log.debug("loading " + path.string());
+  m_loading_id.clear();
   PluginCall call(path.string(), "", "load");
   auto lib = std::make_unique<Library>();
   std::error_code ec;
@@ -375,6 +396,8 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   const kiln_plugin_info* info = entry();
   if (!info)
     fail("returned no plugin info from '" KILN_PLUGIN_ENTRY_SYMBOL "'");
+  if (info->struct_size >= offsetof(kiln_plugin_info, id) + sizeof info->id && valid_id(info->id))
+    m_loading_id = info->id;
   if (info->abi_version != KILN_PLUGIN_ABI_VERSION)
     fail("was built for Kiln plugin ABI " + std::to_string(info->abi_version) +
          ", this kiln supports " + std::to_string(KILN_PLUGIN_ABI_VERSION));
@@ -843,6 +866,8 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
 
   auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
     std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
+    if (std::string why = registry.broken_reason(id); !why.empty())
+      return msg + ": " + why;
     if (const Plugin* other = registry.find(id))
       return msg + " ('" + id + "' is " + (other->kind == KILN_KIND_ENHANCER ? "an " : "a ") +
              std::string(kind_name(other->kind)) + ")";
@@ -871,21 +896,34 @@ PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manif
         diag.error(loc, unknown(use.kind, id));
         continue;
       }
+      // A second library with the same id did not load: which one was meant is unknown.
+      if (std::string why = registry.broken_reason(id, true); !why.empty()) {
+        diag.error(loc, std::string(kind_name(use.kind)) + " '" + id + "' is ambiguous: " + why);
+        continue;
+      }
       auto it = use.settings->find(id);
       auto inst = registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag);
       if (inst)
         use.instances->emplace(id, std::move(inst));
     }
-    // Offline backends (the placeholder) cost nothing to start and are what the fallback
-    // strategy switches to, so they are always started.
-    if (use.kind == KILN_KIND_BACKEND)
+    // Offline backends (the placeholder) are what the fallback strategy switches to: started
+    // when some asset's retry chain has it, and then only as spares. A spare that cannot start
+    // is skipped (said at -v) unless the manifest configured it: its table's mistakes are said.
+    auto retry = manifest.plugin_uses.find("retry");
+    bool fallback = retry != manifest.plugin_uses.end() && retry->second.count("fallback");
+    if (use.kind == KILN_KIND_BACKEND && fallback)
       for (const Plugin* p : registry.all())
         if (p->kind == KILN_KIND_BACKEND && !wanted.count(p->id) &&
             (p->backend()->capabilities & KILN_BACKEND_OFFLINE)) {
           auto it = use.settings->find(p->id);
-          if (auto inst =
-                  registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag))
+          const bool configured = it != use.settings->end();
+          Diagnostics spare(manifest.diagnostics.display_path(), nullptr);
+          if (auto inst = registry.instantiate(*p, configured ? &it->second : nullptr,
+                                               configured ? diag : spare))
             use.instances->emplace(p->id, std::move(inst));
+          else if (!configured)
+            registry.log().debug("offline backend '" + p->id +
+                                 "' not started as a fallback spare: " + spare.text());
           wanted.emplace(p->id, SourceLoc{});
         }
     // A settings table for a plugin nobody uses is still checked against its schema (a typo

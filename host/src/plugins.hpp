@@ -147,10 +147,24 @@ public:
   // KILN_PLUGIN_PATH, in that order.
   static std::vector<fs::path> search_dirs(const Manifest* manifest);
 
-  // Loads every kiln-*.so of `dir`, in name order. Throws Fatal naming the file on a bad one.
+  // Loads every kiln-*.so of `dir`, in name order. A library that cannot be loaded is not an
+  // error here: it is kept in broken(), and only a manifest that names its id (or an id no
+  // plugin provides) fails because of it.
   void load_directory(const fs::path& dir);
   // Loads and checks one library. Throws Fatal with the exact reason.
   const Plugin& load_file(const fs::path& path);
+
+  // A library of the search path that did not load: its file, its id when it got as far as
+  // declaring one, and the whole message ("plugin '<file>' was built for ...").
+  struct Broken {
+    fs::path path;
+    std::string id;
+    std::string message;
+  };
+  const std::vector<Broken>& broken() const { return m_broken; }
+  // Why a manifest cannot use `id` because of a broken library ("" if none is in the way):
+  // one that declared `id`, else (unless `exact`) any that failed before declaring an id.
+  std::string broken_reason(std::string_view id, bool exact = false) const;
 
   // The HTTP service plugins reach through their results.
   const HttpClient& http() const { return m_http; }
@@ -179,6 +193,8 @@ private:
   std::vector<std::unique_ptr<Library>> m_libraries;
   std::vector<std::unique_ptr<Plugin>> m_plugins;
   std::map<std::string, const Plugin*, std::less<>> m_by_id;
+  std::vector<Broken> m_broken;
+  std::string m_loading_id; // of the library being loaded, once its info names one
 };
 
 // An option value in canonical text ("i:4", "s:white", "l:a\x1fb"...), for signatures.

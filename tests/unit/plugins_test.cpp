@@ -311,5 +311,19 @@ TEST(PluginAdapter, ExceptionsInCallsBecomeCategorisedFailures) {
   EXPECT_EQ(r.retry_after_ms, 1500);
 }
 
+// Offline backends are started only as spares for a retry chain with `fallback` (issue 18):
+// a build that cannot fall back does not start (or depend on) them.
+TEST(PluginSet, UnusedOfflineBackendsStartOnlyForTheFallback) {
+  const std::string head = "[defaults]\nbackend = \"solid\"\n[backends.solid]\nlabel = \"x\"\n"
+                           "[types.t]\nwidth = 8\nheight = 8\n";
+  Fixture plain(head + k_asset, {FIXTURE_DIR_good_backend});
+  PluginSet set = instantiate_manifest_plugins(plain.registry, plain.manifest);
+  EXPECT_EQ(set.backends.count("solid"), 1u);
+  EXPECT_EQ(set.backends.count("placeholder"), 0u);
+  Fixture spare(head + "retry = [\"fallback\"]\n" + k_asset, {FIXTURE_DIR_good_backend});
+  set = instantiate_manifest_plugins(spare.registry, spare.manifest);
+  EXPECT_EQ(set.backends.count("placeholder"), 1u);
+}
+
 } // namespace
 } // namespace kiln::host
