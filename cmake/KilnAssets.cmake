@@ -60,6 +60,12 @@ function(kiln_add_assets target)
     message(FATAL_ERROR "kiln_add_assets(${target}): manifest '${manifest}' does not exist")
   endif()
 
+  # Every variable tested below starts empty here: a function sees its caller's variables, and
+  # a game's own `output_dir` must not become this target's.
+  set(output_dir "")
+  set(imported FALSE)
+  set(reconfigure "")
+
   # The kiln to run: Kiln's own target inside its tree, else the installed package's.
   if(TARGET kiln)
     get_target_property(imported kiln IMPORTED)
@@ -152,24 +158,46 @@ function(kiln_add_assets target)
       set(output_dir "")
     endif()
   endif()
+  # Two targets baking into one folder would both claim its files (Ninja: "multiple rules
+  # generate"): said here, with both names.
+  if(output_dir)
+    get_property(taken GLOBAL PROPERTY "KILN_OUTPUT_DIR_OWNER ${output_dir}")
+    if(taken)
+      message(FATAL_ERROR "kiln_add_assets(${target}): ${taken} already bakes into "
+                          "'${output_dir}'; give each its own OUTPUT_DIR")
+    endif()
+    set_property(GLOBAL PROPERTY "KILN_OUTPUT_DIR_OWNER ${output_dir}" "${target}")
+  endif()
   set_target_properties(${target} PROPERTIES KILN_OUTPUTS "${byproducts}"
     KILN_OUTPUT_DIR "${output_dir}" KILN_STAMP "${stamp}")
 endfunction()
 
 function(kiln_link_assets consumer art)
-  if(NOT TARGET "${consumer}" OR NOT TARGET "${art}")
-    message(FATAL_ERROR "kiln_link_assets(${consumer} ${art}): both must be targets")
+  set(call "kiln_link_assets(${consumer} ${art})")
+  if(ARGN)
+    message(FATAL_ERROR "${call}: unexpected arguments '${ARGN}' (one consumer, one art target)")
   endif()
+  foreach(name IN ITEMS "${consumer}" "${art}")
+    if(NOT TARGET "${name}")
+      message(FATAL_ERROR "${call}: '${name}' is not a target")
+    endif()
+  endforeach()
   get_target_property(outputs "${art}" KILN_OUTPUTS)
   if(outputs STREQUAL "outputs-NOTFOUND")
-    message(FATAL_ERROR "kiln_link_assets(${consumer} ${art}): ${art} is not a "
-                        "kiln_add_assets() target")
+    message(FATAL_ERROR "${call}: ${art} is not a kiln_add_assets() target")
+  endif()
+  get_target_property(outputs "${consumer}" KILN_OUTPUTS)
+  if(NOT outputs STREQUAL "outputs-NOTFOUND")
+    message(FATAL_ERROR "${call}: ${consumer} is itself an art target; the first argument is "
+                        "the data step that reads the art")
   endif()
   get_target_property(type "${consumer}" TYPE)
   if(NOT type STREQUAL "UTILITY")
+    string(TOLOWER "${type}" kind)
+    string(REPLACE "_" " " kind "${kind}")
     message(FATAL_ERROR
-      "kiln_link_assets(${consumer} ${art}): ${consumer} is a ${type}; the art would hold up "
-      "every one of its object files. Link the art to the data step that reads it instead "
+      "${call}: ${consumer} is code (${kind}); the art would hold up every one of its object "
+      "files. Link the art to the data step that reads it instead "
       "(kiln_link_assets(game_data ${art}), where game_data is an add_custom_target() whose "
       "rules copy or pack the asset files), and let what needs both (a run or package target) "
       "depend on both.")
@@ -179,9 +207,16 @@ endfunction()
 
 function(kiln_install_assets art)
   cmake_parse_arguments(PARSE_ARGV 1 ARG "" "DESTINATION;COMPONENT" "")
-  if(ARG_UNPARSED_ARGUMENTS OR NOT ARG_DESTINATION)
-    message(FATAL_ERROR "kiln_install_assets(${art} DESTINATION <dir> [COMPONENT <c>]): "
-                        "${ARG_UNPARSED_ARGUMENTS}")
+  set(usage "kiln_install_assets(<art target> DESTINATION <dir> [COMPONENT <component>])")
+  if(ARG_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "kiln_install_assets(${art}): unexpected arguments "
+                        "'${ARG_UNPARSED_ARGUMENTS}'; usage: ${usage}")
+  endif()
+  if(NOT ARG_DESTINATION)
+    message(FATAL_ERROR "kiln_install_assets(${art}): DESTINATION is required; usage: ${usage}")
+  endif()
+  if(NOT TARGET "${art}")
+    message(FATAL_ERROR "kiln_install_assets(${art}): '${art}' is not a target")
   endif()
   get_target_property(outputs "${art}" KILN_OUTPUTS)
   get_target_property(root "${art}" KILN_OUTPUT_DIR)

@@ -1703,7 +1703,8 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
       std::string source;
       std::optional<Fault> rejected;
       std::string sha;
-      if (auto bytes = read_file(p.output)) {
+      auto bytes = read_file(p.output);
+      if (bytes) {
         sha = sha256_hex(*bytes);
         WorkDir scratch(ws.state.dir() / "work" / ("check-" + p.fingerprint));
         rejected = run_validators(ws, p.spec, *bytes, scratch.path, source);
@@ -1711,6 +1712,15 @@ BuildSummary build(Workspace& ws, Plan& plan, const BuildOptions& options, Outco
         rejected = Fault{KILN_ERROR_PERMANENT, "cannot read it", -1};
       }
       if (!rejected) {
+        // Art known by its bytes only (a clone with committed art): the output folder may be
+        // the only copy of a paid image, and `ninja clean` removes byproducts. Kept in the
+        // cache too, so a deleted output is restored, never paid for again.
+        if (p.refresh && !ws.cache.has_content(sha))
+          try {
+            ws.cache.put(p.fingerprint, p.spec.format, *bytes);
+          } catch (const std::exception& e) {
+            ws.log.debug(o.name + ": not kept in the cache: " + e.what());
+          }
         record_output(ws, state_mutex, p, sha);
         o.status = "up_to_date";
         if (!p.refresh)

@@ -227,8 +227,8 @@ class GameExampleTest(ExampleCase):
         r = subprocess.run(["cmake", "-S", self.src, "-B", self.build],
                            capture_output=True, text=True, env=self.env)
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("kiln_link_assets(game game_art): game is a EXECUTABLE; the art would hold "
-                      "up every one of its object files", " ".join(r.stderr.split()))
+        self.assertIn("kiln_link_assets(game game_art): game is code (executable); the art would "
+                      "hold up every one of its object files", " ".join(r.stderr.split()))
 
 
 class EveryGeneratorCase(ExampleCase):
@@ -288,6 +288,47 @@ class NinjaMultiConfigTest(EveryGeneratorCase):
 
 class UnixMakefilesTest(EveryGeneratorCase):
     generator = "Unix Makefiles"
+
+
+# The README's CMake section, pasted as a game would: its kiln_add_assets() block and the three
+# patterns, built under Ninja and Unix Makefiles at -j8, installed (issue 17).
+class ReadmePatternsTest(ExampleCase):
+    def readme_project(self):
+        readme = os.path.join(os.path.dirname(EXAMPLE), "..", "README.md")
+        with open(readme) as f:
+            text = f.read()
+        section = text.split("## In a CMake build", 1)[1].split("\n## ", 1)[0]
+        blocks = section.split("```cmake\n")[1:]
+        add_assets, patterns = (b.split("```", 1)[0] for b in blocks[:2])
+        self.assertIn("kiln_add_assets(game_art", add_assets)
+        self.assertIn("kiln_install_assets(game_art", patterns)
+        with open(os.path.join(self.src, "CMakeLists.txt"), "w") as f:
+            f.write("cmake_minimum_required(VERSION 3.16)\nproject(Pasted LANGUAGES NONE)\n"
+                    "set(KILN_BACKEND placeholder)\n" + add_assets + patterns)
+
+    def test_the_three_patterns_work_as_written(self):
+        self.readme_project()
+        for generator in ("Ninja", "Unix Makefiles"):
+            self.generator = generator
+            shutil.rmtree(self.build, ignore_errors=True)
+            self.configure()
+            self.ninja()
+            for asset in ASSETS:
+                self.assertTrue(os.path.exists(os.path.join(self.build, "data", asset)))
+            with tarfile.open(os.path.join(self.build, "art.pak")) as tar:
+                self.assertEqual(len([m for m in tar.getmembers() if m.isfile()]), 3)
+            prefix = os.path.join(self.src, "prefix-" + generator.split()[0])
+            r = subprocess.run(["cmake", "--install", self.build, "--prefix", prefix,
+                                "--component", "art"], capture_output=True, text=True,
+                               env=self.env)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            art = os.path.join(prefix, "share", "mygame", "art")
+            self.assertEqual(sorted(os.path.relpath(os.path.join(d, f), art)
+                                    for d, _, files in os.walk(prefix) for f in files),
+                             sorted(ASSETS))
+            out = self.ninja()
+            self.assertNotIn("Baking", out) if generator == "Ninja" else None
+            self.assertNotIn("Generating", out)
 
 
 # Must show 3 (issue 17): a game with 20 C++ files and paid art (the fake Replicate, 1 s per

@@ -255,6 +255,20 @@ class CloneTest(FakeReplicateCase):
         self.assertIn("no work to do (6 assets up to date)", kiln("build").stdout)
         self.assertIn("0 to generate, 0 cached, 6 up to date", kiln("plan").stdout)
 
+        # `ninja clean` (art in the source tree is a byproduct) deletes the committed files: the
+        # clone's first build kept their bytes in its cache, so they come back for free
+        # (issue 17).
+        os.remove(os.path.join(clone, "out", "icons", "ring.png"))
+        r = kiln("build", "--report", "report.json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(clone, "report.json")) as f:
+            summary = json.load(f)["summary"]
+        os.remove(os.path.join(clone, "report.json"))
+        self.assertEqual((summary["cached"], summary["generated"]), (1, 0))
+        self.assertEqual(len(self.server.stats()["creates"]), 6)
+        self.assertEqual(read(os.path.join(clone, "out", "icons", "ring.png")),
+                         before["out/icons/ring.png"][1])
+
         # CI's offline run replaces the art with placeholders, but the paid images are kept in
         # the cache first and kiln.lock still records them: going back costs nothing.
         r = kiln("build", "--backend", "placeholder")
