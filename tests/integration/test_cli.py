@@ -441,6 +441,23 @@ class CliTest(unittest.TestCase):
                               "finished; stopping with exit code 2" % (path, how), r.stderr)
         self.assertFalse(os.path.exists(self.p.out))
 
+    # A validator that keeps its Context logs from validate() (issue 18): the message arrives,
+    # tagged; under the sanitized suite (ASan) nothing reads freed memory. An option read after
+    # the constructor fails that asset with a message saying so, not a crash.
+    def test_a_validator_keeping_its_context_logs_from_validate(self):
+        folder = os.environ["KILN_KEEPS_CONTEXT_DIR"]
+        env = dict(self.p.env, KILN_PLUGIN_PATH=folder)
+        self.p.write(self.p.read().replace('validators = ["resolution"',
+                                           'validators = ["keeps-context", "resolution"'))
+        r = self.p.kiln("build", "-v", env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("checking icons/sword from validate()", r.stderr)
+        self.p.write(self.p.read().replace('name = "icons/sword"\ntype = "icon"\nprompt = "a steel '
+                                           'sword"', 'name = "late"\ntype = "icon"\nprompt = "x"'))
+        r = self.p.kiln("build", env=env)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("option 'word' read after the constructor: options are read there", r.stderr)
+
     def test_a_plugin_folder_from_the_manifest_is_searched(self):
         solid = os.environ["KILN_SOLID_DIR"]
         text = MANIFEST.replace('output_dir = "out"',

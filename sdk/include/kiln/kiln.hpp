@@ -114,19 +114,47 @@ public:
     return out;
   }
 
+  // The host's values live for the constructor only: after it, reading one is an error that
+  // says so (the adapter calls this once the instance is made).
+  void expire() { m_options = nullptr, m_expired = true; }
+
+  static const char* type_name(uint32_t type) {
+    switch (type & KILN_OPTION_TYPE_MASK) {
+    case KILN_OPTION_STRING:
+      return "string";
+    case KILN_OPTION_INT:
+      return "integer";
+    case KILN_OPTION_FLOAT:
+      return "number";
+    case KILN_OPTION_BOOL:
+      return "boolean";
+    case KILN_OPTION_STRING_LIST:
+      return "list";
+    case KILN_OPTION_PATH:
+      return "file";
+    default:
+      return "unknown type";
+    }
+  }
+
 private:
   const kiln_option_value& find(std::string_view name, uint32_t type) const {
+    if (m_expired)
+      throw Error("option '" + std::string(name) +
+                  "' read after the constructor: options are read there (keep the values)");
     for (size_t i = 0; m_options && i < m_options->count; ++i) {
       const kiln_option_value& v = m_options->values[i];
       if (view(v.name) == name) {
         if (v.type != type)
-          throw Error("option '" + std::string(name) + "' read with the wrong type");
+          throw Error("option '" + std::string(name) + "' is a " + type_name(v.type) +
+                      " but was read as a " + type_name(type));
         return v;
       }
     }
     throw Error("option '" + std::string(name) + "' is not in the plugin's schema");
   }
   const kiln_options* m_options;
+  bool m_expired = false;
 };
 
 struct HttpResponse {
@@ -187,24 +215,54 @@ private:
 };
 
 // What a plugin's constructor receives.
+namespace detail {
+// The result of the host's call this thread is in (create, generate, validate...), set by the
+// adapter around each call; null outside calls. Context reaches the host through it, so a
+// Context kept by a plugin always speaks for the call in progress, never for a finished one.
+inline thread_local kiln_result* t_call_result = nullptr;
+
+class CallScope {
+public:
+  explicit CallScope(kiln_result* result) : m_previous(t_call_result) { t_call_result = result; }
+  ~CallScope() { t_call_result = m_previous; }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+private:
+  kiln_result* m_previous;
+};
+} // namespace detail
+
+// What a plugin's constructor gets: its options and the host. Keep a reference to it if you
+// like (the adapter keeps it alive as long as the instance): log() then works from every later
+// call too (validate, enhance, propose, process, generate), each message tagged with the
+// plugin's id. Not copyable. Outside a call of the host (a thread of the plugin's own) log()
+// and add_secret() do nothing.
 class Context {
 public:
-  Context(const kiln_host_api* host, const kiln_options* options, kiln_result* result = nullptr)
-      : m_host(host), m_options(options), m_result(result) {}
+  Context(const kiln_host_api* host, const kiln_options* options)
+      : m_host(host), m_options(options) {}
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
   const kiln_host_api* host() const { return m_host; }
+  // Valid in the constructor only (the host's values end with it).
   const Options& options() const { return m_options; }
+  void expire_options() { m_options.expire(); }
   void log(kiln_log_level level, std::string_view message) const {
-    m_host->log(m_result, level, str(message));
+    if (detail::t_call_result)
+      m_host->log(detail::t_call_result, level, str(message));
   }
   // Registers a secret the host must never print or store.
-  void add_secret(std::string_view secret) const { m_host->add_secret(m_result, str(secret)); }
+  void add_secret(std::string_view secret) const {
+    if (detail::t_call_result)
+      m_host->add_secret(detail::t_call_result, str(secret));
+  }
   // HTTP during construction (e.g. to check a token); later calls use BackendResult::http().
-  Http http() const { return Http(m_host, m_result); }
+  Http http() const { return Http(m_host, detail::t_call_result); }
 
 private:
   const kiln_host_api* m_host;
   Options m_options;
-  kiln_result* m_result; // create()'s result: valid while the constructor runs
 };
 
 // Whether a struct the host passed is large enough to hold `field` (for fields added later).
@@ -483,13 +541,20 @@ public:
 
 namespace detail {
 
+// The instance with the Context it was made with: a plugin may keep a reference to it.
 template <class T> struct Holder {
+  Holder(const kiln_host_api* h, const kiln_options* options)
+      : host(h), context(h, options), impl(context) {
+    context.expire_options();
+  }
   const kiln_host_api* host;
+  Context context;
   T impl;
 };
 
 template <class F>
 kiln_status guarded(const kiln_host_api* host, kiln_result* result, F&& body) noexcept {
+  CallScope scope(result);
   try {
     return body();
   } catch (const Error& e) {
@@ -508,7 +573,7 @@ template <class T>
 kiln_status create(const kiln_host_api* host, const kiln_options* options, void** instance,
                    kiln_result* result) noexcept {
   return guarded(host, result, [&] {
-    *instance = new Holder<T>{host, T(Context(host, options, result))};
+    *instance = new Holder<T>(host, options);
     return KILN_OK;
   });
 }
