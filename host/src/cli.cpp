@@ -9,8 +9,11 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <rapidjson/filewritestream.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
@@ -62,6 +65,8 @@ struct CommonArgs {
   bool quiet = false;
   bool verbose = false;
 };
+
+constexpr int k_not_given = std::numeric_limits<int>::min(); // an int option left out
 
 po::options_description common_options(CommonArgs& a, bool with_selection) {
   po::options_description d("Options");
@@ -138,6 +143,8 @@ void load_plugins(PluginRegistry& registry, Manifest* manifest) {
 }
 
 Manifest read_manifest(const CommonArgs& a) {
+  if (a.manifest.empty())
+    throw Fatal("-m needs a manifest file");
   Manifest m = load_manifest(a.manifest, a.manifest);
   if (!a.output_dir.empty()) {
     m.output_dir = fs::absolute(a.output_dir).lexically_normal();
@@ -255,10 +262,10 @@ int cmd_build(int argc, char** argv) {
       "  kiln build --only 'icons/*' --force # regenerate the icons, even if up to date\n"
       "  kiln build --backend placeholder    # offline, free images (CI)\n"};
   CommonArgs a;
-  int jobs = -1; // not given
+  int jobs = k_not_given;
   std::string report, stamp, depfile;
   bool force = false, no_wait = false;
-  double budget = -1; // not given
+  std::string budget_text; // not given: empty
   po::options_description d = common_options(a, true);
   d.add_options()("jobs,j", po::value(&jobs)->value_name("N"),
                   "jobs in flight per backend (default: [backends.X] concurrency, else 8 for a "
@@ -269,17 +276,33 @@ int cmd_build(int argc, char** argv) {
       "touch FILE when every asset is present and valid (build systems)")(
       "depfile", po::value(&depfile)->value_name("FILE"),
       "write the files this run read (manifest, plugins) as a Makefile rule for --stamp's FILE")(
-      "budget", po::value(&budget)->value_name("USD"),
+      "budget", po::value(&budget_text)->value_name("USD"),
       "spend at most USD on this build, counting what killed runs before it spent (overrides "
       "[project] budget_usd); assets it cannot cover are not started, exit 3")(
       "no-wait", po::bool_switch(&no_wait),
       "when another build is writing the same output folder, exit 5 instead of waiting for it");
   if (!parse(cmd, d, argc, argv, a.help))
     return k_exit_ok;
-  if (jobs == 0 || jobs < -1)
+  if (jobs != k_not_given && jobs < 1)
     throw Fatal("kiln build: --jobs must be at least 1");
-  if (budget < 0 && budget != -1)
-    throw Fatal("kiln build: --budget must be zero or more (US dollars)");
+  double budget = -1; // not given
+  if (!budget_text.empty()) {
+    char* end = nullptr;
+    budget = std::strtod(budget_text.c_str(), &end);
+    if (*end || end == budget_text.c_str() || !std::isfinite(budget) || budget < 0)
+      throw Fatal("kiln build: --budget must be a number of US dollars, zero or more (not '" +
+                  budget_text + "')");
+  }
+  if (a.manifest.empty())
+    throw Fatal("kiln build: -m needs a manifest file");
+  // The stamp is the build system's: touched through no link, and its failure said plainly.
+  auto touch_stamp = [&] {
+    try {
+      touch_file(stamp);
+    } catch (const std::exception& e) {
+      throw Fatal(std::string("kiln build: ") + e.what());
+    }
+  };
   if (!depfile.empty() && stamp.empty())
     throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
 
@@ -294,9 +317,10 @@ int cmd_build(int argc, char** argv) {
   if (may_skip) {
     if (auto assets = noop_check(key)) {
       if (!a.quiet)
-        std::printf("kiln: no work to do (%zu assets up to date)\n", *assets);
+        std::printf("kiln: no work to do (%zu asset%s up to date)\n", *assets,
+                    *assets == 1 ? "" : "s");
       if (!stamp.empty())
-        touch_file(stamp);
+        touch_stamp();
       return k_exit_ok;
     }
   }
@@ -422,7 +446,11 @@ int cmd_build(int argc, char** argv) {
       inputs.push_back(instance->plugin().path);
       inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
     }
-    write_depfile(depfile, stamp, inputs);
+    try {
+      write_depfile(depfile, stamp, inputs);
+    } catch (const std::exception& e) {
+      throw Fatal("kiln build: cannot write the depfile: " + std::string(e.what()));
+    }
   }
   // A fallback stand-in is tried again by the next build: no shortcut past it.
   if (a.only.empty() && summary.fallbacks() == 0 && lock_saved) {
@@ -447,7 +475,7 @@ int cmd_build(int argc, char** argv) {
   }
   // Last, and only on success: a build system re-runs kiln until it succeeds.
   if (!stamp.empty())
-    touch_file(stamp);
+    touch_stamp();
   return k_exit_ok;
 }
 

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <fstream>
 #include <map>
@@ -548,6 +549,14 @@ size_t remove_undeclared(Workspace& ws, const std::vector<Undeclared>& list) {
       ws.log.warning("kept " + u.output.string() + ": " + u.name +
                      (u.declared ? " now writes another file" : " is no longer declared") +
                      ", but this one was edited by hand");
+      continue;
+    }
+    // Never through a link planted between the output folder and the file: the file it
+    // reaches is not Kiln's (the game's installed copy of the art, say).
+    try {
+      refuse_links_below(root, u.output, "or removes outputs");
+    } catch (const std::runtime_error& e) {
+      ws.log.warning("kept " + u.output.string() + ": " + e.what());
       continue;
     }
     std::error_code ec;
@@ -2086,13 +2095,16 @@ std::string summary_json(const BuildSummary& s) {
 
 ReportWriter::ReportWriter(fs::path path) : m_path(std::move(path)) {
   // Named as the atomic writes' temp files are: a killed run's spool in the output folder is
-  // removed by the next build, and one elsewhere is overwritten by the next run's ("w+").
+  // removed by the next build, and one elsewhere is replaced by the next run's. Made anew, never
+  // opened through a link planted in its place.
   m_spool = m_path;
   m_spool += ".kiln-tmp.spool";
   std::error_code ec;
   if (!m_path.parent_path().empty())
     fs::create_directories(m_path.parent_path(), ec);
-  m_file = std::fopen(m_spool.c_str(), "w+b");
+  fs::remove(m_spool, ec); // a link is removed, not followed
+  int fd = ::open(m_spool.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  m_file = fd < 0 ? nullptr : ::fdopen(fd, "w+b");
   if (!m_file)
     throw Fatal("cannot write the report's spool '" + m_spool.string() +
                 "': " + std::strerror(errno));

@@ -283,6 +283,10 @@ void Lockfile::load() {
 void Lockfile::load_unguarded() {
   clear();
   m_changed = false;
+  // A FIFO or a device in its place would hang the build or feed it anything.
+  if (struct stat st{}; ::stat(m_path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw Fatal("'" + m_path.string() +
+                "' is not a regular file: kiln.lock is a text file Kiln writes (remove it)");
   m_loaded = file_digest(m_path);
   std::ifstream in(m_path, std::ios::binary);
   if (!in)

@@ -29,18 +29,39 @@ std::string escape_controls(std::string_view text) {
     std::snprintf(buf, sizeof buf, "\\x%02x", c);
     out += buf;
   };
+  auto byte = [&](size_t i) {
+    return static_cast<unsigned char>(text[i]);
+  };
   for (size_t i = 0; i < text.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
+    unsigned char c = byte(i);
     if (c == '\n' || c == '\t') {
       out += char(c);
     } else if (c < 0x20 || c == 0x7f) {
       hex(c);
-    } else if (c == 0xc2 && i + 1 < text.size() &&
-               static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
-               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
-      hex(static_cast<unsigned char>(text[++i])); // a C1 control, UTF-8 encoded
-    } else {
+    } else if (c < 0x80) {
       out += char(c);
+    } else {
+      // A valid UTF-8 sequence is kept, but for the C1 controls (U+0080..U+009F); any other
+      // byte from 0x80 up (a lone 0x9b is CSI to some terminals) is shown as \xNN.
+      size_t len = c >= 0xc2 && c <= 0xdf   ? 2
+                   : c >= 0xe0 && c <= 0xef ? 3
+                   : c >= 0xf0 && c <= 0xf4 ? 4
+                                            : 0;
+      bool valid = len > 0 && i + len <= text.size();
+      for (size_t k = 1; valid && k < len; ++k)
+        valid = (byte(i + k) & 0xc0) == 0x80;
+      if (valid && len == 3) // no overlong forms, no surrogates
+        valid = !(c == 0xe0 && byte(i + 1) < 0xa0) && !(c == 0xed && byte(i + 1) >= 0xa0);
+      if (valid && len == 4)
+        valid = !(c == 0xf0 && byte(i + 1) < 0x90) && !(c == 0xf4 && byte(i + 1) >= 0x90);
+      if (!valid) {
+        hex(c);
+      } else if (c == 0xc2 && byte(i + 1) <= 0x9f) {
+        hex(byte(++i)); // a C1 control, UTF-8 encoded
+      } else {
+        out.append(text.substr(i, len));
+        i += len - 1;
+      }
     }
   }
   return out;

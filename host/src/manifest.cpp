@@ -738,7 +738,13 @@ struct Split {
   // them before it is parsed.
   std::vector<Chunk> assets;
   std::string header;
+  // The first key nested deeper than k_max_key_depth (`a.b.c...` or a header), line and column:
+  // toml++ builds and destroys such tables recursively, so a long enough one would overflow
+  // the stack. Refused before it is parsed.
+  std::optional<std::pair<uint32_t, uint32_t>> too_deep;
 };
+
+constexpr int k_max_key_depth = 64;
 
 // A basic string's escapes decoded (\\uXXXX and \\UXXXXXXXX as UTF-8); nullopt if malformed.
 std::optional<std::string> toml_unescape(std::string_view s) {
@@ -852,6 +858,14 @@ Split split_manifest(std::string_view text) {
   uint32_t line = 1;
   int depth = 0;          // open [ and { of values
   bool line_start = true; // only blanks so far on this line
+  int dots = 0;           // in the key being read (between separators, outside strings)
+  auto dot = [&](size_t at) {
+    if (++dots > k_max_key_depth && !out.too_deep) {
+      size_t begin = text.rfind('\n', at);
+      begin = begin == std::string_view::npos ? 0 : begin + 1;
+      out.too_deep = {line, uint32_t(at - begin + 1)};
+    }
+  };
   std::optional<Split::Chunk> chunk;
   auto close_chunk = [&](size_t at) {
     if (!chunk)
@@ -902,6 +916,7 @@ Split split_manifest(std::string_view text) {
     if (c == '\n') {
       ++line;
       ++i;
+      dots = 0;
       line_start = true;
       continue;
     }
@@ -919,7 +934,10 @@ Split split_manifest(std::string_view text) {
       line_begin = line_begin == std::string_view::npos ? 0 : line_begin + 1;
       bool array = i + 1 < n && text[i + 1] == '[';
       size_t inner = i + (array ? 2 : 1), k = inner;
+      dots = 0;
       while (k < n && text[k] != ']' && text[k] != '\n') {
+        if (text[k] == '.')
+          dot(k);
         if (text[k] == '"') { // a basic string: \" does not close it
           ++k;
           while (k < n && text[k] != '"' && text[k] != '\n')
@@ -950,6 +968,10 @@ Split split_manifest(std::string_view text) {
       skip_string(c);
       continue;
     }
+    if (c == '.')
+      dot(i);
+    else if (c == '=' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}')
+      dots = 0;
     if (c == '[' || c == '{')
       ++depth;
     else if ((c == ']' || c == '}') && depth > 0)
@@ -965,6 +987,8 @@ Split split_manifest(std::string_view text) {
 // down. Usually there is none, and the chunk comes back as it is.
 std::string own_tables(std::string_view chunk) {
   Split split = split_manifest(chunk);
+  if (split.too_deep) // checked when loaded; an edit during the run may bring one
+    throw toml::parse_error("keys nested too deep", toml::source_region{});
   std::string& out = split.header; // the chunk with its own tables blanked: inverted here
   for (size_t k = 0; k < chunk.size(); ++k)
     out[k] = out[k] == chunk[k] && chunk[k] != '\n' ? ' ' : chunk[k];
@@ -1064,6 +1088,11 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
     throw Fatal(display_path + ": larger than 4 GiB");
 
   Split split = split_manifest(*text);
+  if (split.too_deep) {
+    d.error(SourceLoc{split.too_deep->first, split.too_deep->second},
+            "keys nest deeper than " + std::to_string(k_max_key_depth) + " levels here");
+    d.throw_if_errors();
+  }
   auto layers = std::make_shared<LayerTables>();
   try {
     layers->root = toml::parse(split.header, display_path);
@@ -1230,6 +1259,8 @@ index_again(const Manifest& m, const std::string& text, FileStamp stamp) {
   if (text.size() > UINT32_MAX)
     return out;
   Split split = split_manifest(text);
+  if (split.too_deep)
+    return out; // every asset fails: its tables do not parse
   auto layers = std::make_shared<LayerTables>();
   try {
     layers->root = toml::parse(split.header, m.path.string());

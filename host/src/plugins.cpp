@@ -57,17 +57,27 @@ std::string_view sv(kiln_str s) {
   return {s.data ? s.data : "", s.data ? s.size : 0};
 }
 
+// A plugin's message is one line: line breaks in it (often a server's text) are shown as \n,
+// so they cannot forge lines of Kiln's own ("kiln: generated ...").
+std::string one_line(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text)
+    out += c == '\n' ? std::string("\\n") : c == '\r' ? std::string("\\r") : std::string(1, c);
+  return out;
+}
+
 void host_log(kiln_result* r, uint32_t level, kiln_str message) {
   // Outside a call there is no result to name the plugin; the message still goes out.
   if (r && r->log)
-    r->log->write(kiln_log_level(std::min<uint32_t>(level, KILN_LOG_ERROR)), sv(message),
+    r->log->write(kiln_log_level(std::min<uint32_t>(level, KILN_LOG_ERROR)), one_line(sv(message)),
                   r->plugin_id);
 }
 void host_fail(kiln_result* r, uint32_t category, kiln_str message) {
   if (category == KILN_ERROR_NONE || category > KILN_ERROR_INTERRUPTED)
     category = KILN_ERROR_PERMANENT;
   r->category = kiln_error_category(category);
-  r->message = std::string(sv(message));
+  r->message = one_line(sv(message));
   if (r->message.empty())
     r->message = "failed without a message";
 }

@@ -422,7 +422,15 @@ void StateFile::replay(std::string_view line) {
   if (type == "creating" && !fp.empty()) {
     m_pending[fp + '\n' + backend].lost_create = true;
   } else if (type == "submitted" && !fp.empty() && !job.empty()) {
-    m_pending[fp + '\n' + backend] = PendingJob{job, false};
+    // A provider's job id is a short token; one with a '/', a space or a control character
+    // (a damaged or planted line) is not handed to a backend to put in a URL: forgotten, so
+    // the asset is made afresh rather than fetched from somewhere else.
+    const bool plausible = job.size() <= 128 && std::all_of(job.begin(), job.end(), [](char c) {
+                             return std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+                                    c == '_' || c == '.' || c == ':';
+                           });
+    if (plausible)
+      m_pending[fp + '\n' + backend] = PendingJob{job, false};
   } else if (type == "downloaded" || type == "spent") {
     auto usd = v.FindMember("usd");
     // One image's cost: finite, not negative (it would raise the budget), and below what no
@@ -638,6 +646,10 @@ void refuse_links_in_state(const fs::path& state_dir) {
     if (::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1)
       throw Fatal("'" + p.string() + "' has another hard link: Kiln does not write files of " +
                   "its state folder that other names share (remove it; Kiln makes it anew)");
+    // A FIFO or a device there would hang the build or feed it anything.
+    if (::lstat(p.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && std::string(name) != "work")
+      throw Fatal("'" + p.string() + "' is not a regular file: Kiln keeps only regular files " +
+                  "in its state folder (remove it; Kiln makes it anew)");
   }
 }
 
@@ -701,7 +713,11 @@ OutputLock::~OutputLock() {
 }
 
 bool is_output_temp_name(std::string_view name) {
-  // <file>.<png|jpg|webp>.kiln-tmp.<16 hex digits>, as AtomicFile names it: nobody else's.
+  // <file>.<png|jpg|webp>.kiln-tmp.<16 hex digits>, as AtomicFile names it, and a report's
+  // spool, <report>.kiln-tmp.spool: nobody else's.
+  constexpr std::string_view spool = ".kiln-tmp.spool";
+  if (name.size() > spool.size() && name.substr(name.size() - spool.size()) == spool)
+    return true;
   constexpr std::string_view marker = ".kiln-tmp.";
   if (name.size() < marker.size() + 16)
     return false;
@@ -772,9 +788,29 @@ bool Cache::has_content(const std::string& sha) const {
   return stat_file(content_path(sha)).has_value();
 }
 
-void Cache::reject(const fs::path& entry, const std::string& why, std::string* out_why) {
+namespace {
+
+// The cache's own folders (cas/ab, ac/cd, edits, leases/ef) are never followed through a link
+// planted there: the cache folder itself may be a link (to a bigger disk), nothing below it.
+void refuse_links_in_cache(const fs::path& cache_dir, const fs::path& file) {
+  refuse_links_below(cache_dir, file, "its cache", "the cache folder");
+}
+
+} // namespace
+
+// Removes a file of the cache, never through a link planted in its folders.
+void Cache::remove_file(const fs::path& file) const {
+  try {
+    refuse_links_in_cache(m_dir, file);
+  } catch (const std::runtime_error&) {
+    return;
+  }
   std::error_code ec;
-  fs::remove(entry, ec);
+  fs::remove(file, ec);
+}
+
+void Cache::reject(const fs::path& entry, const std::string& why, std::string* out_why) {
+  remove_file(entry);
   ++m_rejected;
   if (out_why)
     *out_why = why;
@@ -854,8 +890,7 @@ std::optional<std::string> Cache::get(const std::string& key, const std::string&
     }
     std::string actual = sha256_hex(*bytes);
     if (actual != info->sha256) {
-      std::error_code ec;
-      fs::remove(content_path(info->sha256), ec); // damaged or replaced: useless to anyone
+      remove_file(content_path(info->sha256)); // damaged or replaced: useless to anyone
       reject(entry, "its bytes do not match their digest", why);
       return std::nullopt;
     }
@@ -884,23 +919,12 @@ std::optional<std::string> Cache::get(const std::string& key, const std::string&
   }
   try {
     put(key, kind, *bytes);
-    std::error_code ec;
-    fs::remove(legacy, ec);
+    remove_file(legacy);
   } catch (const std::exception&) {
     // Read-only: it stays where it was.
   }
   return bytes;
 }
-
-namespace {
-
-// The cache's own folders (cas/ab, ac/cd, edits, leases/ef) are never followed through a link
-// planted there: the cache folder itself may be a link (to a bigger disk), nothing below it.
-void refuse_links_in_cache(const fs::path& cache_dir, const fs::path& file) {
-  refuse_links_below(cache_dir, file, "its cache", "the cache folder");
-}
-
-} // namespace
 
 void Cache::put(const std::string& key, const std::string& kind, std::string_view bytes) {
   std::string sha = sha256_hex(bytes);

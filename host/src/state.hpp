@@ -279,6 +279,7 @@ public:
   size_t sweep_stale_temp_files();
 
 private:
+  void remove_file(const fs::path& file) const;
   fs::path entry_path(const std::string& key, const std::string& kind) const;
   fs::path legacy_path(const std::string& key, const std::string& kind) const;
   void reject(const fs::path& entry, const std::string& why, std::string* out_why);

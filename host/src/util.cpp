@@ -9,24 +9,27 @@
 #include <openssl/evp.h>
 #include <random>
 #include <stdexcept>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace kiln::host {
 
 std::optional<std::string> read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
+  // Regular files only: a FIFO planted where a record or an output should be would block the
+  // read for ever (O_NONBLOCK lets the open return, then it is refused).
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
     return std::nullopt;
-  std::string data;
-  in.seekg(0, std::ios::end);
-  auto size = in.tellg();
-  if (size > 0) {
-    data.resize(size_t(size));
-    in.seekg(0);
-    in.read(data.data(), size);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    errno = EINVAL;
+    return std::nullopt;
   }
-  if (!in && !in.eof())
-    return std::nullopt;
+  auto data = pread_exact(fd, 0, size_t(st.st_size));
+  const int error = errno;
+  ::close(fd);
+  errno = error;
   return data;
 }
 
@@ -198,10 +201,22 @@ std::string join(const std::vector<std::string>& parts, std::string_view separat
 }
 
 void touch_file(const fs::path& path) {
+  std::error_code ec;
   if (path.has_parent_path())
-    fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::app | std::ios::binary);
-  fs::last_write_time(path, fs::file_time_type::clock::now());
+    fs::create_directories(path.parent_path(), ec);
+  // Never through a link planted in its place (a stamp, a sweep marker), nor blocking on a
+  // FIFO; the error says why (a read-only folder is not "no such file").
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+  if (fd < 0 || ::futimens(fd, nullptr) != 0) {
+    const int error = errno;
+    if (fd >= 0)
+      ::close(fd);
+    throw std::runtime_error("cannot touch '" + path.string() + "': " +
+                             (error == ELOOP ? std::string("it is a symbolic link, which Kiln "
+                                                           "does not write through")
+                                             : std::string(std::strerror(error))));
+  }
+  ::close(fd);
 }
 
 std::string format_usd(double usd) {

@@ -315,6 +315,13 @@ private:
 
   // The prediction of an earlier attempt or run, if it can still deliver; else an empty one.
   Prediction reattach(const std::string& id) {
+    // The id comes from Kiln's journal, a file on disk: checked as an answer's id is before it
+    // goes into a URL ('../../x' would send the token elsewhere on the host).
+    if (!valid_prediction_id(id)) {
+      m_out.log(KILN_LOG_WARNING, "the journal's job id for this asset is not a Replicate "
+                                  "prediction id; not re-attaching to it");
+      return {};
+    }
     kiln::HttpResponse r = api("GET", prediction_url(id));
     if (r.status == 404)
       return {};

@@ -720,6 +720,70 @@ class CliTest(unittest.TestCase):
         self.assertIn("o\\x1b[2Jut/", r.stderr)
         self.assertIn("holds control characters, which one path per line cannot carry", r.stderr)
 
+    # From an attacker's review of issue 16: removals, the report's spool, the stamp and the
+    # cache's own removals never go through a planted link; FIFOs never hang Kiln.
+    def test_removals_spool_and_stamp_never_go_through_planted_links(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        # An undeclared output whose folder became a link: kept, the link named.
+        elsewhere = os.path.join(self.tmp, "installed")
+        shutil.move(os.path.join(self.p.out, "icons"), elsewhere)
+        os.symlink(elsewhere, os.path.join(self.p.out, "icons"))
+        self.p.write(self.p.read().replace('name = "icons/sword"', 'name = "weapons/sword"'))
+        r = self.p.kiln("build")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.exists(os.path.join(elsewhere, "sword.png")))
+        self.assertIn("is a symbolic link", r.stderr)
+        # The report's spool and the stamp replaced by links to a victim.
+        victim = os.path.join(self.tmp, "victim.txt")
+        with open(victim, "w") as f:
+            f.write("precious")
+        report = os.path.join(self.p.root, "rep.json")
+        os.symlink(victim, report + ".kiln-tmp.spool")
+        stamp = os.path.join(self.p.root, "st.stamp")
+        os.symlink(os.path.join(self.tmp, "new-file"), stamp)
+        r = self.p.kiln("build", "--report", report)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.p.kiln("build", "--force", "--stamp", stamp)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("kiln build: cannot touch '%s': it is a symbolic link" % stamp, r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "new-file")))
+        with open(victim) as f:
+            self.assertEqual(f.read(), "precious")
+        # A killed run's spool in the output folder is a leftover the next build removes.
+        spool = os.path.join(self.p.out, "rep.json.kiln-tmp.spool")
+        with open(spool, "w") as f:
+            f.write("{")
+        self.assertEqual(self.p.kiln("build", "--force").returncode, 0)
+        self.assertFalse(os.path.exists(spool))
+
+    def test_fifos_where_files_belong_are_refused_not_waited_on(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        journal = os.path.join(state_folder(self.tmp), "journal.jsonl")
+        if os.path.exists(journal):
+            os.remove(journal)
+        os.mkfifo(journal)
+        r = self.p.kiln("build", "--force")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("'%s' is not a regular file" % journal, r.stderr)
+        os.remove(journal)
+        lock = os.path.join(self.p.root, "kiln.lock")
+        os.remove(lock)
+        os.mkfifo(lock)
+        r = self.p.kiln("build", "--force")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("'%s' is not a regular file" % lock, r.stderr)
+
+    def test_bad_numbers_and_names_on_the_command_line_are_refused(self):
+        for args, message in [
+                (["--budget", "nan"], "--budget must be a number of US dollars, zero or more"),
+                (["--budget", "-1"], "--budget must be a number of US dollars, zero or more"),
+                (["-j", "-1"], "--jobs must be at least 1"),
+                (["-m", ""], "-m needs a manifest file")]:
+            r = self.p.kiln("build", *args)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message, r.stderr)
+            self.assertNotIn("internal error", r.stderr)
+
     # A read-only file system is reported as one, naming the folder, never as a missing file
     # (issue 16). Mounts a read-only tmpfs in a mount namespace of the test's own.
     def test_a_read_only_mount_is_reported_as_read_only(self):
@@ -745,6 +809,11 @@ class CliTest(unittest.TestCase):
         self.assertIn("kiln: error: icons/sword: cannot create folder '%s/icons': Read-only file "
                       "system" % ro, r.stderr)
         self.assertNotIn("No such file", r.stderr)
+        self.p.write(self.p.read().replace('output_dir = "%s"' % ro, 'output_dir = "out"'))
+        r = on_read_only(KILN, "build", "--stamp", os.path.join(ro, "st.stamp"), env=self.p.env)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("cannot touch '%s/st.stamp': Read-only file system" % ro, r.stderr)
+        self.assertNotIn("internal error", r.stderr)
 
 if __name__ == "__main__":
     unittest.main()

@@ -418,7 +418,8 @@ class ReplicateTest(FakeReplicateCase):
     # window title, no carriage return faking a line.
     def test_escape_sequences_from_the_server_never_reach_the_terminal(self):
         self.write(EIGHT[:1])
-        evil = "\x1b[2J\x1b]0;pwned\x07\rkiln: 8 assets: 8 generated\x1b[8m"
+        evil = ("\x1b[2J\x1b]0;pwned\x07\rkiln: 8 assets: 8 generated\x1b[8m\x9b31m"
+                "\nkiln: a forged line")
         self.server.control(prompt_rules=[
             {"contains": "sword", "fate": "fail", "times": 5, "error": evil}])
         r, report = self.build("-v")
@@ -427,8 +428,12 @@ class ReplicateTest(FakeReplicateCase):
             self.assertNotIn("\x1b", stream)
             self.assertNotIn("\r", stream)
             self.assertNotIn("\x07", stream)
-        self.assertIn("\\x1b[2J\\x1b]0;pwned\\x07\\x0dkiln: 8 assets", r.stderr)
-        self.assertIn(evil, by_name(report)["icons/sword"]["error"])  # JSON escapes its own
+            self.assertNotIn("\x9b", stream)
+            self.assertNotRegex(stream, "(?m)^kiln: a forged line")
+        self.assertIn("\\x1b[2J\\x1b]0;pwned\\x07\\rkiln: 8 assets", r.stderr)
+        # The report keeps the text (JSON escapes its own), on one line as every message.
+        self.assertIn(evil.replace("\r", "\\r").replace("\n", "\\n"),
+                      by_name(report)["icons/sword"]["error"])
 
     # A 429 asking for an hour fails that asset, not the backend's others (issue 16).
     def test_a_wait_hint_over_the_cap_fails_that_asset_only(self):

@@ -625,5 +625,28 @@ TEST(Manifest, ValidTomlSpellingsOfAssetTablesAreAccepted) {
   }
 }
 
+// Keys nested thousands deep (`params.k.k.k...` or a header) would overflow the stack in the
+// TOML library's recursion: refused first, at the key (issue 16).
+TEST(Manifest, KeysNestedTooDeepAreRefusedNotACrash) {
+  std::string deep;
+  for (int i = 0; i < 100000; ++i)
+    deep += ".k";
+  for (std::string text : {asset_text("a", "x") + "params" + deep + " = 1\n",
+                           asset_text("a", "x") + "[asset.params" + deep + "]\nz = 1\n",
+                           asset_text("a", "x") + "params = { k" + deep + " = 1 }\n"}) {
+    std::string message = error_of(std::string(k_head) + text);
+    EXPECT_NE(message.find(":8:"), std::string::npos) << message.substr(0, 200);
+    EXPECT_NE(message.find("keys nest deeper than 64 levels here"), std::string::npos)
+        << message.substr(0, 200);
+  }
+  // Floats, dates and 64 levels are fine.
+  std::string ok;
+  for (int i = 0; i < 63; ++i)
+    ok += ".k";
+  Manifest m = parse(std::string(k_head) + asset_text("a", "x") + "params" + ok +
+                     " = 1.5\nseed = 3\n[asset.params.when]\nat = 1979-05-27T07:32:00.999\n");
+  EXPECT_EQ(m.size(), 1u);
+}
+
 } // namespace
 } // namespace kiln::host

@@ -42,6 +42,10 @@ TEST(Log, ControlCharactersAreEscapedForTheTerminal) {
   EXPECT_EQ(escape_controls("a\x1b[2Jb\rc\x07"
                             "d\x7f\xc2\x9b e\nf\tg \xc2\xb7 \xe2\x9c\x93"),
             "a\\x1b[2Jb\\x0dc\\x07d\\x7f\\x9b e\nf\tg \xc2\xb7 \xe2\x9c\x93");
+  // Bytes that are no UTF-8 (a lone 0x9b is CSI to some terminals), cut or overlong sequences.
+  EXPECT_EQ(escape_controls("a\x9b"
+                            "31m b\xff c\xe2\x9c d\xc0\xaf e\xed\xa0\x80 f\xf0\x9f\x98\x80"),
+            "a\\x9b31m b\\xff c\\xe2\\x9c d\\xc0\\xaf e\\xed\\xa0\\x80 f\xf0\x9f\x98\x80");
   std::FILE* out = std::tmpfile();
   Log log(KILN_LOG_INFO, out);
   log.add_secret("r8_secret_token");

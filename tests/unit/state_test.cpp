@@ -189,6 +189,26 @@ TEST(State, AJobLeftByAKilledRunIsPendingUntilItsOutputIsWritten) {
   EXPECT_TRUE(third.pending(std::string(64, 'c'), "replicate")->lost_create);
 }
 
+// A job id read back from the journal goes into a backend's URL: one that no provider makes
+// ('/', space, control characters, overlong) is forgotten, not handed on (issue 16).
+TEST(State, ImplausibleJobIdsInTheJournalAreForgotten) {
+  TempDir dir;
+  std::vector<std::string> ids = {"../../steal",         "a b",      "abc#frag",
+                                  std::string(200, 'a'), "x\x1b[2J", "ok-job_1.2:3"};
+  {
+    StateFile state(dir.path());
+    state.load();
+    for (size_t i = 0; i < ids.size(); ++i)
+      state.submitted("a" + std::to_string(i), std::string(64, char('a' + i)), "replicate", ids[i]);
+  }
+  StateFile next(dir.path());
+  next.load();
+  for (size_t i = 0; i + 1 < ids.size(); ++i)
+    EXPECT_FALSE(next.pending(std::string(64, char('a' + i)), "replicate")) << ids[i];
+  EXPECT_EQ(next.pending(std::string(64, char('a' + ids.size() - 1)), "replicate")->job,
+            "ok-job_1.2:3");
+}
+
 } // namespace
 } // namespace kiln::host
 
@@ -349,6 +369,14 @@ TEST(Cache, LinksPlantedBelowTheCacheFolderAreNotFollowed) {
   fs::remove(dir / "real-cache/cas" / sha.substr(0, 2));
   cache.put(k_fp, "png", image);
   EXPECT_TRUE(fs::exists(dir / "real-cache/cas" / sha.substr(0, 2) / sha));
+  // A bad entry reached through a planted link is a miss, and the file there is not removed.
+  fs::remove_all(dir / "real-cache/ac" / std::string(k_fp).substr(0, 2));
+  fs::create_directory_symlink(dir / "elsewhere",
+                               dir / "real-cache/ac" / std::string(k_fp).substr(0, 2));
+  std::ofstream(dir / "elsewhere" / (std::string(k_fp) + ".png")) << "not an entry";
+  std::string why;
+  EXPECT_FALSE(cache.get(k_fp, "png", Cache::Expect{"png", 16, 16, ""}, &why));
+  EXPECT_TRUE(fs::exists(dir / "elsewhere" / (std::string(k_fp) + ".png")));
 }
 
 } // namespace
