@@ -259,7 +259,7 @@ OnDisk judge_file(const Workspace& ws, const PlannedAsset& p, const std::optiona
   // clone made without git-lfs): no artist's work to keep as the asset's art.
   auto probe = probe_image(*bytes);
   if (!probe || probe->format != p.spec.format || probe->width != p.spec.width ||
-      probe->height != p.spec.height || !decode_image(*bytes))
+      probe->height != p.spec.height || !decode_image(*bytes, ws.manifest.max_decoded_pixels))
     return OnDisk::Broken;
   return OnDisk::Edited;
 }
@@ -724,7 +724,7 @@ std::optional<std::string> adopt_output(Workspace& ws, const PlannedAsset& p) {
   if (!bytes)
     return "cannot read " + p.output.string();
   auto probe = probe_image(*bytes);
-  if (!probe || !decode_image(*bytes))
+  if (!probe || !decode_image(*bytes, ws.manifest.max_decoded_pixels))
     return p.output.string() + " is not an image Kiln can read (PNG, JPEG or WebP)";
   if (probe->format != p.spec.format || probe->width != p.spec.width ||
       probe->height != p.spec.height)
@@ -762,7 +762,7 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
                                     const fs::path& work, std::string& source) {
   if (spec.validators.empty())
     return std::nullopt;
-  auto decoded = decode_image(bytes);
+  auto decoded = decode_image(bytes, ws.manifest.max_decoded_pixels);
   std::string work_file = (work / ("candidate." + spec.format)).string();
   kiln_image img_view{};
   kiln_image_file file{};
@@ -912,7 +912,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
     auto bytes = ws.cache.get(*source, k_source_format);
     if (!bytes)
       return std::nullopt;
-    auto decoded = decode_image(*bytes);
+    auto decoded = decode_image(*bytes, ws.manifest.max_decoded_pixels);
     if (!decoded) {
       ws.log.warning(spec.name + ": the model's image in the cache is damaged (" +
                      decoded.error().message + "); asking the backend again");
@@ -1001,7 +1001,7 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
     if (!bytes)
       return Fault{KILN_ERROR_RETRYABLE,
                    "backend's image file '" + r.image_file + "' cannot be read", -1, 0, "corrupt"};
-    auto decoded = decode_image(*bytes);
+    auto decoded = decode_image(*bytes, ws.manifest.max_decoded_pixels);
     if (!decoded) {
       const Fault& why = decoded.error();
       return Fault{KILN_ERROR_RETRYABLE,

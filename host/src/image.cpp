@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <png.h>
 #include <stb_image.h>
 #include <stb_image_resize.h>
@@ -46,7 +49,48 @@ std::optional<ImageProbe> probe_image(std::string_view bytes) {
   return ImageProbe{std::string(format), uint32_t(w), uint32_t(h)};
 }
 
-Result<Image> decode_image(std::string_view bytes) {
+namespace {
+
+// The pixels being decoded right now, by every job: a decode waits while others hold the budget
+// (one image larger than it alone still goes, when nothing else decodes).
+class DecodeGate {
+public:
+  class Ticket {
+  public:
+    Ticket(DecodeGate& gate, uint64_t pixels) : m_gate(gate), m_pixels(pixels) {}
+    ~Ticket() { m_gate.release(m_pixels); }
+    Ticket(const Ticket&) = delete;
+    Ticket& operator=(const Ticket&) = delete;
+
+  private:
+    DecodeGate& m_gate;
+    uint64_t m_pixels;
+  };
+  Ticket admit(uint64_t pixels, uint64_t budget) {
+    std::unique_lock lock(m_mutex);
+    m_freed.wait(lock, [&] { return m_in_flight == 0 || m_in_flight + pixels <= budget; });
+    m_in_flight += pixels;
+    return Ticket(*this, pixels);
+  }
+
+private:
+  void release(uint64_t pixels) {
+    {
+      std::lock_guard lock(m_mutex);
+      m_in_flight -= pixels;
+    }
+    m_freed.notify_all();
+  }
+  std::mutex m_mutex;
+  std::condition_variable m_freed;
+  uint64_t m_in_flight = 0;
+};
+
+DecodeGate g_decodes;
+
+} // namespace
+
+Result<Image> decode_image(std::string_view bytes, uint64_t max_pixels) {
   std::string_view format = detect_format(bytes);
   if (format.empty()) {
     std::string what = bytes.substr(0, 6) == "GIF87a" || bytes.substr(0, 6) == "GIF89a" ? "a GIF"
@@ -64,26 +108,33 @@ Result<Image> decode_image(std::string_view bytes) {
   // to decode (a decompression bomb).
   int w = 0, h = 0;
   bool known = header_size(bytes, format, w, h);
-  if (known &&
-      (w <= 0 || h <= 0 || uint32_t(w) > k_max_image_side_px || uint32_t(h) > k_max_image_side_px ||
-       uint64_t(w) * uint64_t(h) > k_max_decoded_pixels)) {
+  if (known && (w <= 0 || h <= 0 || uint32_t(w) > k_max_image_side_px ||
+                uint32_t(h) > k_max_image_side_px || uint64_t(w) * uint64_t(h) > max_pixels)) {
+    char megapixels[32];
+    std::snprintf(megapixels, sizeof megapixels, "%g", double(max_pixels) / 1e6);
     Fault f{KILN_ERROR_PERMANENT,
             std::string(format) + " of " + std::to_string(w) + "x" + std::to_string(h) +
                 " pixels: larger than Kiln decodes (" + std::to_string(k_max_image_side_px) +
-                " a side, " + std::to_string(k_max_decoded_pixels / 1000000) + " megapixels)",
+                " a side, " + megapixels + " megapixels: [project] max_image_megapixels)",
             -1};
     f.download = "unsupported";
     return f;
   }
+  // Unknown sizes (a header the sniffer does not read) count as the whole budget.
+  auto ticket = g_decodes.admit(known ? uint64_t(w) * uint64_t(h) : max_pixels, max_pixels);
   Image out;
   if (format == "webp") {
-    uint8_t* px =
-        WebPDecodeRGBA(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &w, &h);
-    if (!px)
+    // Straight into the image: no second copy of a large picture.
+    WebPBitstreamFeatures features;
+    if (WebPGetFeatures(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &features) !=
+            VP8_STATUS_OK ||
+        features.width <= 0 || features.height <= 0 ||
+        uint64_t(features.width) * uint64_t(features.height) > max_pixels)
       return Fault{KILN_ERROR_PERMANENT, "WebP data is corrupt or truncated", -1, 0, "corrupt"};
-    out = Image(uint32_t(w), uint32_t(h));
-    std::memcpy(out.rgba.data(), px, out.rgba.size());
-    WebPFree(px);
+    out = Image(uint32_t(features.width), uint32_t(features.height));
+    if (!WebPDecodeRGBAInto(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                            out.rgba.data(), out.rgba.size(), int(out.width * 4)))
+      return Fault{KILN_ERROR_PERMANENT, "WebP data is corrupt or truncated", -1, 0, "corrupt"};
     return out;
   }
   int channels = 0;

@@ -12,8 +12,16 @@
 
 namespace kiln::host {
 
-// Fully decodes PNG, JPEG or WebP into RGBA.
-Result<Image> decode_image(std::string_view bytes);
+// The most pixels Kiln decodes from one file (8192 x 8192: 256 MiB of RGBA). Models deliver at
+// most a few megapixels; more is a mistake or a decompression bomb. [project]
+// max_image_megapixels sets another limit.
+constexpr uint64_t k_max_decoded_pixels = 8192ull * 8192ull;
+
+// Fully decodes PNG, JPEG or WebP into RGBA. An image declaring more than `max_pixels` is refused
+// from its header, before any large allocation. Decodes running at once (every job's) hold at
+// most about `max_pixels` between them, unless one image alone is larger: a big image waits for
+// the others, so a burst of large answers costs one image's memory at a time, not one per job.
+Result<Image> decode_image(std::string_view bytes, uint64_t max_pixels = k_max_decoded_pixels);
 
 // The format and size an image file declares in its header, without decoding it; nullopt when
 // the bytes are no PNG, JPEG or WebP Kiln can read.
@@ -25,10 +33,6 @@ std::optional<ImageProbe> probe_image(std::string_view bytes);
 
 // The largest side Kiln makes or scales to, in pixels.
 constexpr uint32_t k_max_image_side_px = 16384;
-// The most pixels Kiln decodes from one file (8192 x 8192: 256 MiB of RGBA). Models deliver at
-// most a few megapixels; more is a mistake or a decompression bomb.
-constexpr uint64_t k_max_decoded_pixels = 8192ull * 8192ull;
-
 // Scales to cover `width`x`height` and crops the overflow evenly: exact pixels, no stretching.
 Image fit_image(const Image& image, uint32_t width, uint32_t height);
 

@@ -30,7 +30,8 @@ constexpr uint32_t k_max_side_px = 16384;
 const std::vector<std::string> k_top_keys = {
     "project",    "plugins",        "defaults", "backends",     "enhancers", "validators",
     "strategies", "postprocessors", "types",    "retry_policy", "asset"};
-const std::vector<std::string> k_project_keys = {"output_dir", "budget_usd", "allow_fallback"};
+const std::vector<std::string> k_project_keys = {"output_dir", "budget_usd", "allow_fallback",
+                                                 "max_image_megapixels"};
 const std::vector<std::string> k_retry_policy_keys = {"max_attempts", "budget_ratio", "budget_min",
                                                       "breaker_failures", "breaker_cooldown_s"};
 const std::vector<std::string> k_plugins_keys = {"paths"};
@@ -369,6 +370,21 @@ private:
         m_d.error(loc_of(*b), "budget_usd must be zero or more");
       else
         m_m->budget_usd = v;
+    }
+    if (auto b = t->get("max_image_megapixels")) {
+      std::optional<double> v;
+      if (auto f = b->as_floating_point())
+        v = f->get();
+      else if (auto i = b->as_integer())
+        v = double(i->get());
+      constexpr double k_most = double(k_max_image_side_px) * k_max_image_side_px / 1e6;
+      if (!v)
+        m_d.error(loc_of(*b), "max_image_megapixels must be a number, not " + type_name(*b));
+      else if (!(*v > 0) || *v > k_most)
+        m_d.error(loc_of(*b), "max_image_megapixels must be above 0 and at most " +
+                                  std::to_string(int(k_most)));
+      else
+        m_m->max_decoded_pixels = uint64_t(*v * 1e6);
     }
   }
 

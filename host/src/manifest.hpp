@@ -3,6 +3,7 @@
 #pragma once
 
 #include "diagnostics.hpp"
+#include "image.hpp"
 #include "util.hpp"
 
 #include <map>
@@ -134,6 +135,9 @@ struct Manifest {
   SourceLoc output_dir_loc; // where [project] sets it (none: the default)
   std::optional<double> budget_usd;
   bool allow_fallback = false; // [project]: a fallback image does not fail the run
+  // [project] max_image_megapixels: a larger image from a backend is refused before it is
+  // decoded (a decompression bomb); each decode holds at most 4 bytes a pixel of it.
+  uint64_t max_decoded_pixels = k_max_decoded_pixels;
   RetryPolicy retry_policy;
   std::vector<fs::path> plugin_paths; // absolute, in declaration order
   std::vector<SourceLoc> plugin_path_locs;

@@ -90,6 +90,33 @@ class MoneyAtTheEdgesTest(RecordCase):
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         self.assertLess(peak_mib, 300)
 
+    # Bombs just inside the pixel limit (8000x8000, a few hundred KB each) decode, but one at a
+    # time: four at -j 4 cost about one image's memory, not four (issue 16). With a lower
+    # [project] max_image_megapixels they are refused from their headers.
+    def test_large_images_decode_one_at_a_time_and_the_limit_is_the_manifests(self):
+        import resource
+        names = ["icons/a", "icons/b", "icons/c", "icons/d"]
+        self.write(paid_manifest(self.server, names))
+        self.server.control(bomb_side=8000,
+                            prompt_rules=[{"contains": "icons/", "fate": "bomb", "times": 4}])
+        r, report = self.build("-j", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["generated"], 4)
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        # One 8000x8000 decode holds two 244 MiB buffers (the decoder's and Kiln's), and a
+        # decoded image lives on until it is fitted: measured 1.08 GiB; four decodes at once
+        # (no gate) took 1.74 GiB.
+        self.assertLess(peak_mib, 1400)
+        with open(os.path.join(self.tmp, "assets.toml")) as f:
+            text = f.read()
+        self.write(text.replace("[project]\n", "[project]\nmax_image_megapixels = 16\n") +
+                   '\n[[asset]]\nname = "icons/e"\ntype = "icon"\nprompt = "icons/e"\n')
+        self.server.control(prompt_rules=[{"contains": "icons/e", "fate": "bomb", "times": 9}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("8000x8000 pixels: larger than Kiln decodes (16384 a side, 16 megapixels",
+                      by_name(report)["icons/e"]["error"])
+
     def test_a_cache_that_cannot_be_written_keeps_the_paid_image(self):
         self.write(paid_manifest(self.server, ["icons/a", "icons/b"]))
         blocker = os.path.join(self.tmp, "not-a-folder")

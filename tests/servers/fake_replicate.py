@@ -57,7 +57,8 @@ Test controls (no auth): POST /_control merges JSON into the configuration:
                    the text end that way ("slow" never finishes by itself, "expire" succeeds
                    with its outputs already removed); "gif" and "html" succeed with an output
                    that is a GIF or an HTML page (some models answer GIFs; a CDN error page);
-                   "bomb" with a 23000x23000 PNG of about 50 KB
+                   "bomb" with a 23000x23000 PNG of about 50 KB (bomb_side: another
+                   side; up to 8192 a whole image that decodes)
 GET /_stats returns what happened: every create request (time, status, prompt), created
 predictions, polls, cancels, downloads and downloads that carried an Authorization header.
 """
@@ -265,9 +266,10 @@ class Fake:
     HTML = b"<html><head><title>Error</title></head><body><h1>Not an image</h1></body></html>"
 
     @staticmethod
-    def bomb():
-        """A PNG of 23000x23000 pixels in about 50 KB: a valid header and the start of its
-        all-zero pixel data (a decompression bomb, as a hostile or broken server may send)."""
+    def bomb(side=23000):
+        """A PNG of side x side pixels in a few hundred KB of all-zero pixel data (a
+        decompression bomb, as a hostile or broken server may send): 23000 (the default) is a
+        valid header and the start of its data; up to 8192 the whole image, so that it decodes."""
         import struct
         import zlib
 
@@ -275,16 +277,19 @@ class Fake:
             return (struct.pack(">I", len(body)) + kind + body +
                     struct.pack(">I", zlib.crc32(kind + body)))
         z = zlib.compressobj(9)
-        row = bytes(1 + 23000 * 3)
-        data = b"".join(z.compress(row) for _ in range(700)) + z.flush(zlib.Z_SYNC_FLUSH)
+        row = bytes(1 + side * 3)
+        rows = side if side <= 8192 else 700
+        data = b"".join(z.compress(row) for _ in range(rows))
+        data += z.flush() if rows == side else z.flush(zlib.Z_SYNC_FLUSH)
         return (b"\x89PNG\r\n\x1a\n" +
-                chunk(b"IHDR", struct.pack(">IIBBBBB", 23000, 23000, 8, 2, 0, 0, 0)) +
+                chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)) +
                 chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
     def odd_file(self, fate):
         path = os.path.join(self.files, f"{new_id()}.{'png' if fate == 'bomb' else fate}")
         with open(path, "wb") as f:
-            f.write(self.bomb() if fate == "bomb" else self.GIF if fate == "gif" else self.HTML)
+            f.write(self.bomb(self.config.get("bomb_side", 23000)) if fate == "bomb"
+                    else self.GIF if fate == "gif" else self.HTML)
         return path
 
     def render(self, fmt, width, height, seed, fault=None, prompt=""):
