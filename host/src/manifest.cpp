@@ -358,31 +358,18 @@ private:
       else
         m_d.error(loc_of(*fb), "allow_fallback must be true or false, not " + type_name(*fb));
     }
-    if (auto b = t->get("budget_usd")) {
-      std::optional<double> v;
-      if (auto f = b->as_floating_point())
-        v = f->get();
-      else if (auto i = b->as_integer())
-        v = double(i->get());
-      if (!v)
-        m_d.error(loc_of(*b), "budget_usd must be a number, not " + type_name(*b));
-      else if (!(*v >= 0) || !std::isfinite(*v))
-        m_d.error(loc_of(*b), "budget_usd must be zero or more");
+    if (auto v = get_number(*t, "budget_usd")) {
+      if (!(*v >= 0) || !std::isfinite(*v))
+        m_d.error(loc_of(*t->get("budget_usd")), "budget_usd must be zero or more");
       else
         m_m->budget_usd = v;
     }
-    if (auto b = t->get("max_image_megapixels")) {
-      std::optional<double> v;
-      if (auto f = b->as_floating_point())
-        v = f->get();
-      else if (auto i = b->as_integer())
-        v = double(i->get());
+    if (auto v = get_number(*t, "max_image_megapixels")) {
       constexpr double k_most = double(k_max_image_side_px) * k_max_image_side_px / 1e6;
-      if (!v)
-        m_d.error(loc_of(*b), "max_image_megapixels must be a number, not " + type_name(*b));
-      else if (!(*v > 0) || *v > k_most)
-        m_d.error(loc_of(*b), "max_image_megapixels must be above 0 and at most " +
-                                  std::to_string(int(k_most)));
+      if (!(*v > 0) || *v > k_most)
+        m_d.error(loc_of(*t->get("max_image_megapixels")),
+                  "max_image_megapixels must be above 0 and at most " +
+                      std::to_string(int(k_most)));
       else
         m_m->max_decoded_pixels = uint64_t(*v * 1e6);
     }
