@@ -624,8 +624,8 @@ int cmd_plan(int argc, char** argv) {
                   cost.c_str());
     }
     for (auto& u : undeclared)
-      std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width), u.name.c_str(),
-                  u.reason().c_str());
+      std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width),
+                  escape_controls(u.name).c_str(), u.reason().c_str());
     std::string extra;
     if (int kept = counts[int(Action::Kept)] + int(undeclared.size()) - to_remove)
       extra += ", " + std::to_string(kept) + " kept (edited by hand)";
@@ -696,14 +696,15 @@ int cmd_adopt(int argc, char** argv) {
     }
     ++adopted;
     if (!a.quiet)
-      std::printf("adopted %s (%s)\n", p.spec.name.c_str(), p.output.string().c_str());
+      std::printf("adopted %s (%s)\n", p.spec.name.c_str(),
+                  escape_controls(p.output.string()).c_str());
   }
   s->state->save();
   s->lockfile->save();
   if (!a.quiet && adopted)
     std::printf("kiln: %d adopted%s; recorded in %s\n", adopted,
                 failed ? (", " + std::to_string(failed) + " not").c_str() : "",
-                s->lockfile->path().string().c_str());
+                escape_controls(s->lockfile->path().string()).c_str());
   return failed ? k_exit_assets_failed : k_exit_ok;
 }
 
@@ -758,7 +759,8 @@ int cmd_plugins(int argc, char** argv) {
   load_plugins(registry, manifest ? &*manifest : nullptr);
   auto plugins = registry.all();
   if (plugins.empty() && registry.broken().empty()) {
-    std::printf("no plugins found (searched %s)\n", PluginRegistry::builtin_dir().string().c_str());
+    std::printf("no plugins found (searched %s)\n",
+                escape_controls(PluginRegistry::builtin_dir().string()).c_str());
     return k_exit_ok;
   }
   std::printf("%-15s %-20s %-9s %-4s %s\n", "KIND", "ID", "VERSION", "ABI", "FILE");
