@@ -437,11 +437,6 @@ private:
     }
   }
 
-  static bool is_pacing_key(std::string_view key) {
-    return key == "requests_per_second" || key == "burst" || key == "concurrency" ||
-           key == "max_retry_after_s";
-  }
-
   void parse_pacing(const toml::table& t, BackendPacing& out) {
     if (auto v = get_number(t, "requests_per_second")) {
       if (!(*v > 0) || !std::isfinite(*v))
@@ -493,7 +488,7 @@ private:
       s.loc = loc_of(k.source());
       s.dir = m_m->dir;
       for (auto&& [ok, ov] : *pt) {
-        if (kind == "backends" && is_pacing_key(ok.str()))
+        if (kind == "backends" && is_kiln_backend_key(ok.str()))
           continue; // Kiln's, not the plugin's
         SettingValue sv;
         sv.key_loc = loc_of(ok.source());
@@ -1070,6 +1065,11 @@ void AssetIndex::add(Place place, std::string_view name, std::string_view format
   e.format = uint8_t(f == k_formats.end() ? 0 : f - k_formats.begin());
   m_names.append(name.substr(0, e.name_length));
   m_entries.push_back(e);
+}
+
+bool is_kiln_backend_key(std::string_view key) {
+  return key == "requests_per_second" || key == "burst" || key == "concurrency" ||
+         key == "max_retry_after_s";
 }
 
 namespace {

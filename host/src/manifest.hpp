@@ -91,6 +91,9 @@ struct BackendPacing {
   double max_retry_after_s = 300;
 };
 
+// Whether `key` of a [backends.X] table is one of Kiln's own (BackendPacing), never a plugin's.
+bool is_kiln_backend_key(std::string_view key);
+
 // Where each [[asset]] table sits in the manifest, with its name and format: the manifest keeps
 // this, not the assets, so 10,000 assets cost about 40 bytes each; Manifest::asset() reads one
 // again on demand. (A manifest edited during the run costs 12 bytes an asset more: where each

@@ -488,6 +488,10 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
         (flags & ~KILN_OPTION_NOT_SHAPING))
       fail("declares option '" + std::string(o.name) + "' with unknown type " +
            std::to_string(info->options[i].type));
+    if (info->kind == KILN_KIND_BACKEND && is_kiln_backend_key(o.name))
+      fail("('" + std::string(info->id) + "') declares option '" + o.name +
+           "', a key Kiln keeps for itself in [backends.X] (the plugin would never see its "
+           "value): rename the option");
     options.push_back(o);
     shapes.push_back(!(flags & KILN_OPTION_NOT_SHAPING));
   }

@@ -69,6 +69,22 @@ TEST(PluginLoader, RefusesAnotherAbiAndSaysWhichItSupports) {
                                   std::to_string(KILN_PLUGIN_ABI_VERSION));
 }
 
+// A backend option named like Kiln's own [backends.X] keys would never reach the plugin
+// (issue 18): refused at load, and on the search path only a manifest naming it fails.
+TEST(PluginLoader, RefusesABackendOptionNamedLikeKilnsOwnKeys) {
+  fs::path path = fixture(FIXTURE_DIR_reserved_option, "kiln-fixture-reserved-option.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() +
+                                  "' ('greedy') declares option 'concurrency', a key Kiln keeps "
+                                  "for itself in [backends.X] (the plugin would never see its "
+                                  "value): rename the option");
+  Log log{KILN_LOG_ERROR};
+  PluginRegistry registry{log};
+  registry.load_directory(FIXTURE_DIR_reserved_option);
+  ASSERT_EQ(registry.broken().size(), 1u);
+  EXPECT_EQ(registry.broken()[0].id, "greedy");
+  EXPECT_EQ(registry.find("greedy"), nullptr);
+}
+
 TEST(PluginLoader, RefusesATooSmallInfoStruct) {
   fs::path path = fixture(FIXTURE_DIR_small_info, "kiln-fixture-small-info.so");
   EXPECT_EQ(load_error(path), "plugin '" + path.string() +
