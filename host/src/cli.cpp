@@ -775,9 +775,7 @@ int cmd_plugins(int argc, char** argv) {
         std::printf("    %s\n", escape_controls(p->description).c_str());
       for (size_t i = 0; i < p->options.size(); ++i) {
         const kiln_option_spec& o = p->options[i];
-        static const char* k_types[] = {"?",       "string", "integer", "number",
-                                        "boolean", "list",   "file"};
-        const char* type = o.type <= KILN_OPTION_PATH ? k_types[o.type] : "?";
+        const char* type = option_type_word(o.type);
         std::string fallback = !o.default_value   ? "required"
                                : *o.default_value ? "default " + std::string(o.default_value)
                                : o.type == KILN_OPTION_PATH ? "default none"

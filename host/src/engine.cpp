@@ -894,6 +894,10 @@ Result<Generated> finish_image(Workspace& ws, const AssetSpec& spec, const Gener
   if (interrupted())
     return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
   Generated g;
+  if (image.width != spec.width || image.height != spec.height)
+    ws.log.debug(spec.name + ": the image is " + std::to_string(image.width) + "x" +
+                 std::to_string(image.height) + "; scaled to cover " + std::to_string(spec.width) +
+                 "x" + std::to_string(spec.height) + " and cropped evenly");
   g.bytes = encode_image(fit_image(image, spec.width, spec.height), spec.format);
   if (auto rejected = run_validators(ws, spec, g.bytes, work, record.source))
     return *rejected;

@@ -283,7 +283,15 @@ std::string quoted(const fs::path& p) {
   return "'" + p.string() + "'";
 }
 
+bool parse_default(const kiln_option_spec& spec, SettingValue& out);
+
 } // namespace
+
+const char* option_type_word(uint32_t type) {
+  static const char* k_types[] = {"?", "string", "integer", "number", "boolean", "list", "file"};
+  type &= KILN_OPTION_TYPE_MASK;
+  return type <= KILN_OPTION_PATH ? k_types[type] : "?";
+}
 
 struct PluginRegistry::Library {
   boost::dll::shared_library library;
@@ -488,6 +496,10 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
         (flags & ~KILN_OPTION_NOT_SHAPING))
       fail("declares option '" + std::string(o.name) + "' with unknown type " +
            std::to_string(info->options[i].type));
+    // A default that does not parse as its type would only fail when first used.
+    if (SettingValue parsed; o.default_value && !parse_default(o, parsed))
+      fail("('" + std::string(info->id) + "') declares a bad default '" + o.default_value +
+           "' for its " + option_type_word(o.type) + " option '" + o.name + "'");
     if (info->kind == KILN_KIND_BACKEND && is_kiln_backend_key(o.name))
       fail("('" + std::string(info->id) + "') declares option '" + o.name +
            "', a key Kiln keeps for itself in [backends.X] (the plugin would never see its "

@@ -197,6 +197,9 @@ private:
   std::string m_loading_id; // of the library being loaded, once its info names one
 };
 
+// An option type's word for people: "string", "integer", "number", "boolean", "list", "file".
+const char* option_type_word(uint32_t type);
+
 // An option value in canonical text ("i:4", "s:white", "l:a\x1fb"...), for signatures.
 std::string setting_text(const SettingValue& value);
 

@@ -85,6 +85,13 @@ TEST(PluginLoader, RefusesABackendOptionNamedLikeKilnsOwnKeys) {
   EXPECT_EQ(registry.find("greedy"), nullptr);
 }
 
+TEST(PluginLoader, RefusesASchemaDefaultOfTheWrongTypeAtLoad) {
+  fs::path path = fixture(FIXTURE_DIR_bad_default, "kiln-fixture-bad-default.so");
+  EXPECT_EQ(load_error(path), "plugin '" + path.string() +
+                                  "' ('bad-default') declares a bad default 'high' for its "
+                                  "integer option 'level'");
+}
+
 TEST(PluginLoader, RefusesATooSmallInfoStruct) {
   fs::path path = fixture(FIXTURE_DIR_small_info, "kiln-fixture-small-info.so");
   EXPECT_EQ(load_error(path), "plugin '" + path.string() +
