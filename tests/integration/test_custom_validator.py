@@ -14,8 +14,6 @@ import unittest
 
 from test_install import install_kiln
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
-                       "custom-validator")
 
 
 class CustomValidatorTest(unittest.TestCase):
@@ -25,9 +23,11 @@ class CustomValidatorTest(unittest.TestCase):
         cls.prefix = os.path.join(cls.tmp, "prefix")
         install_kiln(cls.prefix)
         cls.kiln_exe = os.path.join(cls.prefix, "bin", "kiln")
-        # Only the installed package: a copy of the example, built in its own tree.
+        # Only the installed package: a copy of the example it ships (share/kiln/examples, as
+        # the README's walkthrough copies it), built in its own tree.
         cls.src = os.path.join(cls.tmp, "max-colours")
-        shutil.copytree(EXAMPLE, cls.src)
+        shutil.copytree(os.path.join(cls.prefix, "share", "kiln", "examples", "custom-validator"),
+                        cls.src)
         cls.build = os.path.join(cls.src, "build")
         for cmd in (["cmake", "-S", cls.src, "-B", cls.build, "-G", "Ninja",
                      "-DCMAKE_PREFIX_PATH=" + cls.prefix],

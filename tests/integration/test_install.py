@@ -24,7 +24,9 @@ class InstallTest(unittest.TestCase):
             for rel in ["bin/kiln", "include/kiln/plugin.h", "include/kiln/kiln.hpp",
                         "lib/cmake/Kiln/KilnConfig.cmake", "lib/cmake/Kiln/KilnPlugin.cmake",
                         "lib/kiln/plugins/kiln-backend-placeholder.so",
-                        "lib/kiln/plugins/kiln-validator-not-corrupt.so"]:
+                        "lib/kiln/plugins/kiln-validator-not-corrupt.so",
+                        "share/kiln/examples/custom-validator/max_colours.cpp",
+                        "share/kiln/examples/custom-validator/CMakeLists.txt"]:
                 self.assertTrue(os.path.exists(os.path.join(prefix, rel)), rel)
             kiln = os.path.join(prefix, "bin", "kiln")
             env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
