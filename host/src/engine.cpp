@@ -185,7 +185,7 @@ std::optional<Fault> enhance(Workspace& ws, const AssetSpec& spec, GenerationReq
                                                        ks(req.negative_prompt), &r);
     if (st != KILN_OK || r.failed()) {
       Fault f = r.failure();
-      f.message = "enhancer '" + id + "' failed: " + f.message;
+      f.message = plugin_failure("enhancer", id, "enhance", "failed", f.message);
       return f;
     }
     if (r.prompt)
@@ -801,9 +801,8 @@ std::optional<Fault> run_validators(Workspace& ws, const AssetSpec& spec, const 
       // so the chain does not pay for new images that would be rejected the same way.
       rejected =
           Fault{vr.category == KILN_ERROR_PERMANENT ? KILN_ERROR_PERMANENT : KILN_ERROR_VALIDATION,
-                "validator '" + id + "' rejected the image: " +
-                    (vr.message.empty() ? std::string("no reason given") : vr.message),
-                -1, vr.missing_property};
+                plugin_failure("validator", id, "validate", "rejected the image", vr.message), -1,
+                vr.missing_property};
     }
   }
   return rejected;
@@ -851,8 +850,8 @@ std::optional<Fault> postprocess(Workspace& ws, const AssetSpec& spec, const Gen
       Fault f = r.failure();
       if (f.category != KILN_ERROR_VALIDATION)
         f.category = KILN_ERROR_PERMANENT;
-      f.message = "postprocessor '" + id + "' failed: " +
-                  (r.message.empty() ? std::string("no reason given") : ws.log.redact(r.message));
+      f.message =
+          plugin_failure("postprocessor", id, "process", "failed", ws.log.redact(r.message));
       return f;
     }
     if (r.image) {
@@ -989,6 +988,8 @@ Result<Generated> generate_once(Workspace& ws, const PlannedAsset& p, const Gene
     if (f.category == KILN_ERROR_NONE)
       f = {KILN_ERROR_PERMANENT, "backend failed without saying why", -1};
     f.message = ws.log.redact(f.message);
+    if (is_plugin_bug(f.message)) // a backend's own errors read well alone; its bugs are named
+      f.message = plugin_failure("backend", req.backend, "generate", "failed", f.message);
     return f;
   }
 
@@ -1267,7 +1268,9 @@ std::optional<Step> next_step(Workspace& ws, RunGuards& guards, const PlannedAss
     kiln_status st = inst.plugin().strategy()->propose(inst.handle(), &f, &r);
     if (st != KILN_OK || r.failed()) {
       if (r.failed()) // a strategy that could have helped says why it did not
-        passed.push_back(id + ": " + r.message);
+        passed.push_back(is_plugin_bug(r.message)
+                             ? plugin_failure("retry strategy", id, "propose", "", r.message)
+                             : id + ": " + r.message);
       continue;
     }
     Step step{id, current, std::max<int64_t>(0, r.retry_after_ms), r.fallback};

@@ -287,6 +287,22 @@ bool parse_default(const kiln_option_spec& spec, SettingValue& out);
 
 } // namespace
 
+bool is_plugin_bug(std::string_view message) {
+  return message.substr(0, std::string_view(kiln::detail::k_plugin_bug).size()) ==
+         kiln::detail::k_plugin_bug;
+}
+
+std::string plugin_failure(std::string_view kind, std::string_view id, std::string_view call,
+                           std::string_view usual, std::string_view message) {
+  std::string head = std::string(kind) + " '" + std::string(id) + "' ";
+  if (is_plugin_bug(message))
+    return head + "threw in " + std::string(call) +
+           "() (a bug in the plugin; report it to its author): " +
+           std::string(message.substr(std::string_view(kiln::detail::k_plugin_bug).size()));
+  return head + std::string(usual) + ": " +
+         (message.empty() ? std::string("no reason given") : std::string(message));
+}
+
 const char* option_type_word(uint32_t type) {
   static const char* k_types[] = {"?", "string", "integer", "number", "boolean", "list", "file"};
   type &= KILN_OPTION_TYPE_MASK;
@@ -804,9 +820,10 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
           where = value.value_loc;
           break;
         }
-    diag.error(where, label + " could not start: " +
-                          (result.message.empty() ? std::string("create() failed without a message")
-                                                  : m_log.redact(result.message)));
+    diag.error(where, plugin_failure(kind_name(plugin.kind), plugin.id, "create", "could not start",
+                                     result.message.empty()
+                                         ? std::string("create() failed without a message")
+                                         : m_log.redact(result.message)));
     if (handle)
       info->destroy(handle);
     return nullptr;

@@ -197,6 +197,14 @@ private:
   std::string m_loading_id; // of the library being loaded, once its info names one
 };
 
+// A plugin's failure in words: "<kind> '<id>' <usual>: <message>", or, when the C++ adapter
+// caught an exception that is no kiln::Error (a bug, not a verdict), "<kind> '<id>' threw in
+// <call>() (a bug in the plugin; report it to its author): <what>".
+std::string plugin_failure(std::string_view kind, std::string_view id, std::string_view call,
+                           std::string_view usual, std::string_view message);
+// Whether `message` is the adapter's mark of an unexpected exception.
+bool is_plugin_bug(std::string_view message);
+
 // An option type's word for people: "string", "integer", "number", "boolean", "list", "file".
 const char* option_type_word(uint32_t type);
 

@@ -286,8 +286,8 @@ TEST(PluginAdapter, ExceptionInCreateBecomesAnError) {
                         "[validators.throws]\nthrow_in_create = true\n") +
                 k_asset,
             {FIXTURE_DIR_throws});
-  EXPECT_EQ(f.error(), "assets.toml:5:13: validator 'throws' could not start: refusing to "
-                       "start\n"
+  EXPECT_EQ(f.error(), "assets.toml:5:13: validator 'throws' threw in create() (a bug in the "
+                       "plugin; report it to its author): refusing to start\n"
                        "    [validators.throws]\n"
                        "                ^");
 }
@@ -325,9 +325,12 @@ TEST(PluginAdapter, ExceptionsInCallsBecomeCategorisedFailures) {
   };
   kiln_result r = call("std");
   EXPECT_EQ(r.category, KILN_ERROR_PERMANENT);
-  EXPECT_EQ(r.message, "validate exploded");
+  EXPECT_EQ(r.message, "plugin bug: unexpected exception: validate exploded");
+  EXPECT_EQ(plugin_failure("validator", "throws", "validate", "rejected the image", r.message),
+            "validator 'throws' threw in validate() (a bug in the plugin; report it to its "
+            "author): validate exploded");
   r = call("int");
-  EXPECT_EQ(r.message, "unknown exception in plugin");
+  EXPECT_EQ(r.message, "plugin bug: unexpected exception: an exception of no standard type");
   r = call("typed");
   EXPECT_EQ(r.category, KILN_ERROR_RETRYABLE);
   EXPECT_EQ(r.message, "typed failure");

@@ -552,6 +552,9 @@ template <class T> struct Holder {
   T impl;
 };
 
+// How the adapter marks an exception other than kiln::Error in a failure's message.
+inline constexpr const char* k_plugin_bug = "plugin bug: unexpected exception: ";
+
 template <class F>
 kiln_status guarded(const kiln_host_api* host, kiln_result* result, F&& body) noexcept {
   CallScope scope(result);
@@ -562,9 +565,12 @@ kiln_status guarded(const kiln_host_api* host, kiln_result* result, F&& body) no
     if (e.retry_after_ms() >= 0)
       host->set_retry_after_ms(result, e.retry_after_ms());
   } catch (const std::exception& e) {
-    host->fail(result, KILN_ERROR_PERMANENT, str(e.what()));
+    // Not a kiln::Error: not a failure the plugin meant to report, but a bug. The host names it
+    // as one (plugin, call), never as a verdict ("rejected the image: vector index ...").
+    host->fail(result, KILN_ERROR_PERMANENT, str(std::string(k_plugin_bug) + e.what()));
   } catch (...) {
-    host->fail(result, KILN_ERROR_PERMANENT, str("unknown exception in plugin"));
+    host->fail(result, KILN_ERROR_PERMANENT,
+               str(std::string(k_plugin_bug) + "an exception of no standard type"));
   }
   return KILN_FAILED;
 }
