@@ -343,12 +343,12 @@ TEST(PluginSet, UnusedOfflineBackendsStartOnlyForTheFallback) {
   const std::string head = "[defaults]\nbackend = \"solid\"\n[backends.solid]\nlabel = \"x\"\n"
                            "[types.t]\nwidth = 8\nheight = 8\n";
   Fixture plain(head + k_asset, {FIXTURE_DIR_good_backend});
+  Fixture spare(head + "retry = [\"fallback\"]\n" + k_asset, {FIXTURE_DIR_good_backend});
   PluginSet set = instantiate_manifest_plugins(plain.registry, plain.manifest);
   EXPECT_EQ(set.backends.count("solid"), 1u);
   EXPECT_EQ(set.backends.count("placeholder"), 0u);
-  Fixture spare(head + "retry = [\"fallback\"]\n" + k_asset, {FIXTURE_DIR_good_backend});
-  set = instantiate_manifest_plugins(spare.registry, spare.manifest);
-  EXPECT_EQ(set.backends.count("placeholder"), 1u);
+  PluginSet with_spare = instantiate_manifest_plugins(spare.registry, spare.manifest);
+  EXPECT_EQ(with_spare.backends.count("placeholder"), 1u);
 }
 
 } // namespace

@@ -53,11 +53,14 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <kiln/plugin.h>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -214,25 +217,6 @@ private:
   kiln_result* m_result;
 };
 
-// What a plugin's constructor receives.
-namespace detail {
-// The result of the host's call this thread is in (create, generate, validate...), set by the
-// adapter around each call; null outside calls. Context reaches the host through it, so a
-// Context kept by a plugin always speaks for the call in progress, never for a finished one.
-inline thread_local kiln_result* t_call_result = nullptr;
-
-class CallScope {
-public:
-  explicit CallScope(kiln_result* result) : m_previous(t_call_result) { t_call_result = result; }
-  ~CallScope() { t_call_result = m_previous; }
-  CallScope(const CallScope&) = delete;
-  CallScope& operator=(const CallScope&) = delete;
-
-private:
-  kiln_result* m_previous;
-};
-} // namespace detail
-
 // What a plugin's constructor gets: its options and the host. Keep a reference to it if you
 // like (the adapter keeps it alive as long as the instance): log() then works from every later
 // call too (validate, enhance, propose, process, generate), each message tagged with the
@@ -249,21 +233,63 @@ public:
   const Options& options() const { return m_options; }
   void expire_options() { m_options.expire(); }
   void log(kiln_log_level level, std::string_view message) const {
-    if (detail::t_call_result)
-      m_host->log(detail::t_call_result, level, str(message));
+    if (kiln_result* r = current())
+      m_host->log(r, level, str(message));
   }
   // Registers a secret the host must never print or store.
   void add_secret(std::string_view secret) const {
-    if (detail::t_call_result)
-      m_host->add_secret(detail::t_call_result, str(secret));
+    if (kiln_result* r = current())
+      m_host->add_secret(r, str(secret));
   }
   // HTTP during construction (e.g. to check a token); later calls use BackendResult::http().
-  Http http() const { return Http(m_host, detail::t_call_result); }
+  Http http() const { return Http(m_host, current()); }
+
+  // The adapter's bookkeeping: the host's calls in progress on each thread, so that a kept
+  // Context speaks for the call its caller is in, never for a finished one. (No thread_local:
+  // plugins are loaded with dlopen, where dynamic TLS trips up some tools.)
+  void enter(kiln_result* result) const {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    m_calls.emplace_back(std::this_thread::get_id(), result);
+  }
+  void leave() const {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    for (auto it = m_calls.rbegin(); it != m_calls.rend(); ++it)
+      if (it->first == std::this_thread::get_id()) {
+        m_calls.erase(std::next(it).base());
+        return;
+      }
+  }
 
 private:
+  kiln_result* current() const {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    for (auto it = m_calls.rbegin(); it != m_calls.rend(); ++it)
+      if (it->first == std::this_thread::get_id())
+        return it->second;
+    return nullptr;
+  }
+
   const kiln_host_api* m_host;
   Options m_options;
+  mutable std::mutex m_mutex;
+  mutable std::vector<std::pair<std::thread::id, kiln_result*>> m_calls;
 };
+
+namespace detail {
+// A host call in progress, for the Context of the instance it is made on.
+class CallScope {
+public:
+  CallScope(const Context& context, kiln_result* result) : m_context(context) {
+    m_context.enter(result);
+  }
+  ~CallScope() { m_context.leave(); }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+private:
+  const Context& m_context;
+};
+} // namespace detail
 
 // Whether a struct the host passed is large enough to hold `field` (for fields added later).
 #define KILN_HAS_FIELD(ptr, type, field)                                                           \
@@ -543,8 +569,9 @@ namespace detail {
 
 // The instance with the Context it was made with: a plugin may keep a reference to it.
 template <class T> struct Holder {
-  Holder(const kiln_host_api* h, const kiln_options* options)
-      : host(h), context(h, options), impl(context) {
+  Holder(const kiln_host_api* h, const kiln_options* options, kiln_result* creating)
+      : host(h), context(h, options), impl((context.enter(creating), context)) {
+    context.leave();
     context.expire_options();
   }
   const kiln_host_api* host;
@@ -557,7 +584,6 @@ inline constexpr const char* k_plugin_bug = "plugin bug: unexpected exception: "
 
 template <class F>
 kiln_status guarded(const kiln_host_api* host, kiln_result* result, F&& body) noexcept {
-  CallScope scope(result);
   try {
     return body();
   } catch (const Error& e) {
@@ -579,7 +605,7 @@ template <class T>
 kiln_status create(const kiln_host_api* host, const kiln_options* options, void** instance,
                    kiln_result* result) noexcept {
   return guarded(host, result, [&] {
-    *instance = new Holder<T>(host, options);
+    *instance = new Holder<T>(host, options, result);
     return KILN_OK;
   });
 }
@@ -594,6 +620,7 @@ template <class T> void destroy(void* instance) noexcept {
 template <class T>
 kiln_status generate(void* instance, const kiln_request* request, kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
+  CallScope scope(h->context, result);
   return guarded(h->host, result, [&] {
     BackendResult out(h->host, result);
     h->impl.generate(Request::from(request), out);
@@ -613,6 +640,7 @@ template <class T>
 kiln_status enhance(void* instance, const kiln_asset* asset, kiln_str prompt, kiln_str negative,
                     kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
+  CallScope scope(h->context, result);
   return guarded(h->host, result, [&] {
     Prompt out = h->impl.enhance(Asset::from(asset),
                                  Prompt{std::string(view(prompt)), std::string(view(negative))});
@@ -634,6 +662,7 @@ template <class T>
 kiln_status validate(void* instance, const kiln_asset* asset, const kiln_image_file* file,
                      kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
+  CallScope scope(h->context, result);
   return guarded(h->host, result, [&] {
     Verdict v = h->impl.validate(Asset::from(asset), ImageFile::from(file));
     if (v.ok)
@@ -649,6 +678,7 @@ template <class T>
 kiln_status process(void* instance, const kiln_asset* asset, const kiln_image* image,
                     kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
+  CallScope scope(h->context, result);
   return guarded(h->host, result, [&] {
     Image out = h->impl.process(Asset::from(asset), Image::from(image));
     kiln_image raw = out.raw();
@@ -660,6 +690,7 @@ kiln_status process(void* instance, const kiln_asset* asset, const kiln_image* i
 template <class T>
 kiln_status prompt_hint(void* instance, const kiln_asset* asset, kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
+  CallScope scope(h->context, result);
   return guarded(h->host, result, [&] {
     std::string hint = h->impl.prompt_hint(Asset::from(asset));
     if (!hint.empty())
@@ -671,6 +702,7 @@ kiln_status prompt_hint(void* instance, const kiln_asset* asset, kiln_result* re
 template <class T>
 kiln_status propose(void* instance, const kiln_failure* failure, kiln_result* result) noexcept {
   auto* h = static_cast<Holder<T>*>(instance);
+  CallScope scope(h->context, result);
   return guarded(h->host, result, [&] {
     std::optional<Proposal> p = h->impl.propose(Failure::from(failure));
     if (!p)
