@@ -13,6 +13,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import time
 import tempfile
 import termios
 import unittest
@@ -783,6 +784,65 @@ class CliTest(unittest.TestCase):
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn(message, r.stderr)
             self.assertNotIn("internal error", r.stderr)
+
+    # Outputs are replaced by rename, never written in place: a regenerated asset is a new
+    # file (new inode), and a reader that opened the old one still reads it whole (issue 18: an
+    # in-place write passed every test, the next run repaired what a kill left).
+    def test_a_regenerated_output_is_a_new_file_not_rewritten_in_place(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        sword = os.path.join(self.p.out, "icons", "sword.png")
+        before = os.stat(sword).st_ino
+        with open(sword, "rb") as reader:
+            old = reader.read()
+            reader.seek(0)
+            self.p.write(self.p.read().replace('prompt = "a steel sword"',
+                                               'prompt = "a golden sword"'))
+            self.assertEqual(self.p.kiln("build").returncode, 0)
+            self.assertEqual(reader.read(), old)
+        self.assertNotEqual(os.stat(sword).st_ino, before)
+
+    # An edit of the same size is an edit: the stamp's time counts, not only its size (issue 18:
+    # comparing sizes alone passed every test). And a forced rebuild of identical bytes writes
+    # nothing, so nothing downstream runs again.
+    def test_a_same_size_edit_is_noticed_and_identical_bytes_are_not_rewritten(self):
+        self.assertEqual(self.p.build()[0].returncode, 0)
+        shield = os.path.join(self.p.out, "icons", "shield.png")
+        with open(shield, "rb") as f:
+            data = bytearray(f.read())
+        data[len(data) // 2] ^= 0xFF  # same size, broken bytes
+        time.sleep(0.01)
+        with open(shield, "wb") as f:
+            f.write(data)
+        r, report = self.p.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotEqual(by_name(report)["icons/shield"]["status"], "up_to_date")
+        with open(shield, "rb") as f:
+            self.assertNotEqual(f.read(), bytes(data))
+        before = self.p.mtimes()
+        time.sleep(0.01)
+        r, report = self.p.build("--force")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["generated"], len(EXPECTED))
+        self.assertEqual(self.p.mtimes(), before)
+
+    # The no-op shortcut is keyed on the plugin files too: a replaced plugin library means the
+    # build runs, and here fails, naming it (issue 18: a shortcut ignoring plugin files said
+    # "no work to do" after a plugin upgrade).
+    def test_a_changed_plugin_file_defeats_the_no_op_shortcut(self):
+        folder = os.path.join(self.tmp, "plugins")
+        shutil.copytree(os.environ["KILN_KEEPS_CONTEXT_DIR"], folder)
+        env = dict(self.p.env, KILN_PLUGIN_PATH=folder)
+        self.p.write(self.p.read().replace('validators = ["resolution"',
+                                           'validators = ["keeps-context", "resolution"'))
+        self.assertEqual(self.p.kiln("build", env=env).returncode, 0)
+        self.assertIn("no work to do", self.p.kiln("build", env=env).stdout)
+        library = os.path.join(folder, "kiln-fixture-keeps-context.so")
+        time.sleep(0.01)
+        with open(library, "wb") as f:
+            f.write(b"not a library any more")
+        r = self.p.kiln("build", env=env)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("kiln-fixture-keeps-context.so", r.stderr)
 
     # A read-only file system is reported as one, naming the folder, never as a missing file
     # (issue 16). Mounts a read-only tmpfs in a mount namespace of the test's own.

@@ -414,6 +414,32 @@ class ReplicateTest(FakeReplicateCase):
         self.assertEqual(by_name(report)["icons/shield"]["status"], "generated")
         self.assertEqual(len(self.creates_for(stats, "icons/shield")), 2)
 
+    # Every create carries Cancel-After, so a prediction a killed run leaves behind stops (and
+    # stops billing) by itself (issue 18: removing the header passed every test).
+    def test_every_create_carries_cancel_after(self):
+        self.write(EIGHT[:2])
+        r, _ = self.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        creates = self.server.stats()["creates"]
+        self.assertEqual(len(creates), 2)
+        for c in creates:
+            self.assertIsNotNone(c["cancel_after_s"], c)
+            self.assertGreater(c["cancel_after_s"], 0)
+
+    # A server that echoes the token in its error text: redacted in stderr, the report, the
+    # state and the journal (issue 18: with redaction off, the other token tests still passed,
+    # as the token never reached a message there).
+    def test_a_token_echoed_by_the_server_is_redacted_everywhere(self):
+        self.write(EIGHT[:1])
+        self.server.control(prompt_rules=[
+            {"contains": "sword", "fate": "fail", "times": 5,
+             "error": "invalid input for token " + TOKEN + " (check it)"}])
+        r, report = self.build()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("invalid input for token [REDACTED]", r.stderr)
+        self.assertIn("[REDACTED]", by_name(report)["icons/sword"]["error"])
+        self.assert_token_nowhere(r.stdout, r.stderr)
+
     # A hostile server's text reaches the terminal escaped (issue 16): no clear-screen, no
     # window title, no carriage return faking a line.
     def test_escape_sequences_from_the_server_never_reach_the_terminal(self):

@@ -338,7 +338,8 @@ class Fake:
             self.predictions[p["id"]] = p
             self.stats["creates"].append({"id": p["id"], "model": model, "input": inputs,
                                           "time": p["created"],
-                                          "image_fault": p.get("image_fault")})
+                                          "image_fault": p.get("image_fault"),
+                                          "cancel_after_s": cancel_after_s})
         return p
 
     def status_of(self, p, t):

@@ -202,6 +202,19 @@ TEST(Validators, TileableComparesTheSeamWithTheImagesOwnTexture) {
   EXPECT_EQ(seam.missing, uint32_t(KILN_PROPERTY_TILEABLE)); // only a model or postprocessor
                                                              // that makes seams can fix it
   EXPECT_TRUE(validate(*v, encode_image(solid(64, 64, 40), "png"), "png", 64, 64).ok);
+  // The same ramp top to bottom: the top/bottom seam is checked too (issue 18: dropping that
+  // check passed every test).
+  Image down(128, 128);
+  for (uint32_t y = 0; y < 128; ++y)
+    for (uint32_t x = 0; x < 128; ++x) {
+      uint8_t* p = down.at(x, y);
+      p[0] = p[1] = p[2] = uint8_t(y * 2);
+      p[3] = 255;
+    }
+  Validated top = validate(*v, encode_image(down, "png"), "png", 128, 128);
+  EXPECT_FALSE(top.ok);
+  EXPECT_EQ(top.reason.rfind("not tileable: the top/bottom seam differs by 254.0", 0), 0u)
+      << top.reason;
 }
 
 TEST(Validators, AlphaWantsAClearBorderAroundSomethingOpaque) {
