@@ -66,11 +66,18 @@ bool MoneyBudget::reserve(double usd, const std::function<bool()>& interrupted) 
       ++m_refused;
       return false;
     }
+    ++m_waiting;
     m_changed.wait_for(lock, std::chrono::milliseconds(200));
+    --m_waiting;
   }
   m_reserved += usd;
   ++m_holders;
   return true;
+}
+
+uint32_t MoneyBudget::waiting() const {
+  std::lock_guard lock(m_mutex);
+  return m_waiting;
 }
 
 void MoneyBudget::settle(double reserved, double actual) {

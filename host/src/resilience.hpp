@@ -81,10 +81,13 @@ public:
   // What the refused reservations would need beyond the limit (0 when none was refused).
   double needed() const;
   uint32_t refused() const;
+  // Reservations blocked in reserve() right now, waiting for others to settle (for tests).
+  uint32_t waiting() const;
 
 private:
   mutable std::mutex m_mutex;
   std::condition_variable m_changed;
+  uint32_t m_waiting = 0;
   std::optional<double> m_limit;
   double m_spent = 0;
   double m_reserved = 0;

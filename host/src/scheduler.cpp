@@ -58,7 +58,9 @@ std::optional<Scheduler::Job> Scheduler::next() {
         --m_slots[best->backend].free;
       return job;
     }
+    ++m_waiting;
     m_changed.wait_for(lock, k_poll);
+    --m_waiting;
   }
 }
 
@@ -73,7 +75,9 @@ bool Scheduler::acquire(const std::string& backend) {
   while (s.free == 0) {
     if (interrupted())
       return false;
+    ++m_waiting;
     m_changed.wait_for(lock, k_poll);
+    --m_waiting;
   }
   --s.free;
   return true;
@@ -85,6 +89,11 @@ void Scheduler::release(const std::string& backend) {
     ++slots_locked(backend).free;
   }
   m_changed.notify_all();
+}
+
+size_t Scheduler::waiting() const {
+  std::lock_guard lock(m_mutex);
+  return m_waiting;
 }
 
 size_t Scheduler::slots_in_use() const {

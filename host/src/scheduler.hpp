@@ -42,6 +42,9 @@ public:
   // The slots of every backend some asset starts on: the remote jobs that can be in flight.
   size_t slots_in_use() const;
   size_t pending() const;
+  // Threads blocked in next() or acquire() right now, waiting for a slot: what a test waits
+  // for before it frees one (an event, not a sleep).
+  size_t waiting() const;
 
 private:
   struct Slots {
@@ -60,6 +63,7 @@ private:
   std::condition_variable m_changed;
   std::map<std::string, Slots> m_slots;
   std::vector<Group> m_groups;
+  size_t m_waiting = 0;
 };
 
 // One slot of a backend while an attempt holds it; given back at the latest when destroyed.

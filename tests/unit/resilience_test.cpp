@@ -1,6 +1,8 @@
 // The run-wide limits over every asset's strategy chain.
 #include "resilience.hpp"
+#include "test_support.hpp"
 
+#include <atomic>
 #include <gtest/gtest.h>
 #include <thread>
 
@@ -60,12 +62,15 @@ TEST(MoneyBudget, ReservationsThatCannotFitWithNothingInFlightAreRefused) {
 TEST(MoneyBudget, AWaitingReservationGoesAheadWhenAnotherComesBackSmaller) {
   MoneyBudget money(0.01, 0.004); // $0.004 spent by a killed run
   ASSERT_TRUE(money.reserve(0.005));
-  std::thread settle([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    money.settle(0.005, 0.001); // cost less than predicted
-  });
-  EXPECT_TRUE(money.reserve(0.005)); // waited: 0.004 + 0.001 + 0.005 fits
-  settle.join();
+  // The second does not fit while the first is held: it waits (blocked in reserve()), and
+  // goes ahead once the first settles for less: 0.004 + 0.001 + 0.005 fits.
+  std::atomic<int> second{-1};
+  std::thread reserver([&] { second = money.reserve(0.005) ? 1 : 0; });
+  ASSERT_TRUE(test::eventually([&] { return money.waiting() == 1; }));
+  EXPECT_EQ(second, -1);
+  money.settle(0.005, 0.001); // cost less than predicted
+  reserver.join();
+  EXPECT_EQ(second, 1);
   EXPECT_EQ(money.refused(), 0u);
   EXPECT_FALSE(MoneyBudget(std::nullopt, 0).needed() > 0);
 }

@@ -1,10 +1,14 @@
 #include "scheduler.hpp"
+#include "test_support.hpp"
 
+#include <atomic>
 #include <gtest/gtest.h>
 #include <thread>
 
 namespace kiln::host {
 namespace {
+
+using test::eventually;
 
 TEST(Scheduler, AnAssetStartsOnlyWithAFreeSlotOfItsBackend) {
   Scheduler s;
@@ -15,11 +19,12 @@ TEST(Scheduler, AnAssetStartsOnlyWithAFreeSlotOfItsBackend) {
   ASSERT_TRUE(a && b);
   EXPECT_TRUE(a->holds_slot && b->holds_slot);
   EXPECT_EQ(std::pair(a->index, b->index), std::pair(size_t(0), size_t(1)));
-  // Both slots are taken: the third waits until one is given back.
+  // Both slots are taken: the third waits (blocked in next(), its asset still pending) until
+  // one is given back.
   std::optional<Scheduler::Job> c;
   std::thread waiter([&] { c = s.next(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_FALSE(c);
+  ASSERT_TRUE(eventually([&] { return s.waiting() == 1; }));
+  EXPECT_EQ(s.pending(), 2u);
   s.release("replicate");
   waiter.join();
   ASSERT_TRUE(c);
@@ -67,31 +72,15 @@ TEST(Scheduler, ARetryWaitsForASlotLikeAnyJob) {
   Scheduler s;
   s.set_limit("replicate", 1);
   EXPECT_TRUE(s.acquire("replicate"));
-  bool got = false;
+  std::atomic<bool> got{false};
   std::thread waiter([&] { got = s.acquire("replicate"); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(eventually([&] { return s.waiting() == 1; }));
   EXPECT_FALSE(got);
   {
     SlotLease lease(s, "replicate", true); // given back when it goes out of scope
   }
   waiter.join();
   EXPECT_TRUE(got);
-}
-
-// The next job of a backend with one slot, if it starts within a second (a leaked slot would
-// hold it back for ever).
-std::optional<Scheduler::Job> next_soon(Scheduler& s) {
-  std::optional<Scheduler::Job> job;
-  std::thread t([&] { job = s.next(); });
-  for (int i = 0; i < 100 && !job; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (!job) {
-    s.release("replicate"); // unblock the thread so the test can end
-    t.join();
-    return std::nullopt;
-  }
-  t.join();
-  return job;
 }
 
 TEST(SlotLease, AHeldSlotGoesBackUnlessItIsHandedOver) {
@@ -106,14 +95,26 @@ TEST(SlotLease, AHeldSlotGoesBackUnlessItIsHandedOver) {
     SlotLease taker(s, "replicate", lease.hand_over()); // the first attempt takes it over
     EXPECT_FALSE(lease.hand_over());
   } // given back once, by the taker
-  auto second = next_soon(s);
+  // The second starts without waiting (a leaked slot would hold it back for ever).
+  std::optional<Scheduler::Job> second;
+  std::atomic<bool> started{false};
+  std::thread starter([&] {
+    second = s.next();
+    started = true;
+  });
+  ASSERT_TRUE(eventually([&] { return started || s.waiting() == 1; }));
+  const bool leaked = !started;
+  if (leaked)
+    s.release("replicate"); // it waits: the slot leaked; unblock it so the test can end
+  starter.join();
+  ASSERT_FALSE(leaked);
   ASSERT_TRUE(second);
   EXPECT_EQ(second->index, 1u);
   // Given back once, not twice: the one slot is the second asset's now, the third waits.
   std::optional<Scheduler::Job> third;
   std::thread waiter([&] { third = s.next(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_FALSE(third);
+  ASSERT_TRUE(eventually([&] { return s.waiting() == 1; }));
+  EXPECT_EQ(s.pending(), 1u);
   { SlotLease never_used(s, "replicate", true); } // the second never got to its first attempt
   waiter.join();
   ASSERT_TRUE(third);

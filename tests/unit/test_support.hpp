@@ -3,9 +3,11 @@
 #include "fatal.hpp"
 #include "util.hpp"
 
+#include <chrono>
 #include <cstdlib>
 #include <gtest/gtest.h>
 #include <string>
+#include <thread>
 
 namespace kiln::host::test {
 
@@ -38,6 +40,18 @@ template <class F> std::string fatal_message(F&& body) {
   }
   ADD_FAILURE() << "expected a Fatal error";
   return {};
+}
+
+// Waits for `event` (a state another thread reaches, read under its owner's lock): true as soon
+// as it holds. The deadline only ends a test that would otherwise hang; it decides nothing.
+template <class F> bool eventually(F&& event) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!event()) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return false;
+    std::this_thread::yield();
+  }
+  return true;
 }
 
 } // namespace kiln::host::test
