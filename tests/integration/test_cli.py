@@ -261,7 +261,7 @@ class CliTest(unittest.TestCase):
         self.assert_outputs_valid()
 
     def test_comment_and_formatting_edits_change_nothing(self):
-        self.p.build()
+        self.assertEqual(self.p.build()[0].returncode, 0)
         before = self.p.mtimes()
         edited = "# art for the game\n" + self.p.read().replace(
             'prompt = "a steel sword"', "prompt   =   'a steel sword'   # the hero's")
@@ -271,7 +271,7 @@ class CliTest(unittest.TestCase):
         self.assertEqual(self.p.mtimes(), before)
 
     def test_deleted_outputs_come_back_from_the_cache_and_edited_ones_are_kept(self):
-        self.p.build()
+        self.assertEqual(self.p.build()[0].returncode, 0)
         os.remove(os.path.join(self.p.out, "cover.jpg"))
         sword = os.path.join(self.p.out, "icons/sword.png")
         edit = pixels.write_png(sword, 64, 64)
@@ -320,7 +320,7 @@ class CliTest(unittest.TestCase):
         self.assertEqual(plan["summary"]["generate"], 4)
         self.assertEqual({a["reason"] for a in plan["assets"]}, {"new"})
         self.assertFalse(os.path.exists(self.p.out))
-        self.p.build()
+        self.assertEqual(self.p.build()[0].returncode, 0)
         self.p.write(self.p.read().replace("height = 80", "height = 81"))
         plan = json.loads(self.p.kiln("plan", "--json").stdout)
         grass = [a for a in plan["assets"] if a["name"] == "textures/grass"][0]
@@ -346,7 +346,7 @@ class CliTest(unittest.TestCase):
                          [os.path.join(self.p.out, rel) for rel in EXPECTED])
 
     def test_malformed_manifests_exit_2_with_location_and_write_nothing(self):
-        self.p.build()
+        self.assertEqual(self.p.build()[0].returncode, 0)
         before = self.p.mtimes()
         good = self.p.read()
         cases = {
@@ -509,7 +509,7 @@ class CliTest(unittest.TestCase):
             self.assertEqual(a.read(), b.read())
 
     def test_removed_assets_lose_their_files_unless_edited_and_leave_the_state(self):
-        self.p.build()
+        self.assertEqual(self.p.build()[0].returncode, 0)
         self.p.write(self.p.read().replace('name = "cover"', 'name = "cover2"')
                                   .replace('name = "icons/shield"', 'name = "icons/buckler"'))
         # An artist's edit: kept even though no longer declared.

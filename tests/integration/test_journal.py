@@ -75,6 +75,22 @@ class JournalCase(FakeReplicateCase):
                 self.fail("the server never reached the expected state")
             time.sleep(0.02)
 
+    def wait_for_journal(self, condition, timeout_s=20):
+        """Polls the journal until `condition(events)` holds for its complete lines (what a
+        kill at that moment leaves); fails the test if it never does."""
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with open(self.state_file("journal.jsonl")) as f:
+                    events = [json.loads(line) for line in f if line.endswith("\n")]
+            except (AssertionError, FileNotFoundError, ValueError):  # not made yet
+                events = []
+            if condition(events):
+                return events
+            if time.time() > deadline:
+                self.fail("the journal never reached the expected state")
+            time.sleep(0.02)
+
     def assert_no_temp_files(self):
         out = os.path.join(self.tmp, "out")
         left = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files
@@ -213,8 +229,9 @@ class BudgetTest(JournalCase):
         self.write(items)
         self.server.control(latency_s=1.0)
         proc = self.start("-j", "4")
-        self.wait_until(lambda stats: stats["downloads"] >= 4)
-        time.sleep(0.3)  # the first four collected and journaled
+        # Killed once the first four are collected and written (each journaled, fdatasync'd,
+        # before the call returns); the next four are a second (the latency) from collection.
+        self.wait_for_journal(lambda events: sum(e["t"] == "written" for e in events) >= 4)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         with open(self.state_file("journal.jsonl")) as f:
@@ -242,8 +259,7 @@ class BudgetTest(JournalCase):
         self.write(items)
         self.server.control(latency_s=1.0)
         proc = self.start("-j", "4")
-        self.wait_until(lambda stats: stats["downloads"] >= 4)
-        time.sleep(0.3)
+        self.wait_for_journal(lambda events: any(e["t"] == "downloaded" for e in events))
         proc.send_signal(signal.SIGINT)  # Ctrl-C: nothing new starts
         _, err = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 130, err)

@@ -194,7 +194,7 @@ class ReplicateTest(FakeReplicateCase):
         wrong = "kiln-test-wrong-token-NOT-REAL-77a2"
         env = dict(self.env, REPLICATE_API_TOKEN=wrong)
         r, report = self.build("-j", "4", env=env)
-        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(r.returncode, 1, r.stderr)  # every asset failed, each for this reason
         self.assertIn("REPLICATE_API_TOKEN", r.stderr)
         self.assertIn("You did not pass a valid authentication token", r.stderr)
         stats = self.server.stats()
@@ -493,10 +493,22 @@ class ReplicateTest(FakeReplicateCase):
         proc = subprocess.Popen([KILN, "build", "-j", "1", "--report", report], cwd=self.tmp,
                                 env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
+        # Interrupted once Kiln has recorded its prediction (the journal's "submitted" line,
+        # written the moment the create's answer names it): then it must cancel it.
         deadline = time.time() + 20
-        while not self.server.stats()["creates"] and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
+        while True:
+            try:
+                with open(self.state_file("journal.jsonl")) as f:
+                    submitted = any('"t":"submitted"' in line for line in f)
+            except (AssertionError, FileNotFoundError):  # the state folder is not made yet
+                submitted = False
+            if submitted:
+                break
+            if time.time() > deadline:
+                proc.kill()
+                proc.communicate()
+                self.fail("kiln never recorded a prediction")
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         self.assertEqual(proc.returncode, 130, err)
