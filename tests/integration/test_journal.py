@@ -147,7 +147,9 @@ class KillTest(JournalCase):
     def test_a_run_killed_while_creating_re_attaches_to_its_predictions(self):
         items = assets(6)
         self.write(items)
-        self.server.control(latency_s=1.5)
+        # Long enough that the kill lands before any answer, even on a loaded machine under
+        # the sanitizers (at 1.5 s, a slow poll once let answers and downloads through).
+        self.server.control(latency_s=4.0)
         proc = self.start("-j", "6")
         self.wait_until(lambda stats: len(stats["creates"]) >= 6)
         proc.send_signal(signal.SIGKILL)  # every create sent, no answer received yet
