@@ -25,6 +25,10 @@ replicate.delivery). Behaviour of the real service kept on purpose:
   noisy backdrop (sometimes with a soft shadow) only when the prompt asks for a plain background;
   a busy scene otherwise; "seamless tileable" textures that do not tile (their edges differ and
   light falls from one side). Transparency, tiling and trimming must be made after generation.
+  A request without a seed gets one as the real API gives it (unpredictable to the client), but
+  drawn from a hash of the server's --seed (default 1), the model, the input and how often that
+  input was seen: each run of a test paints the same images, in whatever order the creates
+  arrive, so a result that holds only for some seeds shows as a wrong result, not a flaky test.
 
 Test controls (no auth): POST /_control merges JSON into the configuration:
   latency_s        seconds from create to the end of a prediction (0.2)
@@ -198,9 +202,11 @@ def check_input(model, inputs):
 
 
 class Fake:
-    def __init__(self, token, image_tool):
+    def __init__(self, token, image_tool, seed=1):
         self.token = token
         self.image_tool = image_tool
+        self.seed = seed  # of the seeds of requests that give none
+        self.seeds_seen = {}
         self.lock = threading.Lock()
         self.files = tempfile.mkdtemp(prefix="fake-replicate-")
         self.config = {"latency_s": 0.2, "sync_mode": "processing_with_output",
@@ -328,7 +334,13 @@ class Fake:
                     p["error"] = (f"`height` and `width` have to be divisible by 8 but are {h} "
                                   f"and {w}.")
             if p["fate"] in ("succeed", "expire"):
-                seed = inputs.get("seed", random.randrange(1 << 16))
+                seed = inputs.get("seed")
+                if seed is None:
+                    key = model + json.dumps(inputs, sort_keys=True)
+                    with self.lock:
+                        seen = self.seeds_seen[key] = self.seeds_seen.get(key, 0) + 1
+                    digest = hashlib.sha256(f"{self.seed}|{key}|{seen}".encode()).digest()
+                    seed = int.from_bytes(digest[:2], "big")
                 p["image_fault"] = self.image_fault(model, inputs)
                 for _ in range(inputs.get("num_outputs", 1)):
                     p["files"].append(self.render(fmt, w, h, seed, p["image_fault"],
@@ -700,8 +712,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--token", required=True)
     parser.add_argument("--image-tool", required=True)
+    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    FAKE = Fake(args.token, args.image_tool)
+    FAKE = Fake(args.token, args.image_tool, args.seed)
     # A real service accepts many connections at once; the standard library's backlog of 5
     # drops the rest of a burst of connects, and the client's TCP resends them a second later.
     ThreadingHTTPServer.request_queue_size = 128
