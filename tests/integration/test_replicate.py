@@ -287,6 +287,27 @@ class ReplicateTest(FakeReplicateCase):
         self.assertGreaterEqual(second["time"] - first["time"], 3.0)
         self.assertIn("retrying in 3.", r.stderr)
 
+    # A 429 slows the whole backend, not only the asset that got it: no create of any asset
+    # reaches the server before the hint has passed (issue 18: with the rate limiter unhooked
+    # from 429s every test still passed, the throttled asset's own backoff hiding it).
+    def test_a_429_pauses_every_create_of_the_backend(self):
+        self.write(EIGHT[:4])
+        self.server.control(latency_s=1.0,
+                            faults={"create": [{"status": 429, "retry_after": 3}]})
+        r, _ = self.build("-j", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        requests = self.server.stats()["create_requests"]
+        throttled = [c for c in requests if c["status"] == 429]
+        self.assertEqual(len(throttled), 1, requests)
+        # A create already on its way when the 429 was answered arrives within moments of it
+        # (0.5 s of slack for a loaded machine); every one sent after Kiln read the 429 must
+        # wait out the hint (3 s), where the other slot, unpaused, would send its next create
+        # a second later (the fake's latency).
+        t0 = throttled[0]["time"]
+        later = [c["time"] - t0 for c in requests if c["time"] > t0 + 0.5]
+        self.assertTrue(later, requests)
+        self.assertGreaterEqual(min(later), 2.9, requests)
+
     def test_a_create_whose_answer_was_lost_is_found_not_paid_again(self):
         self.write(EIGHT[:2], "sync_wait_s = 0")
         self.server.control(faults={"create": [{"lose_answer": True}, {"drop": True}]})
