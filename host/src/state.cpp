@@ -634,20 +634,21 @@ void StateFile::save(bool keep_spend) {
 }
 
 void refuse_links_in_state(const fs::path& state_dir) {
-  std::error_code ec;
   for (const char* name : {"lock", "state.jsonl", "journal.jsonl", "owner", "work"}) {
     fs::path p = state_dir / name;
-    if (fs::is_symlink(fs::symlink_status(p, ec)))
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0)
+      continue; // not there: made as a real file
+    if (S_ISLNK(st.st_mode))
       throw Fatal("'" + p.string() + "' is a symbolic link: Kiln does not write through links " +
                   "in its state folder (remove it; Kiln makes the file anew)");
     // A hard link shares its bytes with a file elsewhere, which emptying the journal in place
     // would empty too.
-    struct stat st {};
-    if (::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1)
+    if (S_ISREG(st.st_mode) && st.st_nlink > 1)
       throw Fatal("'" + p.string() + "' has another hard link: Kiln does not write files of " +
                   "its state folder that other names share (remove it; Kiln makes it anew)");
     // A FIFO or a device there would hang the build or feed it anything.
-    if (::lstat(p.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && std::string(name) != "work")
+    if (!S_ISREG(st.st_mode) && std::string(name) != "work")
       throw Fatal("'" + p.string() + "' is not a regular file: Kiln keeps only regular files " +
                   "in its state folder (remove it; Kiln makes it anew)");
   }

@@ -673,17 +673,20 @@ class CliTest(unittest.TestCase):
         with open(victim, "w") as f:
             f.write("precious")
         state = state_folder(self.tmp)
+
+        def refused(message):
+            r = self.p.kiln("build", "--force")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message, r.stderr)
+            with open(victim) as f:
+                self.assertEqual(f.read(), "precious")
         for name in ("journal.jsonl", "lock"):
             path = os.path.join(state, name)
             saved = path + ".saved"
             if os.path.exists(path):
                 os.rename(path, saved)
             os.symlink(victim, path)
-            r = self.p.kiln("build", "--force")
-            self.assertEqual(r.returncode, 2, r.stderr)
-            self.assertIn("'%s' is a symbolic link" % path, r.stderr)
-            with open(victim) as f:
-                self.assertEqual(f.read(), "precious")
+            refused("'%s' is a symbolic link" % path)
             os.remove(path)
             if os.path.exists(saved):
                 os.rename(saved, path)
@@ -692,11 +695,7 @@ class CliTest(unittest.TestCase):
         if os.path.exists(journal):
             os.remove(journal)
         os.link(victim, journal)
-        r = self.p.kiln("build", "--force")
-        self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("'%s' has another hard link" % journal, r.stderr)
-        with open(victim) as f:
-            self.assertEqual(f.read(), "precious")
+        refused("'%s' has another hard link" % journal)
         os.remove(journal)
         # An output subfolder replaced by a link to a folder elsewhere.
         elsewhere = os.path.join(self.tmp, "elsewhere")

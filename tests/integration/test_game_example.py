@@ -327,7 +327,8 @@ class ReadmePatternsTest(ExampleCase):
                                     for d, _, files in os.walk(prefix) for f in files),
                              sorted(ASSETS))
             out = self.ninja()
-            self.assertNotIn("Baking", out) if generator == "Ninja" else None
+            if generator == "Ninja":  # Makefiles may enter the art target (it writes nothing)
+                self.assertNotIn("Baking", out)
             self.assertNotIn("Generating", out)
 
 
