@@ -26,7 +26,8 @@ class InstallTest(unittest.TestCase):
                         "lib/kiln/plugins/kiln-backend-placeholder.so",
                         "lib/kiln/plugins/kiln-validator-not-corrupt.so",
                         "share/kiln/examples/custom-validator/max_colours.cpp",
-                        "share/kiln/examples/custom-validator/CMakeLists.txt"]:
+                        "share/kiln/examples/custom-validator/CMakeLists.txt",
+                        "share/doc/kiln/SDK.md"]:
                 self.assertTrue(os.path.exists(os.path.join(prefix, rel)), rel)
             kiln = os.path.join(prefix, "bin", "kiln")
             env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_PATH"}
