@@ -430,8 +430,18 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
   const kiln_plugin_info* info = entry();
   if (!info)
     fail("returned no plugin info from '" KILN_PLUGIN_ENTRY_SYMBOL "'");
-  if (info->struct_size >= offsetof(kiln_plugin_info, id) + sizeof info->id && valid_id(info->id))
-    m_loading_id = info->id;
+  return add(info, path, std::move(lib));
+}
+
+const Plugin& PluginRegistry::add_in_process(const kiln_plugin_info* info, const fs::path& label) {
+  m_loading_id.clear();
+  return add(info, label, nullptr);
+}
+
+namespace {
+
+// The plugin info's header: ABI, size, kind, id, version, lifecycle callbacks. Its ABI minor.
+uint32_t check_info(const kiln_plugin_info* info, const std::function<void(std::string)>& fail) {
   if (info->abi_version != KILN_PLUGIN_ABI_VERSION)
     fail("was built for Kiln plugin ABI " + std::to_string(info->abi_version) +
          ", this kiln supports " + std::to_string(KILN_PLUGIN_ABI_VERSION));
@@ -459,8 +469,11 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
     fail("is missing required callback 'destroy'");
   if (!info->functions)
     fail("is missing its " + std::string(kind_name(info->kind)) + " function table");
+  return minor;
+}
 
-  // Each kind's table: at least as large as ABI 1's, and its required callbacks present.
+// Each kind's table: at least as large as ABI 1's, and its required callbacks present.
+void check_table(const kiln_plugin_info* info, const std::function<void(std::string)>& fail) {
   uint32_t table_size = *static_cast<const uint32_t*>(info->functions);
   auto need = [&](size_t min_size, const void* callback, const char* name) {
     if (table_size < min_size)
@@ -500,8 +513,11 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
     break;
   }
   }
-  std::vector<kiln_option_spec> options;
-  std::vector<bool> shapes;
+}
+
+// The option schema, each type without its flags, and which options shape images.
+void read_options(const kiln_plugin_info* info, const std::function<void(std::string)>& fail,
+                  Plugin& plugin) {
   for (size_t i = 0; i < info->option_count; ++i) {
     kiln_option_spec o = info->options[i];
     if (!o.name || !*o.name)
@@ -520,25 +536,35 @@ const Plugin& PluginRegistry::load_file(const fs::path& path_in) {
       fail("('" + std::string(info->id) + "') declares option '" + o.name +
            "', a key Kiln keeps for itself in [backends.X] (the plugin would never see its "
            "value): rename the option");
-    options.push_back(o);
-    shapes.push_back(!(flags & KILN_OPTION_NOT_SHAPING));
+    plugin.options.push_back(o);
+    plugin.shapes.push_back(!(flags & KILN_OPTION_NOT_SHAPING));
   }
+}
 
+} // namespace
+
+const Plugin& PluginRegistry::add(const kiln_plugin_info* info, const fs::path& path,
+                                  std::unique_ptr<Library> lib) {
+  std::function<void(std::string)> fail = [&](const std::string& why) {
+    throw Fatal("plugin " + quoted(path) + " " + why);
+  };
+  if (info->struct_size >= offsetof(kiln_plugin_info, id) + sizeof info->id && valid_id(info->id))
+    m_loading_id = info->id;
+  auto plugin = std::make_unique<Plugin>();
+  plugin->abi_minor = check_info(info, fail);
+  check_table(info, fail);
+  read_options(info, fail, *plugin);
   if (auto it = m_by_id.find(info->id); it != m_by_id.end())
     fail(std::string("provides id '") + info->id + "', already taken by " +
          quoted(it->second->path));
-
-  auto plugin = std::make_unique<Plugin>();
   plugin->path = path;
   plugin->info = info;
   plugin->id = info->id;
   plugin->version = info->version;
   plugin->description = info->description ? info->description : "";
   plugin->kind = kiln_plugin_kind(info->kind);
-  plugin->abi_minor = minor;
-  plugin->options = std::move(options);
-  plugin->shapes = std::move(shapes);
-  m_libraries.push_back(std::move(lib));
+  if (lib)
+    m_libraries.push_back(std::move(lib));
   m_by_id.emplace(plugin->id, plugin.get());
   m_plugins.push_back(std::move(plugin));
   return *m_plugins.back();

@@ -153,6 +153,10 @@ public:
   void load_directory(const fs::path& dir);
   // Loads and checks one library. Throws Fatal with the exact reason.
   const Plugin& load_file(const fs::path& path);
+  // Checks and adds a plugin linked into this program (`kiln::detail::info<Class>(...)` of the
+  // C++ adapter): the engine's tests run whole builds on backends and strategies written beside
+  // them, through the same ABI as a library's. `label` stands for its file in messages.
+  const Plugin& add_in_process(const kiln_plugin_info* info, const fs::path& label);
 
   // A library of the search path that did not load: its file, its id when it got as far as
   // declaring one, and the whole message ("plugin '<file>' was built for ...").
@@ -188,6 +192,10 @@ public:
 
 private:
   struct Library;
+  // Checks `info` (of the library `lib`, none for a plugin in process) and adds its plugin.
+  const Plugin& add(const kiln_plugin_info* info, const fs::path& path,
+                    std::unique_ptr<Library> lib);
+
   Log& m_log;
   HttpClient m_http;
   std::vector<std::unique_ptr<Library>> m_libraries;

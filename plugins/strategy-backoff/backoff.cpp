@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <kiln/kiln.hpp>
+#include <mutex>
 #include <random>
 #include <string>
 
@@ -48,15 +49,23 @@ public:
     // Full jitter: uniform in [0, cap], the cap doubling per retry of this request.
     unsigned doublings = std::min(failure.same_request_failures - 1, 30u);
     double cap = std::min(double(m_max_ms), double(m_base_ms) * std::ldexp(1.0, int(doublings)));
-    thread_local std::mt19937_64 rng{std::random_device{}()};
-    int64_t delay = int64_t(std::uniform_real_distribution<double>(0.0, cap)(rng));
+    int64_t delay = int64_t(jitter(cap));
     kiln::Proposal p;
     p.delay_ms = std::max(delay, failure.retry_after_ms);
     return p;
   }
 
 private:
+  // Uniform in [0, cap]. One generator for the instance, guarded: propose() runs on several
+  // threads at once, and a thread_local in a dlopen'd library crashes LeakSanitizer at exit.
+  double jitter(double cap) {
+    std::lock_guard lock(m_rng_mutex);
+    return std::uniform_real_distribution<double>(0.0, cap)(m_rng);
+  }
+
   int64_t m_max_attempts, m_base_ms, m_max_ms, m_max_hint_ms;
+  std::mutex m_rng_mutex;
+  std::mt19937_64 m_rng{std::random_device{}()};
 };
 
 } // namespace
