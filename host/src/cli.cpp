@@ -555,6 +555,164 @@ int cmd_build(int argc, char** argv) {
   return k_exit_ok;
 }
 
+// What `kiln plan` shows: the plan, the outputs of assets no longer declared, and the counts.
+struct PlanView {
+  Plan plan;
+  // Outputs of assets no longer declared: a full build removes those Kiln wrote, keeps edits.
+  std::vector<Undeclared> undeclared;
+  int counts[4] = {0, 0, 0, 0}; // by Action
+  int unplannable = 0;
+  int to_remove = 0;
+
+  // Edited by hand and left as they are: of declared assets and of assets no longer declared.
+  int kept() const { return counts[int(Action::Kept)] + int(undeclared.size()) - to_remove; }
+};
+
+using JsonWriter = rapidjson::PrettyWriter<rapidjson::FileWriteStream>;
+
+// `v` as a JSON string, every byte of it (its length is given: a NUL does not end it).
+void write_string(JsonWriter& w, const std::string& v) {
+  w.String(v.c_str(), rapidjson::SizeType(v.size()));
+}
+
+// The "summary" object of `kiln plan --json`: how many assets get each action, and the cost.
+void write_plan_summary(JsonWriter& w, const PlanView& v) {
+  w.Key("summary");
+  w.StartObject();
+  w.Key("total");
+  w.Uint64(v.plan.size());
+  w.Key("generate");
+  w.Int(v.counts[int(Action::Generate)]);
+  w.Key("cached");
+  w.Int(v.counts[int(Action::Cached)]);
+  w.Key("up_to_date");
+  w.Int(v.counts[int(Action::UpToDate)]);
+  w.Key("kept");
+  w.Int(v.kept());
+  w.Key("remove");
+  w.Int(v.to_remove);
+  w.Key("failed");
+  w.Int(v.unplannable);
+  w.Key("predicted_cost_usd");
+  w.Double(v.plan.predicted_cost_usd);
+  w.EndObject();
+}
+
+// One asset of `kiln plan --json`, with its final prompts and fingerprint.
+void write_planned_asset(JsonWriter& w, const PlannedAsset& p) {
+  w.StartObject();
+  w.Key("name");
+  write_string(w, p.spec.name);
+  w.Key("action");
+  write_string(w, p.prepare_error ? "failed" : std::string(action_name(p.action)));
+  w.Key("reason");
+  write_string(w, p.prepare_error ? p.prepare_error->message : p.reason);
+  w.Key("output");
+  write_string(w, p.output.string());
+  w.Key("fingerprint");
+  write_string(w, p.fingerprint);
+  w.Key("backend");
+  write_string(w, p.spec.backend);
+  w.Key("model");
+  write_string(w, p.spec.model);
+  w.Key("width");
+  w.Uint(p.spec.width);
+  w.Key("height");
+  w.Uint(p.spec.height);
+  w.Key("format");
+  write_string(w, p.spec.format);
+  w.Key("prompt");
+  write_string(w, p.request.prompt);
+  w.Key("negative_prompt");
+  write_string(w, p.request.negative_prompt);
+  w.Key("predicted_cost_usd");
+  w.Double(p.predicted_cost_usd);
+  w.Key("fallback");
+  w.Bool(p.fallback_on_disk);
+  w.Key("retry");
+  w.StartArray();
+  for (auto& id : p.spec.retry)
+    write_string(w, id);
+  w.EndArray();
+  w.Key("postprocess");
+  w.StartArray();
+  for (auto& id : p.spec.postprocess)
+    write_string(w, id);
+  w.EndArray();
+  w.EndObject();
+}
+
+// `kiln plan --json`. Streamed, one asset at a time: a plan of any size is printed in constant
+// memory.
+void print_plan_json(Workspace& ws, const PlanView& v) {
+  char out_buf[1 << 16];
+  rapidjson::FileWriteStream out(stdout, out_buf, sizeof out_buf);
+  JsonWriter w(out);
+  w.SetIndent(' ', 2);
+  w.StartObject();
+  write_plan_summary(w, v);
+  w.Key("assets");
+  w.StartArray();
+  for (size_t i = 0; i < v.plan.size(); ++i)
+    write_planned_asset(w, v.plan.asset(ws, i));
+  w.EndArray();
+  // Files of assets no longer declared: "remove" (Kiln's, unedited) or "kept" (edited).
+  w.Key("undeclared");
+  w.StartArray();
+  for (auto& u : v.undeclared) {
+    w.StartObject();
+    w.Key("name");
+    write_string(w, u.name);
+    w.Key("action");
+    write_string(w, u.edited ? "kept" : "remove");
+    w.Key("reason");
+    write_string(w, u.reason());
+    w.Key("output");
+    write_string(w, u.output.string());
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  out.Put('\n');
+  out.Flush();
+}
+
+// `kiln plan`: a table of action, asset, reason and predicted cost, then a line of totals.
+// Printed one asset at a time, as the JSON is.
+void print_plan_table(Workspace& ws, const PlanView& v) {
+  size_t width = 5;
+  for (auto& e : v.plan.entries)
+    width = std::max(width, ws.manifest.name(e.asset).size());
+  for (auto& u : v.undeclared)
+    width = std::max(width, u.name.size());
+  for (size_t i = 0; i < v.plan.size(); ++i) {
+    PlannedAsset p = v.plan.asset(ws, i);
+    const char* action = p.prepare_error                ? "failed"
+                         : p.action == Action::Generate ? "generate"
+                         : p.action == Action::Cached   ? "cached"
+                         : p.action == Action::Kept     ? "kept"
+                                                        : "up to date";
+    std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
+    std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
+                escape_controls(p.prepare_error ? p.prepare_error->message : p.reason).c_str(),
+                cost.c_str());
+  }
+  for (auto& u : v.undeclared)
+    std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width),
+                escape_controls(u.name).c_str(), u.reason().c_str());
+  std::string extra;
+  if (int kept = v.kept())
+    extra += ", " + std::to_string(kept) + " kept (edited by hand)";
+  if (v.to_remove)
+    extra += ", " + std::to_string(v.to_remove) + " to remove";
+  if (v.unplannable)
+    extra += ", " + std::to_string(v.unplannable) + " failed";
+  std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
+              v.counts[int(Action::Generate)], v.counts[int(Action::Cached)],
+              v.counts[int(Action::UpToDate)], extra.c_str(),
+              format_usd(v.plan.predicted_cost_usd).c_str());
+}
+
 int cmd_plan(int argc, char** argv) {
   static const Command cmd{
       "plan", "show what `build` would do per asset and why, with the predicted cost",
@@ -570,151 +728,24 @@ int cmd_plan(int argc, char** argv) {
 
   auto s = open_session(a);
   Workspace ws = s->workspace();
-  Plan plan = make_plan(ws, PlanOptions{false, a.only});
-  int counts[4] = {0, 0, 0, 0}; // by Action
-  int unplannable = 0;
-  for (auto& e : plan.entries) {
+  PlanView v;
+  v.plan = make_plan(ws, PlanOptions{false, a.only});
+  for (auto& e : v.plan.entries) {
     if (e.prepare_failed)
-      ++unplannable;
+      ++v.unplannable;
     else
-      ++counts[int(e.action)];
+      ++v.counts[int(e.action)];
   }
-  // Outputs of assets no longer declared: a full build removes those Kiln wrote, keeps edits.
-  std::vector<Undeclared> undeclared;
   if (a.only.empty())
-    undeclared = undeclared_outputs(ws);
-  int to_remove = 0;
-  for (auto& u : undeclared)
-    to_remove += !u.edited;
+    v.undeclared = undeclared_outputs(ws);
+  for (auto& u : v.undeclared)
+    v.to_remove += !u.edited;
 
-  // Streamed, one asset at a time: a plan of any size is printed in constant memory.
-  if (json) {
-    char out_buf[1 << 16];
-    rapidjson::FileWriteStream out(stdout, out_buf, sizeof out_buf);
-    rapidjson::PrettyWriter<rapidjson::FileWriteStream> w(out);
-    w.SetIndent(' ', 2);
-    auto str = [&](const std::string& v) {
-      w.String(v.c_str(), rapidjson::SizeType(v.size()));
-    };
-    w.StartObject();
-    w.Key("summary");
-    w.StartObject();
-    w.Key("total");
-    w.Uint64(plan.size());
-    w.Key("generate");
-    w.Int(counts[int(Action::Generate)]);
-    w.Key("cached");
-    w.Int(counts[int(Action::Cached)]);
-    w.Key("up_to_date");
-    w.Int(counts[int(Action::UpToDate)]);
-    w.Key("kept");
-    w.Int(counts[int(Action::Kept)] + int(undeclared.size()) - to_remove);
-    w.Key("remove");
-    w.Int(to_remove);
-    w.Key("failed");
-    w.Int(unplannable);
-    w.Key("predicted_cost_usd");
-    w.Double(plan.predicted_cost_usd);
-    w.EndObject();
-    w.Key("assets");
-    w.StartArray();
-    for (size_t i = 0; i < plan.size(); ++i) {
-      PlannedAsset p = plan.asset(ws, i);
-      w.StartObject();
-      w.Key("name");
-      str(p.spec.name);
-      w.Key("action");
-      str(p.prepare_error ? "failed" : std::string(action_name(p.action)));
-      w.Key("reason");
-      str(p.prepare_error ? p.prepare_error->message : p.reason);
-      w.Key("output");
-      str(p.output.string());
-      w.Key("fingerprint");
-      str(p.fingerprint);
-      w.Key("backend");
-      str(p.spec.backend);
-      w.Key("model");
-      str(p.spec.model);
-      w.Key("width");
-      w.Uint(p.spec.width);
-      w.Key("height");
-      w.Uint(p.spec.height);
-      w.Key("format");
-      str(p.spec.format);
-      w.Key("prompt");
-      str(p.request.prompt);
-      w.Key("negative_prompt");
-      str(p.request.negative_prompt);
-      w.Key("predicted_cost_usd");
-      w.Double(p.predicted_cost_usd);
-      w.Key("fallback");
-      w.Bool(p.fallback_on_disk);
-      w.Key("retry");
-      w.StartArray();
-      for (auto& id : p.spec.retry)
-        str(id);
-      w.EndArray();
-      w.Key("postprocess");
-      w.StartArray();
-      for (auto& id : p.spec.postprocess)
-        str(id);
-      w.EndArray();
-      w.EndObject();
-    }
-    w.EndArray();
-    // Files of assets no longer declared: "remove" (Kiln's, unedited) or "kept" (edited).
-    w.Key("undeclared");
-    w.StartArray();
-    for (auto& u : undeclared) {
-      w.StartObject();
-      w.Key("name");
-      str(u.name);
-      w.Key("action");
-      str(u.edited ? "kept" : "remove");
-      w.Key("reason");
-      str(u.reason());
-      w.Key("output");
-      str(u.output.string());
-      w.EndObject();
-    }
-    w.EndArray();
-    w.EndObject();
-    out.Put('\n');
-    out.Flush();
-  } else {
-    size_t width = 5;
-    for (auto& e : plan.entries)
-      width = std::max(width, s->manifest.name(e.asset).size());
-    for (auto& u : undeclared)
-      width = std::max(width, u.name.size());
-    for (size_t i = 0; i < plan.size(); ++i) {
-      PlannedAsset p = plan.asset(ws, i);
-      const char* action = p.prepare_error                ? "failed"
-                           : p.action == Action::Generate ? "generate"
-                           : p.action == Action::Cached   ? "cached"
-                           : p.action == Action::Kept     ? "kept"
-                                                          : "up to date";
-      std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
-      std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
-                  escape_controls(p.prepare_error ? p.prepare_error->message : p.reason).c_str(),
-                  cost.c_str());
-    }
-    for (auto& u : undeclared)
-      std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width),
-                  escape_controls(u.name).c_str(), u.reason().c_str());
-    std::string extra;
-    if (int kept = counts[int(Action::Kept)] + int(undeclared.size()) - to_remove)
-      extra += ", " + std::to_string(kept) + " kept (edited by hand)";
-    if (to_remove)
-      extra += ", " + std::to_string(to_remove) + " to remove";
-    if (unplannable)
-      extra += ", " + std::to_string(unplannable) + " failed";
-    std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
-                counts[int(Action::Generate)], counts[int(Action::Cached)],
-                counts[int(Action::UpToDate)], extra.c_str(),
-                format_usd(plan.predicted_cost_usd).c_str());
-  }
-  return unplannable ? k_exit_assets_failed : k_exit_ok;
+  if (json)
+    print_plan_json(ws, v);
+  else
+    print_plan_table(ws, v);
+  return v.unplannable ? k_exit_assets_failed : k_exit_ok;
 }
 
 int cmd_adopt(int argc, char** argv) {
