@@ -675,6 +675,97 @@ fs::path resolve_option_path(const PluginSettings& settings, const std::string& 
 
 namespace {
 
+// Each key of `settings` that is not one of the plugin's options (`names`): an error at its
+// line, with the option meant or the ones it takes.
+void report_unknown_options(const std::string& label, const std::vector<std::string>& names,
+                            const PluginSettings& settings, Diagnostics& diag) {
+  for (auto& [key, value] : settings.values)
+    if (std::find(names.begin(), names.end(), key) == names.end()) {
+      std::string msg = "unknown option '" + key + "' for " + label;
+      if (auto hint = did_you_mean(key, names))
+        msg += " (did you mean '" + *hint + "'?)";
+      else if (names.empty())
+        msg += " (it takes no options)";
+      else
+        msg += " (it takes: " + join(names, ", ") + ")";
+      diag.error(value.key_loc, msg);
+    }
+}
+
+// Why a path option's file cannot be read as one, else empty: the plugin gets only files.
+std::string option_file_problem(const fs::path& file) {
+  std::error_code ec;
+  auto status = fs::status(file, ec);
+  if (!fs::exists(status))
+    return "no file '" + file.string() + "' (paths are relative to the manifest's folder)";
+  if (fs::is_directory(status))
+    return "'" + file.string() + "' is a folder, not a file";
+  if (!fs::is_regular_file(status))
+    return "'" + file.string() + "' is not a regular file";
+  if (fs::file_size(file, ec) > k_max_option_file_bytes)
+    return "'" + file.string() + "' is larger than " +
+           std::to_string(k_max_option_file_bytes >> 20) + " MiB";
+  return "";
+}
+
+// Checks a value the manifest gives against the option's type and makes it what the plugin
+// gets: an integer as a float for a number, a path resolved from the manifest's folder. False,
+// with an error at the value, when it does not fit.
+bool accept_given(const kiln_option_spec& spec, const PluginSettings& settings,
+                  const std::string& label, SettingValue& v, Diagnostics& diag) {
+  bool fits = ((spec.type == KILN_OPTION_STRING || spec.type == KILN_OPTION_PATH) &&
+               v.type == SettingValue::Type::String) ||
+              (spec.type == KILN_OPTION_INT && v.type == SettingValue::Type::Int) ||
+              (spec.type == KILN_OPTION_FLOAT &&
+               (v.type == SettingValue::Type::Float || v.type == SettingValue::Type::Int)) ||
+              (spec.type == KILN_OPTION_BOOL && v.type == SettingValue::Type::Bool) ||
+              (spec.type == KILN_OPTION_STRING_LIST && v.type == SettingValue::Type::StringList);
+  if (!fits) {
+    diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label + " must be " +
+                                std::string(option_type_name(spec.type)) + ", not " + v.toml_type);
+    return false;
+  }
+  if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
+    v.float_value = double(v.int_value);
+  if (spec.type == KILN_OPTION_FLOAT && !std::isfinite(v.float_value)) {
+    diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
+                                " must be a finite number, not " +
+                                (std::isnan(v.float_value) ? "nan" : "inf"));
+    return false;
+  }
+  if (spec.type == KILN_OPTION_PATH && !v.string_value.empty()) {
+    fs::path file = resolve_option_path(settings, v.string_value);
+    if (std::string problem = option_file_problem(file); !problem.empty()) {
+      diag.error(v.value_loc,
+                 "option '" + std::string(spec.name) + "' of " + label + ": " + problem);
+      return false;
+    }
+    v.string_value = file.string();
+  }
+  return true;
+}
+
+// Appends the option's value in the C ABI's form; `r` owns the strings and lists it points
+// into.
+void add_resolved(ResolvedOptions& r, const kiln_option_spec& spec, const SettingValue& v) {
+  kiln_option_value ov{};
+  r.strings.push_back(spec.name);
+  ov.name = {r.strings.back().data(), r.strings.back().size()};
+  ov.type = spec.type;
+  r.strings.push_back(v.string_value);
+  ov.string_value = {r.strings.back().data(), r.strings.back().size()};
+  ov.int_value = v.int_value;
+  ov.float_value = v.float_value;
+  ov.bool_value = v.bool_value ? 1 : 0;
+  r.list_storage.push_back(v.list_value);
+  r.lists.emplace_back();
+  for (auto& s : r.list_storage.back())
+    r.lists.back().push_back({s.data(), s.size()});
+  ov.list_values = r.lists.back().data();
+  ov.list_size = r.lists.back().size();
+  r.values.push_back(ov);
+}
+
 // Checks `settings` against the plugin's schema, errors into `diag` at the manifest lines, and
 // fills `r` with every option's value (given, else the default). False when anything is wrong.
 bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagnostics& diag,
@@ -684,20 +775,8 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
   std::vector<std::string> names;
   for (auto& o : plugin.options)
     names.emplace_back(o.name);
-
-  if (settings) {
-    for (auto& [key, value] : settings->values)
-      if (std::find(names.begin(), names.end(), key) == names.end()) {
-        std::string msg = "unknown option '" + key + "' for " + label;
-        if (auto hint = did_you_mean(key, names))
-          msg += " (did you mean '" + *hint + "'?)";
-        else if (names.empty())
-          msg += " (it takes no options)";
-        else
-          msg += " (it takes: " + join(names, ", ") + ")";
-        diag.error(value.key_loc, msg);
-      }
-  }
+  if (settings)
+    report_unknown_options(label, names, *settings, diag);
 
   const size_t count = plugin.options.size();
   r.values.reserve(count);
@@ -713,49 +792,8 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
         given = &it->second;
     if (given) {
       v = *given;
-      bool fits =
-          ((spec.type == KILN_OPTION_STRING || spec.type == KILN_OPTION_PATH) &&
-           v.type == SettingValue::Type::String) ||
-          (spec.type == KILN_OPTION_INT && v.type == SettingValue::Type::Int) ||
-          (spec.type == KILN_OPTION_FLOAT &&
-           (v.type == SettingValue::Type::Float || v.type == SettingValue::Type::Int)) ||
-          (spec.type == KILN_OPTION_BOOL && v.type == SettingValue::Type::Bool) ||
-          (spec.type == KILN_OPTION_STRING_LIST && v.type == SettingValue::Type::StringList);
-      if (!fits) {
-        diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
-                                    " must be " + std::string(option_type_name(spec.type)) +
-                                    ", not " + v.toml_type);
+      if (!accept_given(spec, *settings, label, v, diag))
         continue;
-      }
-      if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
-        v.float_value = double(v.int_value);
-      if (spec.type == KILN_OPTION_FLOAT && !std::isfinite(v.float_value)) {
-        diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
-                                    " must be a finite number, not " +
-                                    (std::isnan(v.float_value) ? "nan" : "inf"));
-        continue;
-      }
-      if (spec.type == KILN_OPTION_PATH && !v.string_value.empty()) {
-        fs::path file = resolve_option_path(*settings, v.string_value);
-        std::error_code ec;
-        auto status = fs::status(file, ec);
-        std::string problem;
-        if (!fs::exists(status))
-          problem = "no file '" + file.string() + "' (paths are relative to the manifest's folder)";
-        else if (fs::is_directory(status))
-          problem = "'" + file.string() + "' is a folder, not a file";
-        else if (!fs::is_regular_file(status))
-          problem = "'" + file.string() + "' is not a regular file";
-        else if (fs::file_size(file, ec) > k_max_option_file_bytes)
-          problem = "'" + file.string() + "' is larger than " +
-                    std::to_string(k_max_option_file_bytes >> 20) + " MiB";
-        if (!problem.empty()) {
-          diag.error(v.value_loc,
-                     "option '" + std::string(spec.name) + "' of " + label + ": " + problem);
-          continue;
-        }
-        v.string_value = file.string();
-      }
     } else if (!spec.default_value) {
       diag.error(settings ? settings->loc : SourceLoc{},
                  label + " needs option '" + spec.name + "'" +
@@ -767,22 +805,7 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
       throw Fatal("plugin '" + plugin.path.string() + "' declares a bad default '" +
                   spec.default_value + "' for option '" + spec.name + "'");
     }
-    kiln_option_value ov{};
-    r.strings.push_back(spec.name);
-    ov.name = {r.strings.back().data(), r.strings.back().size()};
-    ov.type = spec.type;
-    r.strings.push_back(v.string_value);
-    ov.string_value = {r.strings.back().data(), r.strings.back().size()};
-    ov.int_value = v.int_value;
-    ov.float_value = v.float_value;
-    ov.bool_value = v.bool_value ? 1 : 0;
-    r.list_storage.push_back(v.list_value);
-    r.lists.emplace_back();
-    for (auto& s : r.list_storage.back())
-      r.lists.back().push_back({s.data(), s.size()});
-    ov.list_values = r.lists.back().data();
-    ov.list_size = r.lists.back().size();
-    r.values.push_back(ov);
+    add_resolved(r, spec, v);
   }
   return diag.error_count() == errors_before;
 }
