@@ -911,99 +911,121 @@ std::string setting_text(const SettingValue& v) {
   }
 }
 
+namespace {
+
+// One kind of plugin as the manifest uses it: its settings tables and where its instances go.
+struct KindUse {
+  kiln_plugin_kind kind;
+  const char* table; // [backends.X]...
+  const char* field; // the asset field that names plugins of this kind
+  std::map<std::string, PluginSettings>* settings;
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>>* instances;
+};
+
+// Why no plugin of `kind` is `id`: it did not load, it is of another kind, a near name, or the
+// ones there are.
+std::string unknown_plugin(const PluginRegistry& registry, kiln_plugin_kind kind,
+                           const std::string& id) {
+  std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
+  if (std::string why = registry.broken_reason(id); !why.empty())
+    return msg + ": " + why;
+  if (const Plugin* other = registry.find(id))
+    return msg + " ('" + id + "' is " + (other->kind == KILN_KIND_ENHANCER ? "an " : "a ") +
+           std::string(kind_name(other->kind)) + ")";
+  std::vector<std::string> ids = registry.ids(kind);
+  if (auto hint = did_you_mean(id, ids))
+    return msg + " (did you mean '" + *hint + "'?)";
+  return msg + (ids.empty()
+                    ? std::string(" (no " + std::string(kind_name(kind)) + " plugins were found)")
+                    : " (available: " + join(ids, ", ") + ")");
+}
+
+// Starts the plugins assets name (`wanted`: id, where first named), each with its settings.
+void start_wanted(PluginRegistry& registry, const KindUse& use,
+                  const std::map<std::string, SourceLoc>& wanted, Diagnostics& diag) {
+  for (auto& [id, loc] : wanted) {
+    const Plugin* p = registry.find(id, use.kind);
+    if (!p) {
+      diag.error(loc, unknown_plugin(registry, use.kind, id));
+      continue;
+    }
+    // A second library with the same id did not load: which one was meant is unknown.
+    if (std::string why = registry.broken_reason(id, true); !why.empty()) {
+      diag.error(loc, std::string(kind_name(use.kind)) + " '" + id + "' is ambiguous: " + why);
+      continue;
+    }
+    auto it = use.settings->find(id);
+    auto inst = registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag);
+    if (inst)
+      use.instances->emplace(id, std::move(inst));
+  }
+}
+
+// Offline backends (the placeholder) are what the fallback strategy switches to: started when
+// some asset's retry chain has it, and then only as spares. A spare that cannot start is
+// skipped (said at -v) unless the manifest configured it: its table's mistakes are said.
+// Each one is added to `wanted`.
+void start_fallback_spares(PluginRegistry& registry, const Manifest& manifest, const KindUse& use,
+                           std::map<std::string, SourceLoc>& wanted, Diagnostics& diag) {
+  for (const Plugin* p : registry.all())
+    if (p->kind == KILN_KIND_BACKEND && !wanted.count(p->id) &&
+        (p->backend()->capabilities & KILN_BACKEND_OFFLINE)) {
+      auto it = use.settings->find(p->id);
+      const bool configured = it != use.settings->end();
+      Diagnostics spare(manifest.diagnostics.display_path(), nullptr);
+      if (auto inst = registry.instantiate(*p, configured ? &it->second : nullptr,
+                                           configured ? diag : spare))
+        use.instances->emplace(p->id, std::move(inst));
+      else if (!configured)
+        registry.log().debug("offline backend '" + p->id +
+                             "' not started as a fallback spare: " + spare.text());
+      wanted.emplace(p->id, SourceLoc{});
+    }
+}
+
+// A settings table for a plugin nobody uses is still checked against its schema (a typo there
+// is a mistake), but the plugin is not started: CI running `--backend placeholder` must not
+// need the paid backend's token.
+void check_unused_settings(const PluginRegistry& registry, const KindUse& use,
+                           const std::map<std::string, SourceLoc>& wanted, Diagnostics& diag) {
+  for (auto& [id, settings] : *use.settings) {
+    if (wanted.count(id))
+      continue;
+    const Plugin* p = registry.find(id, use.kind);
+    if (!p)
+      diag.error(settings.loc,
+                 unknown_plugin(registry, use.kind, id) + " in [" + use.table + "." + id + "]");
+    else
+      PluginRegistry::check_options(*p, &settings, diag);
+  }
+}
+
+} // namespace
+
 PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manifest) {
   Diagnostics& diag = manifest.diagnostics;
   PluginSet set;
-
-  struct KindUse {
-    kiln_plugin_kind kind;
-    const char* table;
-    std::map<std::string, PluginSettings>* settings;
-    std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>>* instances;
-  };
   KindUse uses[] = {
-      {KILN_KIND_BACKEND, "backends", &manifest.backend_settings, &set.backends},
-      {KILN_KIND_ENHANCER, "enhancers", &manifest.enhancer_settings, &set.enhancers},
-      {KILN_KIND_VALIDATOR, "validators", &manifest.validator_settings, &set.validators},
-      {KILN_KIND_RETRY_STRATEGY, "strategies", &manifest.strategy_settings, &set.strategies},
-      {KILN_KIND_POSTPROCESSOR, "postprocessors", &manifest.postprocessor_settings,
+      {KILN_KIND_BACKEND, "backends", "backend", &manifest.backend_settings, &set.backends},
+      {KILN_KIND_ENHANCER, "enhancers", "enhancers", &manifest.enhancer_settings, &set.enhancers},
+      {KILN_KIND_VALIDATOR, "validators", "validators", &manifest.validator_settings,
+       &set.validators},
+      {KILN_KIND_RETRY_STRATEGY, "strategies", "retry", &manifest.strategy_settings,
+       &set.strategies},
+      {KILN_KIND_POSTPROCESSOR, "postprocessors", "postprocess", &manifest.postprocessor_settings,
        &set.postprocessors},
   };
-
-  auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
-    std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
-    if (std::string why = registry.broken_reason(id); !why.empty())
-      return msg + ": " + why;
-    if (const Plugin* other = registry.find(id))
-      return msg + " ('" + id + "' is " + (other->kind == KILN_KIND_ENHANCER ? "an " : "a ") +
-             std::string(kind_name(other->kind)) + ")";
-    std::vector<std::string> ids = registry.ids(kind);
-    if (auto hint = did_you_mean(id, ids))
-      return msg + " (did you mean '" + *hint + "'?)";
-    return msg + (ids.empty()
-                      ? std::string(" (no " + std::string(kind_name(kind)) + " plugins were found)")
-                      : " (available: " + join(ids, ", ") + ")");
-  };
-
-  // Plugins named by assets, in first-use order, with where they were named.
+  auto retry = manifest.plugin_uses.find("retry");
+  const bool fallback = retry != manifest.plugin_uses.end() && retry->second.count("fallback");
   for (auto& use : uses) {
-    static const std::map<kiln_plugin_kind, const char*> k_field = {
-        {KILN_KIND_BACKEND, "backend"},
-        {KILN_KIND_ENHANCER, "enhancers"},
-        {KILN_KIND_RETRY_STRATEGY, "retry"},
-        {KILN_KIND_VALIDATOR, "validators"},
-        {KILN_KIND_POSTPROCESSOR, "postprocess"}};
+    // Plugins named by assets, in first-use order, with where they were named.
     std::map<std::string, SourceLoc> wanted;
-    if (auto it = manifest.plugin_uses.find(k_field.at(use.kind)); it != manifest.plugin_uses.end())
+    if (auto it = manifest.plugin_uses.find(use.field); it != manifest.plugin_uses.end())
       wanted = it->second;
-    for (auto& [id, loc] : wanted) {
-      const Plugin* p = registry.find(id, use.kind);
-      if (!p) {
-        diag.error(loc, unknown(use.kind, id));
-        continue;
-      }
-      // A second library with the same id did not load: which one was meant is unknown.
-      if (std::string why = registry.broken_reason(id, true); !why.empty()) {
-        diag.error(loc, std::string(kind_name(use.kind)) + " '" + id + "' is ambiguous: " + why);
-        continue;
-      }
-      auto it = use.settings->find(id);
-      auto inst = registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag);
-      if (inst)
-        use.instances->emplace(id, std::move(inst));
-    }
-    // Offline backends (the placeholder) are what the fallback strategy switches to: started
-    // when some asset's retry chain has it, and then only as spares. A spare that cannot start
-    // is skipped (said at -v) unless the manifest configured it: its table's mistakes are said.
-    auto retry = manifest.plugin_uses.find("retry");
-    bool fallback = retry != manifest.plugin_uses.end() && retry->second.count("fallback");
+    start_wanted(registry, use, wanted, diag);
     if (use.kind == KILN_KIND_BACKEND && fallback)
-      for (const Plugin* p : registry.all())
-        if (p->kind == KILN_KIND_BACKEND && !wanted.count(p->id) &&
-            (p->backend()->capabilities & KILN_BACKEND_OFFLINE)) {
-          auto it = use.settings->find(p->id);
-          const bool configured = it != use.settings->end();
-          Diagnostics spare(manifest.diagnostics.display_path(), nullptr);
-          if (auto inst = registry.instantiate(*p, configured ? &it->second : nullptr,
-                                               configured ? diag : spare))
-            use.instances->emplace(p->id, std::move(inst));
-          else if (!configured)
-            registry.log().debug("offline backend '" + p->id +
-                                 "' not started as a fallback spare: " + spare.text());
-          wanted.emplace(p->id, SourceLoc{});
-        }
-    // A settings table for a plugin nobody uses is still checked against its schema (a typo
-    // there is a mistake), but the plugin is not started: CI running `--backend placeholder`
-    // must not need the paid backend's token.
-    for (auto& [id, settings] : *use.settings) {
-      if (wanted.count(id))
-        continue;
-      const Plugin* p = registry.find(id, use.kind);
-      if (!p)
-        diag.error(settings.loc, unknown(use.kind, id) + " in [" + use.table + "." + id + "]");
-      else
-        PluginRegistry::check_options(*p, &settings, diag);
-    }
+      start_fallback_spares(registry, manifest, use, wanted, diag);
+    check_unused_settings(registry, use, wanted, diag);
   }
   diag.throw_if_errors();
   return set;
