@@ -254,229 +254,463 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
   return s;
 }
 
-int cmd_build(int argc, char** argv) {
+// What `kiln build` was asked: the common options and its own.
+struct BuildArgs : CommonArgs {
+  int jobs = k_not_given;
+  std::string report, stamp, depfile;
+  bool force = false, no_wait = false;
+  double budget = -1; // not given
+};
+
+// Reads and checks build's command line into `b`; false when --help was asked for.
+bool parse_build_args(int argc, char** argv, BuildArgs& b) {
   static const Command cmd{
       "build", "make every asset exist, game-ready, regenerating only what changed",
       "  kiln build                          # every asset of ./assets.toml\n"
       "  kiln build -m game/assets.toml -j 8 --report kiln-report.json\n"
       "  kiln build --only 'icons/*' --force # regenerate the icons, even if up to date\n"
       "  kiln build --backend placeholder    # offline, free images (CI)\n"};
-  CommonArgs a;
-  int jobs = k_not_given;
-  std::string report, stamp, depfile;
-  bool force = false, no_wait = false;
   std::string budget_text; // not given: empty
-  po::options_description d = common_options(a, true);
-  d.add_options()("jobs,j", po::value(&jobs)->value_name("N"),
+  po::options_description d = common_options(b, true);
+  d.add_options()("jobs,j", po::value(&b.jobs)->value_name("N"),
                   "jobs in flight per backend (default: [backends.X] concurrency, else 8 for a "
                   "remote backend, the CPU count for an offline one)")(
-      "report", po::value(&report)->value_name("FILE"), "write a JSON report of the run")(
-      "force", po::bool_switch(&force), "regenerate even up-to-date and cached assets (costs)")(
-      "stamp", po::value(&stamp)->value_name("FILE"),
+      "report", po::value(&b.report)->value_name("FILE"), "write a JSON report of the run")(
+      "force", po::bool_switch(&b.force), "regenerate even up-to-date and cached assets (costs)")(
+      "stamp", po::value(&b.stamp)->value_name("FILE"),
       "touch FILE when every asset is present and valid (build systems)")(
-      "depfile", po::value(&depfile)->value_name("FILE"),
+      "depfile", po::value(&b.depfile)->value_name("FILE"),
       "write the files this run read (manifest, plugins) as a Makefile rule for --stamp's FILE")(
       "budget", po::value(&budget_text)->value_name("USD"),
       "spend at most USD on this build, counting what killed runs before it spent (overrides "
       "[project] budget_usd); assets it cannot cover are not started, exit 3")(
-      "no-wait", po::bool_switch(&no_wait),
+      "no-wait", po::bool_switch(&b.no_wait),
       "when another build is writing the same output folder, exit 5 instead of waiting for it");
-  if (!parse(cmd, d, argc, argv, a.help))
-    return k_exit_ok;
-  if (jobs != k_not_given && jobs < 1)
+  if (!parse(cmd, d, argc, argv, b.help))
+    return false;
+  if (b.jobs != k_not_given && b.jobs < 1)
     throw Fatal("kiln build: --jobs must be at least 1");
-  double budget = -1; // not given
   if (!budget_text.empty()) {
     char* end = nullptr;
-    budget = std::strtod(budget_text.c_str(), &end);
-    if (*end || end == budget_text.c_str() || !std::isfinite(budget) || budget < 0)
+    b.budget = std::strtod(budget_text.c_str(), &end);
+    if (*end || end == budget_text.c_str() || !std::isfinite(b.budget) || b.budget < 0)
       throw Fatal("kiln build: --budget must be a number of US dollars, zero or more (not '" +
                   budget_text + "')");
   }
-  if (a.manifest.empty())
+  if (b.manifest.empty())
     throw Fatal("kiln build: -m needs a manifest file");
-  // The stamp is the build system's: touched through no link, and its failure said plainly.
-  auto touch_stamp = [&] {
-    try {
-      touch_file(stamp);
-    } catch (const std::exception& e) {
-      throw Fatal(std::string("kiln build: ") + e.what());
-    }
-  };
-  if (!depfile.empty() && stamp.empty())
+  if (!b.depfile.empty() && b.stamp.empty())
     throw Fatal("kiln build: --depfile needs --stamp (the rule's target)");
+  return true;
+}
 
-  // Nothing moved since the last clean run with these arguments: done, without parsing.
-  NoopKey key{
+// The stamp is the build system's: touched through no link, and its failure said plainly.
+void touch_stamp(const std::string& stamp) {
+  try {
+    touch_file(stamp);
+  } catch (const std::exception& e) {
+    throw Fatal(std::string("kiln build: ") + e.what());
+  }
+}
+
+// The no-op record is kept per these arguments: they decide which files a build reads.
+NoopKey noop_key(const CommonArgs& a) {
+  return NoopKey{
       fs::absolute(a.manifest).lexically_normal(),
       a.output_dir.empty() ? "" : fs::absolute(a.output_dir).lexically_normal().string(), a.backend,
       (a.state_dir.empty() ? state_root() : fs::absolute(a.state_dir).lexically_normal()).string()};
-  std::error_code ec;
-  bool may_skip = a.only.empty() && !force && report.empty() && !a.verbose &&
-                  (depfile.empty() || fs::exists(depfile, ec));
-  if (may_skip) {
-    if (auto assets = noop_check(key)) {
-      if (!a.quiet)
-        std::printf("kiln: no work to do (%zu asset%s up to date)\n", *assets,
-                    *assets == 1 ? "" : "s");
-      if (!stamp.empty())
-        touch_stamp();
-      return k_exit_ok;
-    }
-  }
+}
 
-  auto s = open_session(a, no_wait ? LockMode::NoWait : LockMode::Wait);
-  Workspace ws = s->workspace();
-  Plan plan = make_plan(ws, PlanOptions{force, a.only});
-  std::vector<std::string_view> names;
-  std::vector<Undeclared> undeclared;
-  if (a.only.empty()) {
-    names.reserve(s->manifest.size());
-    for (size_t i = 0; i < s->manifest.size(); ++i)
-      names.push_back(s->manifest.name(i));
-    undeclared = undeclared_outputs(ws);
+// Nothing moved since the last clean run with these arguments: says so and touches the stamp,
+// without parsing. False when the run must go ahead.
+bool nothing_moved(const BuildArgs& b, const NoopKey& key) {
+  std::error_code ec;
+  bool may_skip = b.only.empty() && !b.force && b.report.empty() && !b.verbose &&
+                  (b.depfile.empty() || fs::exists(b.depfile, ec));
+  if (!may_skip)
+    return false;
+  auto assets = noop_check(key);
+  if (!assets)
+    return false;
+  if (!b.quiet)
+    std::printf("kiln: no work to do (%zu asset%s up to date)\n", *assets, *assets == 1 ? "" : "s");
+  if (!b.stamp.empty())
+    touch_stamp(b.stamp);
+  return true;
+}
+
+// What the phases of a build hand on to each other.
+struct BuildRun {
+  explicit BuildRun(Session& session) : s(session), ws(session.workspace()) {}
+
+  Session& s;
+  Workspace ws;
+  Plan plan;
+  std::vector<std::string_view> names; // every declared asset; only on a full build
+  std::vector<Undeclared> undeclared;  // outputs of assets no longer declared; full build only
+  std::optional<ReportWriter> report_writer;
+  BuildOptions options;
+  BuildSummary summary;
+  bool lock_saved = true; // kiln.lock is written: the next run may take the no-op shortcut
+};
+
+// Plans the build and, on a full build, finds the outputs no longer declared and drops the
+// state's records of assets that are gone.
+void plan_build(const BuildArgs& b, BuildRun& run) {
+  run.plan = make_plan(run.ws, PlanOptions{b.force, b.only});
+  if (b.only.empty()) {
+    run.names.reserve(run.s.manifest.size());
+    for (size_t i = 0; i < run.s.manifest.size(); ++i)
+      run.names.push_back(run.s.manifest.name(i));
+    run.undeclared = undeclared_outputs(run.ws);
     // The record of an edited file of a removed asset stays, so later builds and plans still
     // name it (until someone deletes it); kiln.lock forgets the asset.
-    std::vector<std::string_view> remembered = names;
-    for (auto& u : undeclared)
+    std::vector<std::string_view> remembered = run.names;
+    for (auto& u : run.undeclared)
       if (u.edited && !u.declared)
         remembered.push_back(u.name);
-    s->state->retain(remembered);
+    run.s.state->retain(remembered);
   }
-  s->state->reserve(s->state->size() + plan.size());
-  s->lockfile->reserve(plan.size());
-  install_interrupt_handlers();
-  std::optional<ReportWriter> report_writer;
-  if (!report.empty())
-    report_writer.emplace(report);
-  BuildOptions options;
-  options.jobs = jobs > 0 ? unsigned(jobs) : 0u;
-  options.budget_usd = budget >= 0 ? std::optional<double>(budget) : s->manifest.budget_usd;
-  options.verbosity = verbosity(a);
-  options.progress = Progress::detect();
-  BuildSummary summary = build(ws, plan, options, report_writer ? &*report_writer : nullptr);
-  if (size_t swept = s->cache->sweep_stale_temp_files())
-    s->log.debug("removed " + std::to_string(swept) + " temp files of killed runs from the cache");
-  // The record of what was made, kept even when the run failed: what it made is made.
-  summary.removed = remove_undeclared(ws, undeclared);
-  for (auto& u : undeclared)
-    summary.kept += u.edited; // named by remove_undeclared()
-  if (a.only.empty())
-    s->lockfile->retain(names);
-  bool lock_saved = true;
-  try {
-    s->lockfile->save();
-  } catch (const std::exception& e) {
-    lock_saved = false; // no shortcut past the next run, which tries again
-    s->log.warning(std::string("cannot write ") + s->lockfile->path().string() + ": " + e.what());
-  }
-  if (report_writer)
-    report_writer->finish(summary);
+  run.s.state->reserve(run.s.state->size() + run.plan.size());
+  run.s.lockfile->reserve(run.plan.size());
+}
 
-  if (!a.quiet) {
-    char line[256];
-    if (summary.generated + summary.cached + summary.failed + summary.skipped + summary.kept +
-            int(summary.removed) ==
-        0)
-      std::snprintf(line, sizeof line, "kiln: no work to do (%zu asset%s up to date)",
-                    summary.total, summary.total == 1 ? "" : "s");
-    else
-      std::snprintf(
-          line, sizeof line,
-          "kiln: %zu asset%s: %d generated, %d cached, %d up to date, %d failed%s%s; "
-          "spent %s (predicted %s)%s in %.2f s",
-          summary.total, summary.total == 1 ? "" : "s", summary.generated, summary.cached,
-          summary.up_to_date, summary.failed,
-          summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
-          summary.fallbacks() ? (", " + std::to_string(summary.fallbacks()) + " fallback").c_str()
-                              : "",
-          format_usd(summary.cost_usd).c_str(), format_usd(summary.predicted_cost_usd).c_str(),
-          summary.spent_before_usd > 0
-              ? ("; " + format_usd(summary.spent_before_usd) + " by the killed runs before it")
-                    .c_str()
-              : "",
-          summary.duration_s);
-    std::string text = line;
-    if (summary.kept)
-      text += "; " + std::to_string(summary.kept) + " edited by hand, kept";
-    if (summary.removed)
-      text += "; " + std::to_string(summary.removed) + " old output" +
-              (summary.removed == 1 ? "" : "s") + " removed (no longer declared, or moved)";
-    if (summary.cache_rejected)
-      text += "; " + std::to_string(summary.cache_rejected) + " bad cache entr" +
-              (summary.cache_rejected == 1 ? "y" : "ies") + " removed, not installed";
-    std::printf("%s\n", text.c_str());
+// Makes the planned assets, with the budget, jobs and report the command line asks for.
+void run_build(const BuildArgs& b, BuildRun& run) {
+  install_interrupt_handlers();
+  if (!b.report.empty())
+    run.report_writer.emplace(b.report);
+  run.options.jobs = b.jobs > 0 ? unsigned(b.jobs) : 0u;
+  run.options.budget_usd =
+      b.budget >= 0 ? std::optional<double>(b.budget) : run.s.manifest.budget_usd;
+  run.options.verbosity = verbosity(b);
+  run.options.progress = Progress::detect();
+  run.summary =
+      build(run.ws, run.plan, run.options, run.report_writer ? &*run.report_writer : nullptr);
+  if (size_t swept = run.s.cache->sweep_stale_temp_files())
+    run.s.log.debug("removed " + std::to_string(swept) +
+                    " temp files of killed runs from the cache");
+}
+
+// The record of what was made, kept even when the run failed: what it made is made. Removes
+// the outputs no longer declared, then writes kiln.lock and the report.
+void record_build(const BuildArgs& b, BuildRun& run) {
+  BuildSummary& summary = run.summary;
+  summary.removed = remove_undeclared(run.ws, run.undeclared);
+  for (auto& u : run.undeclared)
+    summary.kept += u.edited; // named by remove_undeclared()
+  if (b.only.empty())
+    run.s.lockfile->retain(run.names);
+  try {
+    run.s.lockfile->save();
+  } catch (const std::exception& e) {
+    run.lock_saved = false; // no shortcut past the next run, which tries again
+    run.s.log.warning(std::string("cannot write ") + run.s.lockfile->path().string() + ": " +
+                      e.what());
   }
-  noop_forget(key);
+  if (run.report_writer)
+    run.report_writer->finish(summary);
+}
+
+// The line that ends a build: what it did to how many assets, what it cost, how long it took.
+void print_build_summary(const BuildSummary& summary) {
+  char line[256];
+  if (summary.generated + summary.cached + summary.failed + summary.skipped + summary.kept +
+          int(summary.removed) ==
+      0)
+    std::snprintf(line, sizeof line, "kiln: no work to do (%zu asset%s up to date)", summary.total,
+                  summary.total == 1 ? "" : "s");
+  else
+    std::snprintf(
+        line, sizeof line,
+        "kiln: %zu asset%s: %d generated, %d cached, %d up to date, %d failed%s%s; "
+        "spent %s (predicted %s)%s in %.2f s",
+        summary.total, summary.total == 1 ? "" : "s", summary.generated, summary.cached,
+        summary.up_to_date, summary.failed,
+        summary.skipped ? (", " + std::to_string(summary.skipped) + " not started").c_str() : "",
+        summary.fallbacks() ? (", " + std::to_string(summary.fallbacks()) + " fallback").c_str()
+                            : "",
+        format_usd(summary.cost_usd).c_str(), format_usd(summary.predicted_cost_usd).c_str(),
+        summary.spent_before_usd > 0
+            ? ("; " + format_usd(summary.spent_before_usd) + " by the killed runs before it")
+                  .c_str()
+            : "",
+        summary.duration_s);
+  std::string text = line;
+  if (summary.kept)
+    text += "; " + std::to_string(summary.kept) + " edited by hand, kept";
+  if (summary.removed)
+    text += "; " + std::to_string(summary.removed) + " old output" +
+            (summary.removed == 1 ? "" : "s") + " removed (no longer declared, or moved)";
+  if (summary.cache_rejected)
+    text += "; " + std::to_string(summary.cache_rejected) + " bad cache entr" +
+            (summary.cache_rejected == 1 ? "y" : "ies") + " removed, not installed";
+  std::printf("%s\n", text.c_str());
+}
+
+// The exit code of a run that left some asset not as asked, with the errors that say why and
+// what to do; k_exit_ok when every asset is made as asked.
+int build_failure_exit_code(BuildRun& run) {
+  const BuildSummary& summary = run.summary;
+  Log& log = run.s.log;
   if (summary.interrupted)
     return k_exit_interrupted;
   if (summary.needs_a_person) {
     int kept = summary.generated + summary.cached + summary.up_to_date;
     for (auto& why : summary.stopped)
-      s->log.error("stopped creating on " + why);
-    s->log.error(std::to_string(summary.skipped) + " asset" + (summary.skipped == 1 ? "" : "s") +
-                 " not started; the " + std::to_string(kept) +
-                 " made are kept. Run again once a person has acted (credit, billing, token).");
+      log.error("stopped creating on " + why);
+    log.error(std::to_string(summary.skipped) + " asset" + (summary.skipped == 1 ? "" : "s") +
+              " not started; the " + std::to_string(kept) +
+              " made are kept. Run again once a person has acted (credit, billing, token).");
     return k_exit_needs_person;
   }
   if (summary.over_budget > 0) {
-    s->log.error(std::to_string(summary.over_budget) + " asset" +
-                 (summary.over_budget == 1 ? "" : "s") + " not made: the budget of " +
-                 format_usd(*options.budget_usd) + " is reached (" +
-                 format_usd(summary.spent_before_usd + summary.cost_usd) +
-                 " spent); the rest needs " + format_usd(summary.budget_needed_usd) +
-                 " more. Raise budget_usd in [project] or pass --budget; what was made is kept.");
+    log.error(std::to_string(summary.over_budget) + " asset" +
+              (summary.over_budget == 1 ? "" : "s") + " not made: the budget of " +
+              format_usd(*run.options.budget_usd) + " is reached (" +
+              format_usd(summary.spent_before_usd + summary.cost_usd) + " spent); the rest needs " +
+              format_usd(summary.budget_needed_usd) +
+              " more. Raise budget_usd in [project] or pass --budget; what was made is kept.");
     return k_exit_budget;
   }
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
-  if (summary.fallbacks() > 0 && !s->manifest.allow_fallback) {
+  if (summary.fallbacks() > 0 && !run.s.manifest.allow_fallback) {
     std::vector<std::string> stand_ins = summary.fallback_names; // in the order they finished
     std::sort(stand_ins.begin(), stand_ins.end());
-    s->log.error(std::to_string(stand_ins.size()) + " asset" +
-                 (stand_ins.size() == 1 ? " is" : "s are") +
-                 " a fallback stand-in, not the art asked for: " + join(stand_ins, ", ") +
-                 " (see the report's attempts; set allow_fallback = true in [project] to accept "
-                 "stand-ins)");
+    log.error(std::to_string(stand_ins.size()) + " asset" +
+              (stand_ins.size() == 1 ? " is" : "s are") +
+              " a fallback stand-in, not the art asked for: " + join(stand_ins, ", ") +
+              " (see the report's attempts; set allow_fallback = true in [project] to accept "
+              "stand-ins)");
     return k_exit_assets_failed;
   }
-  if (!depfile.empty()) {
-    std::vector<fs::path> inputs{key.manifest};
-    for (auto* instance : s->plugins.all()) {
-      inputs.push_back(instance->plugin().path);
-      inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
-    }
-    try {
-      write_depfile(depfile, stamp, inputs);
-    } catch (const std::exception& e) {
-      throw Fatal("kiln build: cannot write the depfile: " + std::string(e.what()));
-    }
-  }
-  // A fallback stand-in is tried again by the next build: no shortcut past it.
-  if (a.only.empty() && summary.fallbacks() == 0 && lock_saved) {
-    std::vector<fs::path> inputs{key.manifest, s->state->path(), s->lockfile->path(),
-                                 fs::read_symlink("/proc/self/exe", ec)};
-    for (auto* plugin : s->registry.all())
-      inputs.push_back(plugin->path);
-    for (auto* instance : s->plugins.all()) // a palette file, say
-      inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
-    // Every asset is in the state now, with the stamp its output was written or checked with.
-    NoopRecorder record(key, inputs);
-    const Manifest& m = s->manifest;
-    bool all = true;
-    for (size_t i = 0; i < m.size() && all; ++i) {
-      auto rec = s->state->find(m.name(i));
-      all = rec.has_value();
-      if (rec)
-        record.output(m.output_dir / m.relative_output(i), FileStamp{rec->size, rec->mtime_ns});
-    }
-    if (all)
-      record.commit();
-  }
-  // Last, and only on success: a build system re-runs kiln until it succeeds.
-  if (!stamp.empty())
-    touch_stamp();
   return k_exit_ok;
+}
+
+// --depfile: the manifest, and every plugin library and file the run's plugins read.
+void write_build_depfile(const BuildArgs& b, const NoopKey& key, const Session& s) {
+  std::vector<fs::path> inputs{key.manifest};
+  for (auto* instance : s.plugins.all()) {
+    inputs.push_back(instance->plugin().path);
+    inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
+  }
+  try {
+    write_depfile(b.depfile, b.stamp, inputs);
+  } catch (const std::exception& e) {
+    throw Fatal("kiln build: cannot write the depfile: " + std::string(e.what()));
+  }
+}
+
+// Records a clean full run for the no-op shortcut: every file it read, and every output with
+// the stamp the state holds for it.
+void record_noop(const NoopKey& key, const Session& s) {
+  std::error_code ec;
+  std::vector<fs::path> inputs{key.manifest, s.state->path(), s.lockfile->path(),
+                               fs::read_symlink("/proc/self/exe", ec)};
+  for (auto* plugin : s.registry.all())
+    inputs.push_back(plugin->path);
+  for (auto* instance : s.plugins.all()) // a palette file, say
+    inputs.insert(inputs.end(), instance->files().begin(), instance->files().end());
+  // Every asset is in the state now, with the stamp its output was written or checked with.
+  NoopRecorder record(key, inputs);
+  const Manifest& m = s.manifest;
+  bool all = true;
+  for (size_t i = 0; i < m.size() && all; ++i) {
+    auto rec = s.state->find(m.name(i));
+    all = rec.has_value();
+    if (rec)
+      record.output(m.output_dir / m.relative_output(i), FileStamp{rec->size, rec->mtime_ns});
+  }
+  if (all)
+    record.commit();
+}
+
+int cmd_build(int argc, char** argv) {
+  BuildArgs b;
+  if (!parse_build_args(argc, argv, b))
+    return k_exit_ok;
+  NoopKey key = noop_key(b);
+  if (nothing_moved(b, key))
+    return k_exit_ok;
+
+  auto s = open_session(b, b.no_wait ? LockMode::NoWait : LockMode::Wait);
+  BuildRun run(*s);
+  plan_build(b, run);
+  run_build(b, run);
+  record_build(b, run);
+  if (!b.quiet)
+    print_build_summary(run.summary);
+  noop_forget(key);
+  if (int code = build_failure_exit_code(run); code != k_exit_ok)
+    return code;
+  if (!b.depfile.empty())
+    write_build_depfile(b, key, *s);
+  // A fallback stand-in is tried again by the next build: no shortcut past it.
+  if (b.only.empty() && run.summary.fallbacks() == 0 && run.lock_saved)
+    record_noop(key, *s);
+  // Last, and only on success: a build system re-runs kiln until it succeeds.
+  if (!b.stamp.empty())
+    touch_stamp(b.stamp);
+  return k_exit_ok;
+}
+
+// What `kiln plan` shows: the plan, the outputs of assets no longer declared, and the counts.
+struct PlanView {
+  Plan plan;
+  // Outputs of assets no longer declared: a full build removes those Kiln wrote, keeps edits.
+  std::vector<Undeclared> undeclared;
+  int counts[4] = {0, 0, 0, 0}; // by Action
+  int unplannable = 0;
+  int to_remove = 0;
+
+  // Edited by hand and left as they are: of declared assets and of assets no longer declared.
+  int kept() const { return counts[int(Action::Kept)] + int(undeclared.size()) - to_remove; }
+};
+
+using JsonWriter = rapidjson::PrettyWriter<rapidjson::FileWriteStream>;
+
+// `v` as a JSON string, every byte of it (its length is given: a NUL does not end it).
+void write_string(JsonWriter& w, const std::string& v) {
+  w.String(v.c_str(), rapidjson::SizeType(v.size()));
+}
+
+// The "summary" object of `kiln plan --json`: how many assets get each action, and the cost.
+void write_plan_summary(JsonWriter& w, const PlanView& v) {
+  w.Key("summary");
+  w.StartObject();
+  w.Key("total");
+  w.Uint64(v.plan.size());
+  w.Key("generate");
+  w.Int(v.counts[int(Action::Generate)]);
+  w.Key("cached");
+  w.Int(v.counts[int(Action::Cached)]);
+  w.Key("up_to_date");
+  w.Int(v.counts[int(Action::UpToDate)]);
+  w.Key("kept");
+  w.Int(v.kept());
+  w.Key("remove");
+  w.Int(v.to_remove);
+  w.Key("failed");
+  w.Int(v.unplannable);
+  w.Key("predicted_cost_usd");
+  w.Double(v.plan.predicted_cost_usd);
+  w.EndObject();
+}
+
+// One asset of `kiln plan --json`, with its final prompts and fingerprint.
+void write_planned_asset(JsonWriter& w, const PlannedAsset& p) {
+  w.StartObject();
+  w.Key("name");
+  write_string(w, p.spec.name);
+  w.Key("action");
+  write_string(w, p.prepare_error ? "failed" : std::string(action_name(p.action)));
+  w.Key("reason");
+  write_string(w, p.prepare_error ? p.prepare_error->message : p.reason);
+  w.Key("output");
+  write_string(w, p.output.string());
+  w.Key("fingerprint");
+  write_string(w, p.fingerprint);
+  w.Key("backend");
+  write_string(w, p.spec.backend);
+  w.Key("model");
+  write_string(w, p.spec.model);
+  w.Key("width");
+  w.Uint(p.spec.width);
+  w.Key("height");
+  w.Uint(p.spec.height);
+  w.Key("format");
+  write_string(w, p.spec.format);
+  w.Key("prompt");
+  write_string(w, p.request.prompt);
+  w.Key("negative_prompt");
+  write_string(w, p.request.negative_prompt);
+  w.Key("predicted_cost_usd");
+  w.Double(p.predicted_cost_usd);
+  w.Key("fallback");
+  w.Bool(p.fallback_on_disk);
+  w.Key("retry");
+  w.StartArray();
+  for (auto& id : p.spec.retry)
+    write_string(w, id);
+  w.EndArray();
+  w.Key("postprocess");
+  w.StartArray();
+  for (auto& id : p.spec.postprocess)
+    write_string(w, id);
+  w.EndArray();
+  w.EndObject();
+}
+
+// `kiln plan --json`. Streamed, one asset at a time: a plan of any size is printed in constant
+// memory.
+void print_plan_json(Workspace& ws, const PlanView& v) {
+  char out_buf[1 << 16];
+  rapidjson::FileWriteStream out(stdout, out_buf, sizeof out_buf);
+  JsonWriter w(out);
+  w.SetIndent(' ', 2);
+  w.StartObject();
+  write_plan_summary(w, v);
+  w.Key("assets");
+  w.StartArray();
+  for (size_t i = 0; i < v.plan.size(); ++i)
+    write_planned_asset(w, v.plan.asset(ws, i));
+  w.EndArray();
+  // Files of assets no longer declared: "remove" (Kiln's, unedited) or "kept" (edited).
+  w.Key("undeclared");
+  w.StartArray();
+  for (auto& u : v.undeclared) {
+    w.StartObject();
+    w.Key("name");
+    write_string(w, u.name);
+    w.Key("action");
+    write_string(w, u.edited ? "kept" : "remove");
+    w.Key("reason");
+    write_string(w, u.reason());
+    w.Key("output");
+    write_string(w, u.output.string());
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  out.Put('\n');
+  out.Flush();
+}
+
+// `kiln plan`: a table of action, asset, reason and predicted cost, then a line of totals.
+// Printed one asset at a time, as the JSON is.
+void print_plan_table(Workspace& ws, const PlanView& v) {
+  size_t width = 5;
+  for (auto& e : v.plan.entries)
+    width = std::max(width, ws.manifest.name(e.asset).size());
+  for (auto& u : v.undeclared)
+    width = std::max(width, u.name.size());
+  for (size_t i = 0; i < v.plan.size(); ++i) {
+    PlannedAsset p = v.plan.asset(ws, i);
+    const char* action = p.prepare_error                ? "failed"
+                         : p.action == Action::Generate ? "generate"
+                         : p.action == Action::Cached   ? "cached"
+                         : p.action == Action::Kept     ? "kept"
+                                                        : "up to date";
+    std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
+    std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
+                escape_controls(p.prepare_error ? p.prepare_error->message : p.reason).c_str(),
+                cost.c_str());
+  }
+  for (auto& u : v.undeclared)
+    std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width),
+                escape_controls(u.name).c_str(), u.reason().c_str());
+  std::string extra;
+  if (int kept = v.kept())
+    extra += ", " + std::to_string(kept) + " kept (edited by hand)";
+  if (v.to_remove)
+    extra += ", " + std::to_string(v.to_remove) + " to remove";
+  if (v.unplannable)
+    extra += ", " + std::to_string(v.unplannable) + " failed";
+  std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
+              v.counts[int(Action::Generate)], v.counts[int(Action::Cached)],
+              v.counts[int(Action::UpToDate)], extra.c_str(),
+              format_usd(v.plan.predicted_cost_usd).c_str());
 }
 
 int cmd_plan(int argc, char** argv) {
@@ -494,151 +728,24 @@ int cmd_plan(int argc, char** argv) {
 
   auto s = open_session(a);
   Workspace ws = s->workspace();
-  Plan plan = make_plan(ws, PlanOptions{false, a.only});
-  int counts[4] = {0, 0, 0, 0}; // by Action
-  int unplannable = 0;
-  for (auto& e : plan.entries) {
+  PlanView v;
+  v.plan = make_plan(ws, PlanOptions{false, a.only});
+  for (auto& e : v.plan.entries) {
     if (e.prepare_failed)
-      ++unplannable;
+      ++v.unplannable;
     else
-      ++counts[int(e.action)];
+      ++v.counts[int(e.action)];
   }
-  // Outputs of assets no longer declared: a full build removes those Kiln wrote, keeps edits.
-  std::vector<Undeclared> undeclared;
   if (a.only.empty())
-    undeclared = undeclared_outputs(ws);
-  int to_remove = 0;
-  for (auto& u : undeclared)
-    to_remove += !u.edited;
+    v.undeclared = undeclared_outputs(ws);
+  for (auto& u : v.undeclared)
+    v.to_remove += !u.edited;
 
-  // Streamed, one asset at a time: a plan of any size is printed in constant memory.
-  if (json) {
-    char out_buf[1 << 16];
-    rapidjson::FileWriteStream out(stdout, out_buf, sizeof out_buf);
-    rapidjson::PrettyWriter<rapidjson::FileWriteStream> w(out);
-    w.SetIndent(' ', 2);
-    auto str = [&](const std::string& v) {
-      w.String(v.c_str(), rapidjson::SizeType(v.size()));
-    };
-    w.StartObject();
-    w.Key("summary");
-    w.StartObject();
-    w.Key("total");
-    w.Uint64(plan.size());
-    w.Key("generate");
-    w.Int(counts[int(Action::Generate)]);
-    w.Key("cached");
-    w.Int(counts[int(Action::Cached)]);
-    w.Key("up_to_date");
-    w.Int(counts[int(Action::UpToDate)]);
-    w.Key("kept");
-    w.Int(counts[int(Action::Kept)] + int(undeclared.size()) - to_remove);
-    w.Key("remove");
-    w.Int(to_remove);
-    w.Key("failed");
-    w.Int(unplannable);
-    w.Key("predicted_cost_usd");
-    w.Double(plan.predicted_cost_usd);
-    w.EndObject();
-    w.Key("assets");
-    w.StartArray();
-    for (size_t i = 0; i < plan.size(); ++i) {
-      PlannedAsset p = plan.asset(ws, i);
-      w.StartObject();
-      w.Key("name");
-      str(p.spec.name);
-      w.Key("action");
-      str(p.prepare_error ? "failed" : std::string(action_name(p.action)));
-      w.Key("reason");
-      str(p.prepare_error ? p.prepare_error->message : p.reason);
-      w.Key("output");
-      str(p.output.string());
-      w.Key("fingerprint");
-      str(p.fingerprint);
-      w.Key("backend");
-      str(p.spec.backend);
-      w.Key("model");
-      str(p.spec.model);
-      w.Key("width");
-      w.Uint(p.spec.width);
-      w.Key("height");
-      w.Uint(p.spec.height);
-      w.Key("format");
-      str(p.spec.format);
-      w.Key("prompt");
-      str(p.request.prompt);
-      w.Key("negative_prompt");
-      str(p.request.negative_prompt);
-      w.Key("predicted_cost_usd");
-      w.Double(p.predicted_cost_usd);
-      w.Key("fallback");
-      w.Bool(p.fallback_on_disk);
-      w.Key("retry");
-      w.StartArray();
-      for (auto& id : p.spec.retry)
-        str(id);
-      w.EndArray();
-      w.Key("postprocess");
-      w.StartArray();
-      for (auto& id : p.spec.postprocess)
-        str(id);
-      w.EndArray();
-      w.EndObject();
-    }
-    w.EndArray();
-    // Files of assets no longer declared: "remove" (Kiln's, unedited) or "kept" (edited).
-    w.Key("undeclared");
-    w.StartArray();
-    for (auto& u : undeclared) {
-      w.StartObject();
-      w.Key("name");
-      str(u.name);
-      w.Key("action");
-      str(u.edited ? "kept" : "remove");
-      w.Key("reason");
-      str(u.reason());
-      w.Key("output");
-      str(u.output.string());
-      w.EndObject();
-    }
-    w.EndArray();
-    w.EndObject();
-    out.Put('\n');
-    out.Flush();
-  } else {
-    size_t width = 5;
-    for (auto& e : plan.entries)
-      width = std::max(width, s->manifest.name(e.asset).size());
-    for (auto& u : undeclared)
-      width = std::max(width, u.name.size());
-    for (size_t i = 0; i < plan.size(); ++i) {
-      PlannedAsset p = plan.asset(ws, i);
-      const char* action = p.prepare_error                ? "failed"
-                           : p.action == Action::Generate ? "generate"
-                           : p.action == Action::Cached   ? "cached"
-                           : p.action == Action::Kept     ? "kept"
-                                                          : "up to date";
-      std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
-      std::printf("%-10s  %-*s  %s%s\n", action, int(width), p.spec.name.c_str(),
-                  escape_controls(p.prepare_error ? p.prepare_error->message : p.reason).c_str(),
-                  cost.c_str());
-    }
-    for (auto& u : undeclared)
-      std::printf("%-10s  %-*s  %s\n", u.edited ? "kept" : "remove", int(width),
-                  escape_controls(u.name).c_str(), u.reason().c_str());
-    std::string extra;
-    if (int kept = counts[int(Action::Kept)] + int(undeclared.size()) - to_remove)
-      extra += ", " + std::to_string(kept) + " kept (edited by hand)";
-    if (to_remove)
-      extra += ", " + std::to_string(to_remove) + " to remove";
-    if (unplannable)
-      extra += ", " + std::to_string(unplannable) + " failed";
-    std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
-                counts[int(Action::Generate)], counts[int(Action::Cached)],
-                counts[int(Action::UpToDate)], extra.c_str(),
-                format_usd(plan.predicted_cost_usd).c_str());
-  }
-  return unplannable ? k_exit_assets_failed : k_exit_ok;
+  if (json)
+    print_plan_json(ws, v);
+  else
+    print_plan_table(ws, v);
+  return v.unplannable ? k_exit_assets_failed : k_exit_ok;
 }
 
 int cmd_adopt(int argc, char** argv) {

@@ -701,6 +701,97 @@ fs::path resolve_option_path(const PluginSettings& settings, const std::string& 
 
 namespace {
 
+// Each key of `settings` that is not one of the plugin's options (`names`): an error at its
+// line, with the option meant or the ones it takes.
+void report_unknown_options(const std::string& label, const std::vector<std::string>& names,
+                            const PluginSettings& settings, Diagnostics& diag) {
+  for (auto& [key, value] : settings.values)
+    if (std::find(names.begin(), names.end(), key) == names.end()) {
+      std::string msg = "unknown option '" + key + "' for " + label;
+      if (auto hint = did_you_mean(key, names))
+        msg += " (did you mean '" + *hint + "'?)";
+      else if (names.empty())
+        msg += " (it takes no options)";
+      else
+        msg += " (it takes: " + join(names, ", ") + ")";
+      diag.error(value.key_loc, msg);
+    }
+}
+
+// Why a path option's file cannot be read as one, else empty: the plugin gets only files.
+std::string option_file_problem(const fs::path& file) {
+  std::error_code ec;
+  auto status = fs::status(file, ec);
+  if (!fs::exists(status))
+    return "no file '" + file.string() + "' (paths are relative to the manifest's folder)";
+  if (fs::is_directory(status))
+    return "'" + file.string() + "' is a folder, not a file";
+  if (!fs::is_regular_file(status))
+    return "'" + file.string() + "' is not a regular file";
+  if (fs::file_size(file, ec) > k_max_option_file_bytes)
+    return "'" + file.string() + "' is larger than " +
+           std::to_string(k_max_option_file_bytes >> 20) + " MiB";
+  return "";
+}
+
+// Checks a value the manifest gives against the option's type and makes it what the plugin
+// gets: an integer as a float for a number, a path resolved from the manifest's folder. False,
+// with an error at the value, when it does not fit.
+bool accept_given(const kiln_option_spec& spec, const PluginSettings& settings,
+                  const std::string& label, SettingValue& v, Diagnostics& diag) {
+  bool fits = ((spec.type == KILN_OPTION_STRING || spec.type == KILN_OPTION_PATH) &&
+               v.type == SettingValue::Type::String) ||
+              (spec.type == KILN_OPTION_INT && v.type == SettingValue::Type::Int) ||
+              (spec.type == KILN_OPTION_FLOAT &&
+               (v.type == SettingValue::Type::Float || v.type == SettingValue::Type::Int)) ||
+              (spec.type == KILN_OPTION_BOOL && v.type == SettingValue::Type::Bool) ||
+              (spec.type == KILN_OPTION_STRING_LIST && v.type == SettingValue::Type::StringList);
+  if (!fits) {
+    diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label + " must be " +
+                                std::string(option_type_name(spec.type)) + ", not " + v.toml_type);
+    return false;
+  }
+  if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
+    v.float_value = double(v.int_value);
+  if (spec.type == KILN_OPTION_FLOAT && !std::isfinite(v.float_value)) {
+    diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
+                                " must be a finite number, not " +
+                                (std::isnan(v.float_value) ? "nan" : "inf"));
+    return false;
+  }
+  if (spec.type == KILN_OPTION_PATH && !v.string_value.empty()) {
+    fs::path file = resolve_option_path(settings, v.string_value);
+    if (std::string problem = option_file_problem(file); !problem.empty()) {
+      diag.error(v.value_loc,
+                 "option '" + std::string(spec.name) + "' of " + label + ": " + problem);
+      return false;
+    }
+    v.string_value = file.string();
+  }
+  return true;
+}
+
+// Appends the option's value in the C ABI's form; `r` owns the strings and lists it points
+// into.
+void add_resolved(ResolvedOptions& r, const kiln_option_spec& spec, const SettingValue& v) {
+  kiln_option_value ov{};
+  r.strings.push_back(spec.name);
+  ov.name = {r.strings.back().data(), r.strings.back().size()};
+  ov.type = spec.type;
+  r.strings.push_back(v.string_value);
+  ov.string_value = {r.strings.back().data(), r.strings.back().size()};
+  ov.int_value = v.int_value;
+  ov.float_value = v.float_value;
+  ov.bool_value = v.bool_value ? 1 : 0;
+  r.list_storage.push_back(v.list_value);
+  r.lists.emplace_back();
+  for (auto& s : r.list_storage.back())
+    r.lists.back().push_back({s.data(), s.size()});
+  ov.list_values = r.lists.back().data();
+  ov.list_size = r.lists.back().size();
+  r.values.push_back(ov);
+}
+
 // Checks `settings` against the plugin's schema, errors into `diag` at the manifest lines, and
 // fills `r` with every option's value (given, else the default). False when anything is wrong.
 bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagnostics& diag,
@@ -710,20 +801,8 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
   std::vector<std::string> names;
   for (auto& o : plugin.options)
     names.emplace_back(o.name);
-
-  if (settings) {
-    for (auto& [key, value] : settings->values)
-      if (std::find(names.begin(), names.end(), key) == names.end()) {
-        std::string msg = "unknown option '" + key + "' for " + label;
-        if (auto hint = did_you_mean(key, names))
-          msg += " (did you mean '" + *hint + "'?)";
-        else if (names.empty())
-          msg += " (it takes no options)";
-        else
-          msg += " (it takes: " + join(names, ", ") + ")";
-        diag.error(value.key_loc, msg);
-      }
-  }
+  if (settings)
+    report_unknown_options(label, names, *settings, diag);
 
   const size_t count = plugin.options.size();
   r.values.reserve(count);
@@ -739,49 +818,8 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
         given = &it->second;
     if (given) {
       v = *given;
-      bool fits =
-          ((spec.type == KILN_OPTION_STRING || spec.type == KILN_OPTION_PATH) &&
-           v.type == SettingValue::Type::String) ||
-          (spec.type == KILN_OPTION_INT && v.type == SettingValue::Type::Int) ||
-          (spec.type == KILN_OPTION_FLOAT &&
-           (v.type == SettingValue::Type::Float || v.type == SettingValue::Type::Int)) ||
-          (spec.type == KILN_OPTION_BOOL && v.type == SettingValue::Type::Bool) ||
-          (spec.type == KILN_OPTION_STRING_LIST && v.type == SettingValue::Type::StringList);
-      if (!fits) {
-        diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
-                                    " must be " + std::string(option_type_name(spec.type)) +
-                                    ", not " + v.toml_type);
+      if (!accept_given(spec, *settings, label, v, diag))
         continue;
-      }
-      if (spec.type == KILN_OPTION_FLOAT && v.type == SettingValue::Type::Int)
-        v.float_value = double(v.int_value);
-      if (spec.type == KILN_OPTION_FLOAT && !std::isfinite(v.float_value)) {
-        diag.error(v.value_loc, "option '" + std::string(spec.name) + "' of " + label +
-                                    " must be a finite number, not " +
-                                    (std::isnan(v.float_value) ? "nan" : "inf"));
-        continue;
-      }
-      if (spec.type == KILN_OPTION_PATH && !v.string_value.empty()) {
-        fs::path file = resolve_option_path(*settings, v.string_value);
-        std::error_code ec;
-        auto status = fs::status(file, ec);
-        std::string problem;
-        if (!fs::exists(status))
-          problem = "no file '" + file.string() + "' (paths are relative to the manifest's folder)";
-        else if (fs::is_directory(status))
-          problem = "'" + file.string() + "' is a folder, not a file";
-        else if (!fs::is_regular_file(status))
-          problem = "'" + file.string() + "' is not a regular file";
-        else if (fs::file_size(file, ec) > k_max_option_file_bytes)
-          problem = "'" + file.string() + "' is larger than " +
-                    std::to_string(k_max_option_file_bytes >> 20) + " MiB";
-        if (!problem.empty()) {
-          diag.error(v.value_loc,
-                     "option '" + std::string(spec.name) + "' of " + label + ": " + problem);
-          continue;
-        }
-        v.string_value = file.string();
-      }
     } else if (!spec.default_value) {
       diag.error(settings ? settings->loc : SourceLoc{},
                  label + " needs option '" + spec.name + "'" +
@@ -793,22 +831,7 @@ bool resolve_options(const Plugin& plugin, const PluginSettings* settings, Diagn
       throw Fatal("plugin '" + plugin.path.string() + "' declares a bad default '" +
                   spec.default_value + "' for option '" + spec.name + "'");
     }
-    kiln_option_value ov{};
-    r.strings.push_back(spec.name);
-    ov.name = {r.strings.back().data(), r.strings.back().size()};
-    ov.type = spec.type;
-    r.strings.push_back(v.string_value);
-    ov.string_value = {r.strings.back().data(), r.strings.back().size()};
-    ov.int_value = v.int_value;
-    ov.float_value = v.float_value;
-    ov.bool_value = v.bool_value ? 1 : 0;
-    r.list_storage.push_back(v.list_value);
-    r.lists.emplace_back();
-    for (auto& s : r.list_storage.back())
-      r.lists.back().push_back({s.data(), s.size()});
-    ov.list_values = r.lists.back().data();
-    ov.list_size = r.lists.back().size();
-    r.values.push_back(ov);
+    add_resolved(r, spec, v);
   }
   return diag.error_count() == errors_before;
 }
@@ -914,99 +937,121 @@ std::string setting_text(const SettingValue& v) {
   }
 }
 
+namespace {
+
+// One kind of plugin as the manifest uses it: its settings tables and where its instances go.
+struct KindUse {
+  kiln_plugin_kind kind;
+  const char* table; // [backends.X]...
+  const char* field; // the asset field that names plugins of this kind
+  std::map<std::string, PluginSettings>* settings;
+  std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>>* instances;
+};
+
+// Why no plugin of `kind` is `id`: it did not load, it is of another kind, a near name, or the
+// ones there are.
+std::string unknown_plugin(const PluginRegistry& registry, kiln_plugin_kind kind,
+                           const std::string& id) {
+  std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
+  if (std::string why = registry.broken_reason(id); !why.empty())
+    return msg + ": " + why;
+  if (const Plugin* other = registry.find(id))
+    return msg + " ('" + id + "' is " + (other->kind == KILN_KIND_ENHANCER ? "an " : "a ") +
+           std::string(kind_name(other->kind)) + ")";
+  std::vector<std::string> ids = registry.ids(kind);
+  if (auto hint = did_you_mean(id, ids))
+    return msg + " (did you mean '" + *hint + "'?)";
+  return msg + (ids.empty()
+                    ? std::string(" (no " + std::string(kind_name(kind)) + " plugins were found)")
+                    : " (available: " + join(ids, ", ") + ")");
+}
+
+// Starts the plugins assets name (`wanted`: id, where first named), each with its settings.
+void start_wanted(PluginRegistry& registry, const KindUse& use,
+                  const std::map<std::string, SourceLoc>& wanted, Diagnostics& diag) {
+  for (auto& [id, loc] : wanted) {
+    const Plugin* p = registry.find(id, use.kind);
+    if (!p) {
+      diag.error(loc, unknown_plugin(registry, use.kind, id));
+      continue;
+    }
+    // A second library with the same id did not load: which one was meant is unknown.
+    if (std::string why = registry.broken_reason(id, true); !why.empty()) {
+      diag.error(loc, std::string(kind_name(use.kind)) + " '" + id + "' is ambiguous: " + why);
+      continue;
+    }
+    auto it = use.settings->find(id);
+    auto inst = registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag);
+    if (inst)
+      use.instances->emplace(id, std::move(inst));
+  }
+}
+
+// Offline backends (the placeholder) are what the fallback strategy switches to: started when
+// some asset's retry chain has it, and then only as spares. A spare that cannot start is
+// skipped (said at -v) unless the manifest configured it: its table's mistakes are said.
+// Each one is added to `wanted`.
+void start_fallback_spares(PluginRegistry& registry, const Manifest& manifest, const KindUse& use,
+                           std::map<std::string, SourceLoc>& wanted, Diagnostics& diag) {
+  for (const Plugin* p : registry.all())
+    if (p->kind == KILN_KIND_BACKEND && !wanted.count(p->id) &&
+        (p->backend()->capabilities & KILN_BACKEND_OFFLINE)) {
+      auto it = use.settings->find(p->id);
+      const bool configured = it != use.settings->end();
+      Diagnostics spare(manifest.diagnostics.display_path(), nullptr);
+      if (auto inst = registry.instantiate(*p, configured ? &it->second : nullptr,
+                                           configured ? diag : spare))
+        use.instances->emplace(p->id, std::move(inst));
+      else if (!configured)
+        registry.log().debug("offline backend '" + p->id +
+                             "' not started as a fallback spare: " + spare.text());
+      wanted.emplace(p->id, SourceLoc{});
+    }
+}
+
+// A settings table for a plugin nobody uses is still checked against its schema (a typo there
+// is a mistake), but the plugin is not started: CI running `--backend placeholder` must not
+// need the paid backend's token.
+void check_unused_settings(const PluginRegistry& registry, const KindUse& use,
+                           const std::map<std::string, SourceLoc>& wanted, Diagnostics& diag) {
+  for (auto& [id, settings] : *use.settings) {
+    if (wanted.count(id))
+      continue;
+    const Plugin* p = registry.find(id, use.kind);
+    if (!p)
+      diag.error(settings.loc,
+                 unknown_plugin(registry, use.kind, id) + " in [" + use.table + "." + id + "]");
+    else
+      PluginRegistry::check_options(*p, &settings, diag);
+  }
+}
+
+} // namespace
+
 PluginSet instantiate_manifest_plugins(PluginRegistry& registry, Manifest& manifest) {
   Diagnostics& diag = manifest.diagnostics;
   PluginSet set;
-
-  struct KindUse {
-    kiln_plugin_kind kind;
-    const char* table;
-    std::map<std::string, PluginSettings>* settings;
-    std::map<std::string, std::unique_ptr<PluginInstance>, std::less<>>* instances;
-  };
   KindUse uses[] = {
-      {KILN_KIND_BACKEND, "backends", &manifest.backend_settings, &set.backends},
-      {KILN_KIND_ENHANCER, "enhancers", &manifest.enhancer_settings, &set.enhancers},
-      {KILN_KIND_VALIDATOR, "validators", &manifest.validator_settings, &set.validators},
-      {KILN_KIND_RETRY_STRATEGY, "strategies", &manifest.strategy_settings, &set.strategies},
-      {KILN_KIND_POSTPROCESSOR, "postprocessors", &manifest.postprocessor_settings,
+      {KILN_KIND_BACKEND, "backends", "backend", &manifest.backend_settings, &set.backends},
+      {KILN_KIND_ENHANCER, "enhancers", "enhancers", &manifest.enhancer_settings, &set.enhancers},
+      {KILN_KIND_VALIDATOR, "validators", "validators", &manifest.validator_settings,
+       &set.validators},
+      {KILN_KIND_RETRY_STRATEGY, "strategies", "retry", &manifest.strategy_settings,
+       &set.strategies},
+      {KILN_KIND_POSTPROCESSOR, "postprocessors", "postprocess", &manifest.postprocessor_settings,
        &set.postprocessors},
   };
-
-  auto unknown = [&](kiln_plugin_kind kind, const std::string& id) {
-    std::string msg = "unknown " + std::string(kind_name(kind)) + " '" + id + "'";
-    if (std::string why = registry.broken_reason(id); !why.empty())
-      return msg + ": " + why;
-    if (const Plugin* other = registry.find(id))
-      return msg + " ('" + id + "' is " + (other->kind == KILN_KIND_ENHANCER ? "an " : "a ") +
-             std::string(kind_name(other->kind)) + ")";
-    std::vector<std::string> ids = registry.ids(kind);
-    if (auto hint = did_you_mean(id, ids))
-      return msg + " (did you mean '" + *hint + "'?)";
-    return msg + (ids.empty()
-                      ? std::string(" (no " + std::string(kind_name(kind)) + " plugins were found)")
-                      : " (available: " + join(ids, ", ") + ")");
-  };
-
-  // Plugins named by assets, in first-use order, with where they were named.
+  auto retry = manifest.plugin_uses.find("retry");
+  const bool fallback = retry != manifest.plugin_uses.end() && retry->second.count("fallback");
   for (auto& use : uses) {
-    static const std::map<kiln_plugin_kind, const char*> k_field = {
-        {KILN_KIND_BACKEND, "backend"},
-        {KILN_KIND_ENHANCER, "enhancers"},
-        {KILN_KIND_RETRY_STRATEGY, "retry"},
-        {KILN_KIND_VALIDATOR, "validators"},
-        {KILN_KIND_POSTPROCESSOR, "postprocess"}};
+    // Plugins named by assets, in first-use order, with where they were named.
     std::map<std::string, SourceLoc> wanted;
-    if (auto it = manifest.plugin_uses.find(k_field.at(use.kind)); it != manifest.plugin_uses.end())
+    if (auto it = manifest.plugin_uses.find(use.field); it != manifest.plugin_uses.end())
       wanted = it->second;
-    for (auto& [id, loc] : wanted) {
-      const Plugin* p = registry.find(id, use.kind);
-      if (!p) {
-        diag.error(loc, unknown(use.kind, id));
-        continue;
-      }
-      // A second library with the same id did not load: which one was meant is unknown.
-      if (std::string why = registry.broken_reason(id, true); !why.empty()) {
-        diag.error(loc, std::string(kind_name(use.kind)) + " '" + id + "' is ambiguous: " + why);
-        continue;
-      }
-      auto it = use.settings->find(id);
-      auto inst = registry.instantiate(*p, it == use.settings->end() ? nullptr : &it->second, diag);
-      if (inst)
-        use.instances->emplace(id, std::move(inst));
-    }
-    // Offline backends (the placeholder) are what the fallback strategy switches to: started
-    // when some asset's retry chain has it, and then only as spares. A spare that cannot start
-    // is skipped (said at -v) unless the manifest configured it: its table's mistakes are said.
-    auto retry = manifest.plugin_uses.find("retry");
-    bool fallback = retry != manifest.plugin_uses.end() && retry->second.count("fallback");
+    start_wanted(registry, use, wanted, diag);
     if (use.kind == KILN_KIND_BACKEND && fallback)
-      for (const Plugin* p : registry.all())
-        if (p->kind == KILN_KIND_BACKEND && !wanted.count(p->id) &&
-            (p->backend()->capabilities & KILN_BACKEND_OFFLINE)) {
-          auto it = use.settings->find(p->id);
-          const bool configured = it != use.settings->end();
-          Diagnostics spare(manifest.diagnostics.display_path(), nullptr);
-          if (auto inst = registry.instantiate(*p, configured ? &it->second : nullptr,
-                                               configured ? diag : spare))
-            use.instances->emplace(p->id, std::move(inst));
-          else if (!configured)
-            registry.log().debug("offline backend '" + p->id +
-                                 "' not started as a fallback spare: " + spare.text());
-          wanted.emplace(p->id, SourceLoc{});
-        }
-    // A settings table for a plugin nobody uses is still checked against its schema (a typo
-    // there is a mistake), but the plugin is not started: CI running `--backend placeholder`
-    // must not need the paid backend's token.
-    for (auto& [id, settings] : *use.settings) {
-      if (wanted.count(id))
-        continue;
-      const Plugin* p = registry.find(id, use.kind);
-      if (!p)
-        diag.error(settings.loc, unknown(use.kind, id) + " in [" + use.table + "." + id + "]");
-      else
-        PluginRegistry::check_options(*p, &settings, diag);
-    }
+      start_fallback_spares(registry, manifest, use, wanted, diag);
+    check_unused_settings(registry, use, wanted, diag);
   }
   diag.throw_if_errors();
   return set;
