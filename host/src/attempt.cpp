@@ -200,13 +200,29 @@ std::optional<Fault> call_backend(Workspace& ws, const PluginInstance& backend,
   return f;
 }
 
+// The model's image as delivered, in the cache under `source`. A cache that cannot be written
+// costs only that saving.
+void keep_source(Workspace& ws, const AssetSpec& spec, const std::string& source,
+                 std::string_view bytes) {
+  try {
+    ws.cache.put(source, k_source_format, bytes);
+  } catch (const std::exception& e) {
+    ws.log.warning(spec.name + ": cannot keep the model's image in the cache: " + e.what());
+  }
+}
+
 // The image a backend delivered, in memory or as a file. The model's image as delivered, before
 // any postprocessing, goes into the cache under `source`: a change to the postprocessing alone
 // then costs nothing (a cache that cannot be written costs only that saving).
 Result<Image> delivered_image(Workspace& ws, const AssetSpec& spec, kiln_result& r,
                               const std::optional<std::string>& source) {
-  if (r.image)
+  if (r.image) {
+    // In memory (a backend that decodes its service's answer itself): kept all the same, as a
+    // lossless PNG, so that a paid image is never bought again for a postprocessing change.
+    if (source)
+      keep_source(ws, spec, *source, encode_image(*r.image, "png"));
     return std::move(*r.image);
+  }
   if (r.image_file.empty())
     return Fault{KILN_ERROR_PERMANENT, "backend reported success but gave no image", -1};
   auto bytes = read_file(r.image_file);
@@ -222,13 +238,8 @@ Result<Image> delivered_image(Workspace& ws, const AssetSpec& spec, kiln_result&
                      why.message,
                  -1, 0, why.download.empty() ? "corrupt" : why.download};
   }
-  if (source) {
-    try {
-      ws.cache.put(*source, k_source_format, *bytes);
-    } catch (const std::exception& e) {
-      ws.log.warning(spec.name + ": cannot keep the model's image in the cache: " + e.what());
-    }
-  }
+  if (source)
+    keep_source(ws, spec, *source, *bytes);
   return std::move(*decoded);
 }
 
