@@ -852,137 +852,183 @@ std::pair<std::string, bool> first_key(std::string_view inner) {
   return {key, i != std::string_view::npos && inner[i] == '.'};
 }
 
-Split split_manifest(std::string_view text) {
-  Split out;
-  out.header.assign(text);
-  size_t n = text.size(), i = 0;
-  if (text.substr(0, 3) == "\xEF\xBB\xBF")
-    i = 3; // a UTF-8 byte order mark, as some Windows editors write
-  uint32_t line = 1;
-  int depth = 0;          // open [ and { of values
-  bool line_start = true; // only blanks so far on this line
-  int dots = 0;           // in the key being read (between separators, outside strings)
-  auto dot = [&](size_t at) {
-    if (++dots > k_max_key_depth && !out.too_deep) {
-      size_t begin = text.rfind('\n', at);
-      begin = begin == std::string_view::npos ? 0 : begin + 1;
-      out.too_deep = {line, uint32_t(at - begin + 1)};
-    }
-  };
-  std::optional<Split::Chunk> chunk;
-  auto close_chunk = [&](size_t at) {
-    if (!chunk)
-      return;
-    chunk->end = at;
-    for (size_t k = chunk->begin; k < at; ++k)
-      if (out.header[k] != '\n')
-        out.header[k] = ' ';
-    if (chunk->detached)
-      out.assets.back().end = at;
-    else
-      out.assets.push_back(*chunk);
-    chunk.reset();
-  };
-  auto skip_string = [&](char q) { // at the opening quote; leaves i after the closing one
-    bool multi = i + 2 < n && text[i + 1] == q && text[i + 2] == q;
-    i += multi ? 3 : 1;
-    while (i < n) {
-      char c = text[i];
-      if (c == '\\' && q == '"') {
-        if (i + 1 < n && text[i + 1] == '\n')
-          ++line;
-        i += 2;
-        continue;
-      }
-      if (c == '\n' && !multi)
-        return; // unterminated: toml++ reports it
-      if (c == '\n')
-        ++line;
-      if (c == q && !multi) {
-        ++i;
-        return;
-      }
-      if (c == q) { // """a""""" : a run of 3 to 5 quotes closes, the extra ones are content
-        size_t run = 0;
-        while (i + run < n && text[i + run] == q)
-          ++run;
-        i += run;
-        if (run >= 3)
-          return;
-        continue;
-      }
-      ++i;
-    }
-  };
-  while (i < n) {
-    char c = text[i];
+// split_manifest()'s single pass over the text: where it is, what it is inside of, and the
+// asset chunk being read.
+class ManifestSplitter {
+public:
+  explicit ManifestSplitter(std::string_view text) : m_text(text), m_n(text.size()) {
+    m_out.header.assign(text);
+  }
+  Split run();
+
+private:
+  size_t line_begin(size_t at) const; // where the line holding `at` starts
+  void dot(size_t at);                // a dot between keys: counts towards too_deep
+  void close_chunk(size_t at);        // the asset chunk read so far ends at `at`
+  void skip_string(char q);           // at the opening quote; leaves m_i after the closing one
+  void table_header();                // at the `[` that starts a header line
+  // Where a header's keys, from `inner`, end (its `]` or the line's end); counts their dots.
+  size_t header_end(size_t inner);
+  // A header line at `begin` whose first key is `key`: an `[[asset]]` opens a chunk, an
+  // `[asset.x]` belongs to the chunk open (or, past other tables, to the last asset's), and any
+  // other table ends the chunk.
+  void chunk_at(std::string_view key, bool more, bool array, size_t begin);
+
+  std::string_view m_text;
+  size_t m_n = 0, m_i = 0;
+  uint32_t m_line = 1;
+  int m_depth = 0;          // open [ and { of values
+  bool m_line_start = true; // only blanks so far on this line
+  int m_dots = 0;           // in the key being read (between separators, outside strings)
+  std::optional<Split::Chunk> m_chunk;
+  Split m_out;
+};
+
+Split ManifestSplitter::run() {
+  if (m_text.substr(0, 3) == "\xEF\xBB\xBF")
+    m_i = 3; // a UTF-8 byte order mark, as some Windows editors write
+  while (m_i < m_n) {
+    char c = m_text[m_i];
     if (c == '\n') {
-      ++line;
-      ++i;
-      dots = 0;
-      line_start = true;
+      ++m_line;
+      ++m_i;
+      m_dots = 0;
+      m_line_start = true;
       continue;
     }
     if (c == ' ' || c == '\t' || c == '\r') {
-      ++i;
+      ++m_i;
       continue;
     }
     if (c == '#') {
-      while (i < n && text[i] != '\n')
-        ++i;
+      while (m_i < m_n && m_text[m_i] != '\n')
+        ++m_i;
       continue;
     }
-    if (line_start && depth == 0 && c == '[') {
-      size_t line_begin = text.rfind('\n', i);
-      line_begin = line_begin == std::string_view::npos ? 0 : line_begin + 1;
-      bool array = i + 1 < n && text[i + 1] == '[';
-      size_t inner = i + (array ? 2 : 1), k = inner;
-      dots = 0;
-      while (k < n && text[k] != ']' && text[k] != '\n') {
-        if (text[k] == '.')
-          dot(k);
-        if (text[k] == '"') { // a basic string: \" does not close it
-          ++k;
-          while (k < n && text[k] != '"' && text[k] != '\n')
-            k += text[k] == '\\' ? 2 : 1;
-        } else if (text[k] == '\'') {
-          size_t end = text.find('\'', k + 1);
-          k = end == std::string_view::npos ? n : end;
-        }
-        ++k;
-      }
-      auto [key, more] = first_key(text.substr(inner, std::min(k, n) - inner));
-      if (key == "asset" && array && !more) {
-        close_chunk(line_begin);
-        chunk = Split::Chunk{line_begin, 0, line};
-      } else if (!(key == "asset" && more && chunk)) {
-        close_chunk(line_begin);
-        if (key == "asset" && more && !out.assets.empty())
-          chunk = Split::Chunk{line_begin, 0, line, true};
-      }
-      i = k;
-      line_start = false;
-      while (i < n && text[i] != '\n' && text[i] != '#')
-        ++i;
+    if (m_line_start && m_depth == 0 && c == '[') {
+      table_header();
       continue;
     }
-    line_start = false;
+    m_line_start = false;
     if (c == '"' || c == '\'') {
       skip_string(c);
       continue;
     }
     if (c == '.')
-      dot(i);
+      dot(m_i);
     else if (c == '=' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}')
-      dots = 0;
+      m_dots = 0;
     if (c == '[' || c == '{')
-      ++depth;
-    else if ((c == ']' || c == '}') && depth > 0)
-      --depth;
-    ++i;
+      ++m_depth;
+    else if ((c == ']' || c == '}') && m_depth > 0)
+      --m_depth;
+    ++m_i;
   }
-  close_chunk(n);
-  return out;
+  close_chunk(m_n);
+  return std::move(m_out);
+}
+
+size_t ManifestSplitter::line_begin(size_t at) const {
+  size_t begin = m_text.rfind('\n', at);
+  return begin == std::string_view::npos ? 0 : begin + 1;
+}
+
+void ManifestSplitter::dot(size_t at) {
+  if (++m_dots > k_max_key_depth && !m_out.too_deep)
+    m_out.too_deep = {m_line, uint32_t(at - line_begin(at) + 1)};
+}
+
+void ManifestSplitter::close_chunk(size_t at) {
+  if (!m_chunk)
+    return;
+  m_chunk->end = at;
+  for (size_t k = m_chunk->begin; k < at; ++k)
+    if (m_out.header[k] != '\n')
+      m_out.header[k] = ' ';
+  if (m_chunk->detached)
+    m_out.assets.back().end = at;
+  else
+    m_out.assets.push_back(*m_chunk);
+  m_chunk.reset();
+}
+
+void ManifestSplitter::skip_string(char q) {
+  bool multi = m_i + 2 < m_n && m_text[m_i + 1] == q && m_text[m_i + 2] == q;
+  m_i += multi ? 3 : 1;
+  while (m_i < m_n) {
+    char c = m_text[m_i];
+    if (c == '\\' && q == '"') {
+      if (m_i + 1 < m_n && m_text[m_i + 1] == '\n')
+        ++m_line;
+      m_i += 2;
+      continue;
+    }
+    if (c == '\n' && !multi)
+      return; // unterminated: toml++ reports it
+    if (c == '\n')
+      ++m_line;
+    if (c == q && !multi) {
+      ++m_i;
+      return;
+    }
+    if (c == q) { // """a""""" : a run of 3 to 5 quotes closes, the extra ones are content
+      size_t run = 0;
+      while (m_i + run < m_n && m_text[m_i + run] == q)
+        ++run;
+      m_i += run;
+      if (run >= 3)
+        return;
+      continue;
+    }
+    ++m_i;
+  }
+}
+
+void ManifestSplitter::table_header() {
+  size_t begin = line_begin(m_i);
+  bool array = m_i + 1 < m_n && m_text[m_i + 1] == '[';
+  size_t inner = m_i + (array ? 2 : 1);
+  m_dots = 0;
+  size_t k = header_end(inner);
+  auto [key, more] = first_key(m_text.substr(inner, std::min(k, m_n) - inner));
+  chunk_at(key, more, array, begin);
+  m_i = k;
+  m_line_start = false;
+  while (m_i < m_n && m_text[m_i] != '\n' && m_text[m_i] != '#')
+    ++m_i;
+}
+
+size_t ManifestSplitter::header_end(size_t inner) {
+  size_t k = inner;
+  while (k < m_n && m_text[k] != ']' && m_text[k] != '\n') {
+    if (m_text[k] == '.')
+      dot(k);
+    if (m_text[k] == '"') { // a basic string: \" does not close it
+      ++k;
+      while (k < m_n && m_text[k] != '"' && m_text[k] != '\n')
+        k += m_text[k] == '\\' ? 2 : 1;
+    } else if (m_text[k] == '\'') {
+      size_t end = m_text.find('\'', k + 1);
+      k = end == std::string_view::npos ? m_n : end;
+    }
+    ++k;
+  }
+  return k;
+}
+
+void ManifestSplitter::chunk_at(std::string_view key, bool more, bool array, size_t begin) {
+  if (key == "asset" && array && !more) {
+    close_chunk(begin);
+    m_chunk = Split::Chunk{begin, 0, m_line};
+  } else if (!(key == "asset" && more && m_chunk)) {
+    close_chunk(begin);
+    if (key == "asset" && more && !m_out.assets.empty())
+      m_chunk = Split::Chunk{begin, 0, m_line, true};
+  }
+}
+
+Split split_manifest(std::string_view text) {
+  return ManifestSplitter(text).run();
 }
 
 // One asset's chunk of the manifest with every table that is not its own blanked to spaces
