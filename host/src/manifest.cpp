@@ -1125,23 +1125,165 @@ bool is_kiln_backend_key(std::string_view key) {
 
 namespace {
 
-Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& path,
-                    const std::string& display_path) {
-  Manifest m;
-  m.path = fs::absolute(path).lexically_normal();
-  m.dir = m.path.parent_path();
-  m.diagnostics = Diagnostics(display_path, text);
-  Diagnostics& d = m.diagnostics;
-  auto parse_error = [&](const toml::parse_error& e, uint32_t line_offset) {
-    SourceLoc loc{e.source().begin.line, e.source().begin.column};
-    if (loc.line)
-      loc.line += line_offset;
-    d.error(loc, std::string(e.description()));
-  };
-  if (text->size() > UINT32_MAX)
-    throw Fatal(display_path + ": larger than 4 GiB");
+// A toml++ error in text whose first line is `line_offset` lines into the manifest.
+void report_parse_error(Diagnostics& d, const toml::parse_error& e, uint32_t line_offset) {
+  SourceLoc loc{e.source().begin.line, e.source().begin.column};
+  if (loc.line)
+    loc.line += line_offset;
+  d.error(loc, std::string(e.description()));
+}
 
-  Split split = split_manifest(*text);
+// The asset names met so far, to refuse one that collides with an earlier one. Names are
+// compared with their case folded: on macOS and Windows `Icons/Sword` and `icons/sword` are
+// the same file.
+class NameClashes {
+public:
+  NameClashes(const AssetIndex& assets, Diagnostics& d) : m_assets(assets), m_d(d) {}
+  // Whether `spec` may join the assets (`ok`: it has no other errors); if so, it is added as
+  // the next one, named at `name_loc`. Every clash is reported there.
+  bool admit(const AssetSpec& spec, SourceLoc name_loc, bool ok);
+
+private:
+  using At = std::pair<uint32_t, uint32_t>; // index, line
+  static uint64_t hash_of(const std::string& folded) { return std::hash<std::string>{}(folded); }
+  static std::string line_of(const At& first) {
+    return " (line " + std::to_string(first.second) + ")";
+  }
+  // The earlier asset whose folded name is `folded_name`, or null.
+  const At* earlier(const std::string& folded_name) const;
+  // Whether an earlier asset has the name, or the name but for case.
+  bool repeats_a_name(const AssetSpec& spec, const std::string& folded, SourceLoc name_loc);
+  // Whether the name is a folder of an earlier asset's, or its file where one needs a folder.
+  bool is_a_folder(const AssetSpec& spec, const std::string& folded, SourceLoc name_loc);
+  // Whether the name needs a folder that is an earlier asset, or where one writes its file;
+  // `folders` gets the folders it needs, folded.
+  bool needs_a_file(const AssetSpec& spec, SourceLoc name_loc, std::vector<std::string>& folders);
+
+  const AssetIndex& m_assets;
+  Diagnostics& m_d;
+  std::unordered_multimap<uint64_t, At> m_seen; // folded name's hash -> its asset
+  // Every folder some asset's name makes (`b` and `b.png` of `b/c` and `b.png/c`), folded: no
+  // asset may be one of them (a name is a file or a folder of files, not both; `b.png` could
+  // not even be written).
+  std::unordered_map<std::string, At> m_folders_of;
+};
+
+bool NameClashes::admit(const AssetSpec& spec, SourceLoc name_loc, bool ok) {
+  const std::string folded = fold_case(spec.name);
+  if (!spec.name.empty())
+    ok = !repeats_a_name(spec, folded, name_loc) && ok;
+  std::vector<std::string> folders; // of this asset
+  ok = ok && !is_a_folder(spec, folded, name_loc) && !needs_a_file(spec, name_loc, folders);
+  if (ok) {
+    At at{uint32_t(m_assets.size()), name_loc.line};
+    m_seen.emplace(hash_of(folded), at);
+    for (auto& folder : folders)
+      m_folders_of.emplace(std::move(folder), at);
+  }
+  return ok;
+}
+
+const NameClashes::At* NameClashes::earlier(const std::string& folded_name) const {
+  auto [first, last] = m_seen.equal_range(hash_of(folded_name));
+  for (auto it = first; it != last; ++it)
+    if (fold_case(m_assets.name(it->second.first)) == folded_name)
+      return &it->second;
+  return nullptr;
+}
+
+bool NameClashes::repeats_a_name(const AssetSpec& spec, const std::string& folded,
+                                 SourceLoc name_loc) {
+  const At *same = nullptr, *same_but_case = nullptr;
+  auto [first, last] = m_seen.equal_range(hash_of(folded));
+  for (auto it = first; it != last && !same; ++it) {
+    std::string_view other = m_assets.name(it->second.first);
+    if (other == spec.name)
+      same = &it->second;
+    else if (!same_but_case && fold_case(other) == folded)
+      same_but_case = &it->second;
+  }
+  if (same)
+    m_d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) + " (first declared at " +
+                            m_d.display_path() + ":" + std::to_string(same->second) + ")");
+  else if (same_but_case)
+    m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " is the same as " +
+                            in_quotes(m_assets.name(same_but_case->first)) +
+                            line_of(*same_but_case) + " but for case");
+  return same || same_but_case;
+}
+
+bool NameClashes::is_a_folder(const AssetSpec& spec, const std::string& folded,
+                              SourceLoc name_loc) {
+  if (auto it = m_folders_of.find(folded); it != m_folders_of.end()) {
+    m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " is a folder of asset " +
+                            in_quotes(m_assets.name(it->second.first)) + line_of(it->second) +
+                            ": a name is an asset or a folder of assets, not both");
+    return true;
+  }
+  if (auto it = m_folders_of.find(fold_case(spec.relative_output())); it != m_folders_of.end()) {
+    m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " writes its file to " +
+                            in_quotes(spec.relative_output()) + ", a folder of asset " +
+                            in_quotes(m_assets.name(it->second.first)) + line_of(it->second));
+    return true;
+  }
+  return false;
+}
+
+bool NameClashes::needs_a_file(const AssetSpec& spec, SourceLoc name_loc,
+                               std::vector<std::string>& folders) {
+  for (size_t slash = spec.name.find('/'); slash != std::string::npos;
+       slash = spec.name.find('/', slash + 1)) {
+    std::string_view folder(spec.name.data(), slash);
+    std::string folded_folder = fold_case(folder);
+    if (auto* other = earlier(folded_folder)) {
+      m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " is inside " + in_quotes(folder) +
+                              ", which is asset " + in_quotes(m_assets.name(other->first)) +
+                              line_of(*other) +
+                              ": a name is an asset or a folder of assets, not both");
+      return true;
+    }
+    folders.push_back(folded_folder);
+    size_t dot = folder.rfind('.');
+    if (dot == std::string_view::npos || folder.find('/', dot) != std::string_view::npos)
+      continue;
+    std::string format = fold_case(folder.substr(dot + 1));
+    if (std::find(k_formats.begin(), k_formats.end(), format) == k_formats.end())
+      continue;
+    auto* other = earlier(fold_case(folder.substr(0, dot)));
+    if (other && m_assets.format(other->first) == format) {
+      m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " needs a folder " +
+                              in_quotes(folder) + " where asset " +
+                              in_quotes(m_assets.name(other->first)) + line_of(*other) +
+                              " writes its file");
+      return true;
+    }
+  }
+  return false;
+}
+
+// The plugins an asset names, each where it was written, for the run to load.
+void add_plugin_uses(PluginUses& plugin_uses, const AssetSpec& spec) {
+  auto use = [&](const char* field, const std::vector<std::string>& ids) {
+    auto& uses = plugin_uses[field];
+    for (auto& id : ids) {
+      auto item = spec.item_locs.find(field + std::string(1, '\x1f') + id);
+      auto set_at = spec.field_locs.find(field);
+      uses.emplace(id, item != spec.item_locs.end()      ? item->second
+                       : set_at != spec.field_locs.end() ? set_at->second
+                                                         : SourceLoc{});
+    }
+  };
+  use("backend", {spec.backend});
+  use("enhancers", spec.enhancers);
+  use("validators", spec.validators);
+  use("retry", spec.retry);
+  use("postprocess", spec.postprocess);
+}
+
+// The manifest's tables outside [[asset]] (split.header, freed once parsed) read into `m` and
+// `parser`, which resolves the assets against them. Throws Fatal on errors.
+void parse_header(Manifest& m, Parser& parser, Split& split, const std::string& display_path) {
+  Diagnostics& d = m.diagnostics;
   if (split.too_deep) {
     d.error(SourceLoc{split.too_deep->first, split.too_deep->second},
             "keys nest deeper than " + std::to_string(k_max_key_depth) + " levels here");
@@ -1151,141 +1293,52 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
   try {
     layers->root = toml::parse(split.header, display_path);
   } catch (const toml::parse_error& e) {
-    parse_error(e, 0);
+    report_parse_error(d, e, 0);
     d.throw_if_errors();
   }
   split.header = std::string();
-  Parser parser(&m, d);
   parser.header(layers->root);
   m.layers = layers;
+}
 
-  // Each asset is parsed, checked and dropped: only its place and name are kept.
-  // Names are compared with their case folded: on macOS and Windows `Icons/Sword` and
-  // `icons/sword` are the same file.
-  std::unordered_multimap<uint64_t, std::pair<uint32_t, uint32_t>> seen; // -> index, line
-  auto hash_of = [](const std::string& folded) {
-    return std::hash<std::string>{}(folded);
-  };
-  // Every folder some asset's name makes (`b` and `b.png` of `b/c` and `b.png/c`), folded ->
-  // index, line: no asset may be one of them (a name is a file or a folder of files, not both;
-  // `b.png` could not even be written).
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> folders_of;
-  auto line_of = [&](const std::pair<uint32_t, uint32_t>& first) {
-    return " (line " + std::to_string(first.second) + ")";
-  };
+// Each asset is parsed, checked and dropped: only its place and name are kept.
+void index_assets(Manifest& m, Parser& parser, const Split& split, std::string_view text,
+                  const std::string& display_path) {
+  NameClashes names(m.assets, m.diagnostics);
   m.assets.reserve(split.assets.size());
   for (auto& chunk : split.assets) {
     AssetIndex::Place place{uint32_t(chunk.begin), uint32_t(chunk.end - chunk.begin), chunk.line};
     toml::table root;
     try {
-      root = toml::parse(own_tables(std::string_view(*text).substr(place.offset, place.length)),
-                         display_path);
+      root = toml::parse(own_tables(text.substr(place.offset, place.length)), display_path);
     } catch (const toml::parse_error& e) {
-      parse_error(e, chunk.line - 1);
+      report_parse_error(m.diagnostics, e, chunk.line - 1);
       continue;
     }
     parser.set_line_offset(chunk.line - 1);
     AssetSpec spec;
     SourceLoc name_loc;
     bool ok = parser.asset(root, spec, name_loc);
-    const std::string folded = fold_case(spec.name);
-    const uint64_t hash = hash_of(folded);
-    if (!spec.name.empty()) {
-      const std::pair<uint32_t, uint32_t>*same = nullptr, *same_but_case = nullptr;
-      auto [first, last] = seen.equal_range(hash);
-      for (auto it = first; it != last && !same; ++it) {
-        std::string_view other = m.assets.name(it->second.first);
-        if (other == spec.name)
-          same = &it->second;
-        else if (!same_but_case && fold_case(other) == folded)
-          same_but_case = &it->second;
-      }
-      if (same)
-        d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) + " (first declared at " +
-                              d.display_path() + ":" + std::to_string(same->second) + ")");
-      else if (same_but_case)
-        d.error(name_loc, "asset name " + in_quotes(spec.name) + " is the same as " +
-                              in_quotes(m.assets.name(same_but_case->first)) +
-                              line_of(*same_but_case) + " but for case");
-      ok = ok && !same && !same_but_case;
-    }
-    std::vector<std::string> folders; // of this asset
-    auto earlier = [&](const std::string& folded_name) -> const std::pair<uint32_t, uint32_t>* {
-      auto [first, last] = seen.equal_range(hash_of(folded_name));
-      for (auto it = first; it != last; ++it)
-        if (fold_case(m.assets.name(it->second.first)) == folded_name)
-          return &it->second;
-      return nullptr;
-    };
-    if (ok) {
-      // It is a folder of an earlier asset's name.
-      if (auto it = folders_of.find(folded); it != folders_of.end()) {
-        d.error(name_loc, "asset name " + in_quotes(spec.name) + " is a folder of asset " +
-                              in_quotes(m.assets.name(it->second.first)) + line_of(it->second) +
-                              ": a name is an asset or a folder of assets, not both");
-        ok = false;
-      }
-      // Its file is where an earlier asset needs a folder.
-      if (auto it = folders_of.find(fold_case(spec.relative_output()));
-          ok && it != folders_of.end()) {
-        d.error(name_loc, "asset name " + in_quotes(spec.name) + " writes its file to " +
-                              in_quotes(spec.relative_output()) + ", a folder of asset " +
-                              in_quotes(m.assets.name(it->second.first)) + line_of(it->second));
-        ok = false;
-      }
-      // It needs a folder that is an earlier asset, or where an earlier asset writes its file.
-      for (size_t slash = spec.name.find('/'); ok && slash != std::string::npos;
-           slash = spec.name.find('/', slash + 1)) {
-        std::string_view folder(spec.name.data(), slash);
-        std::string folded_folder = fold_case(folder);
-        if (auto* other = earlier(folded_folder)) {
-          d.error(name_loc, "asset name " + in_quotes(spec.name) + " is inside " +
-                                in_quotes(folder) + ", which is asset " +
-                                in_quotes(m.assets.name(other->first)) + line_of(*other) +
-                                ": a name is an asset or a folder of assets, not both");
-          ok = false;
-          break;
-        }
-        folders.push_back(folded_folder);
-        size_t dot = folder.rfind('.');
-        if (dot == std::string_view::npos || folder.find('/', dot) != std::string_view::npos)
-          continue;
-        std::string format = fold_case(folder.substr(dot + 1));
-        if (std::find(k_formats.begin(), k_formats.end(), format) == k_formats.end())
-          continue;
-        auto* other = earlier(fold_case(folder.substr(0, dot)));
-        if (other && m.assets.format(other->first) == format) {
-          d.error(name_loc, "asset name " + in_quotes(spec.name) + " needs a folder " +
-                                in_quotes(folder) + " where asset " +
-                                in_quotes(m.assets.name(other->first)) + line_of(*other) +
-                                " writes its file");
-          ok = false;
-        }
-      }
-    }
-    if (ok) {
-      std::pair<uint32_t, uint32_t> at{uint32_t(m.assets.size()), name_loc.line};
-      seen.emplace(hash, at);
-      for (auto& folder : folders)
-        folders_of.emplace(std::move(folder), at);
-    }
-    if (!ok)
+    if (!names.admit(spec, name_loc, ok))
       continue;
     m.assets.add(place, spec.name, spec.format);
-    auto use = [&](const char* field, const std::vector<std::string>& ids) {
-      auto& uses = m.plugin_uses[field];
-      for (auto& id : ids) {
-        auto item = spec.item_locs.find(field + std::string(1, '\x1f') + id);
-        uses.emplace(id, item != spec.item_locs.end() ? item->second : spec.field_locs[field]);
-      }
-    };
-    use("backend", {spec.backend});
-    use("enhancers", spec.enhancers);
-    use("validators", spec.validators);
-    use("retry", spec.retry);
-    use("postprocess", spec.postprocess);
+    add_plugin_uses(m.plugin_uses, spec);
   }
-  d.throw_if_errors();
+}
+
+Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& path,
+                    const std::string& display_path) {
+  Manifest m;
+  m.path = fs::absolute(path).lexically_normal();
+  m.dir = m.path.parent_path();
+  m.diagnostics = Diagnostics(display_path, text);
+  if (text->size() > UINT32_MAX)
+    throw Fatal(display_path + ": larger than 4 GiB");
+  Split split = split_manifest(*text);
+  Parser parser(&m, m.diagnostics);
+  parse_header(m, parser, split, display_path);
+  index_assets(m, parser, split, *text, display_path);
+  m.diagnostics.throw_if_errors();
   auto source = std::make_shared<Manifest::Source>();
   source->text = std::move(text);
   source->display_path = display_path;
