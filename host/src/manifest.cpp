@@ -1455,97 +1455,123 @@ bool Manifest::changed_on_disk() const {
   return !stamp || !same_stamp(*stamp, source->stamp);
 }
 
+namespace {
+
+// Why asset() cannot go on: the file changed in a way this run cannot follow.
+Fatal changed_during_run(const Manifest& m, const std::string& why) {
+  return Fatal(m.source->display_path + " changed during the run" +
+               (why.empty() ? std::string() : " (" + why + ")") + ": run kiln again");
+}
+
+// Why an asset read again is not found by its name.
+constexpr const char* k_not_found = " is not in it any more, or its table does not parse";
+
+// An asset's table as asset() reads it, with where it is and what it is resolved against.
+struct AssetText {
+  std::string text;
+  AssetIndex::Place place;
+  std::shared_ptr<const LayerTables> layers;
+  bool read_again = false; // the file changed: found again by name
+};
+
+// Asset i's table read from the manifest's file. The stamp is checked before and after the
+// asset is read: a change in between is read again, never half old.
+AssetText read_from_file(const Manifest& m, size_t i, const std::string& asset_label) {
+  AssetText out;
+  const int fd = m.source->file->fd;
+  for (int attempt = 0;; ++attempt) {
+    auto stamp = stamp_of(fd);
+    if (!stamp)
+      throw Fatal("cannot read " + m.source->display_path + " again: " + std::strerror(errno));
+    out.read_again = !same_stamp(*stamp, m.source->stamp);
+    if (!out.read_again) {
+      out.place = m.assets.place(i);
+      out.layers = m.layers;
+    } else if (auto now = m.source->reread(m, *stamp)) {
+      if (!now->layers)
+        throw changed_during_run(m, "its tables outside [[asset]] have errors now");
+      out.place = now->places[i];
+      if (out.place.length == 0)
+        throw changed_during_run(m, asset_label +
+                                        (out.place.offset == Manifest::Source::Reread::k_twice
+                                             ? " is in it twice now"
+                                             : k_not_found));
+      out.layers = now->layers;
+      stamp = now->stamp;
+    } else {
+      if (attempt == 4)
+        throw changed_during_run(m, "it is still being written");
+      continue;
+    }
+    auto bytes = pread_exact(fd, out.place.offset, out.place.length);
+    const int error = errno;
+    auto after = stamp_of(fd);
+    if (after && same_stamp(*after, *stamp)) {
+      if (!bytes)
+        throw Fatal("cannot read " + m.source->display_path + " again: " + std::strerror(error));
+      out.text = std::move(*bytes);
+      return out;
+    }
+    if (attempt == 4)
+      throw changed_during_run(m, "it is still being written");
+  }
+}
+
+// The run started the plugins its assets named when it was loaded, and no others: an asset
+// read again after the file changed may name no other.
+void refuse_plugins_not_loaded(const Manifest& m, const AssetSpec& spec,
+                               const std::string& asset_label) {
+  for (auto [field, ids] :
+       {std::pair<const char*, const std::vector<std::string>*>{"enhancers", &spec.enhancers},
+        {"validators", &spec.validators},
+        {"retry", &spec.retry},
+        {"postprocess", &spec.postprocess}}) {
+    auto uses = m.plugin_uses.find(field);
+    for (auto& id : *ids)
+      if (uses == m.plugin_uses.end() || !uses->second.count(id))
+        throw changed_during_run(m, asset_label + " now uses " + plugin_kind(field) + " " +
+                                        in_quotes(id) + ", which this run did not load");
+  }
+  auto backends = m.plugin_uses.find("backend");
+  if (backends == m.plugin_uses.end() || !backends->second.count(spec.backend))
+    throw changed_during_run(m, asset_label + " now uses backend " + in_quotes(spec.backend) +
+                                    ", which this run did not load");
+}
+
+} // namespace
+
 AssetSpec Manifest::asset(size_t i) const {
   const std::string_view name = assets.name(i);
-  auto changed = [&](const std::string& why) {
-    return Fatal(source->display_path + " changed during the run" +
-                 (why.empty() ? std::string() : " (" + why + ")") + ": run kiln again");
-  };
   const std::string asset_label = "asset " + in_quotes(name);
-  AssetIndex::Place place = assets.place(i);
-  std::shared_ptr<const LayerTables> now_layers = layers;
-  bool read_again = false; // the file changed: found again by name
-  std::string text;
+  AssetText read;
   if (source->text) {
-    text = source->text->substr(place.offset, place.length);
+    read.place = assets.place(i);
+    read.text = source->text->substr(read.place.offset, read.place.length);
+    read.layers = layers;
   } else {
-    // The stamp is checked before and after the asset is read: a change in between is read
-    // again, never half old.
-    const int fd = source->file->fd;
-    for (int attempt = 0;; ++attempt) {
-      auto stamp = stamp_of(fd);
-      if (!stamp)
-        throw Fatal("cannot read " + source->display_path + " again: " + std::strerror(errno));
-      read_again = !same_stamp(*stamp, source->stamp);
-      if (!read_again) {
-        place = assets.place(i);
-        now_layers = layers;
-      } else if (auto now = source->reread(*this, *stamp)) {
-        if (!now->layers)
-          throw changed("its tables outside [[asset]] have errors now");
-        place = now->places[i];
-        if (place.length == 0)
-          throw changed(asset_label +
-                        (place.offset == Source::Reread::k_twice
-                             ? " is in it twice now"
-                             : " is not in it any more, or its table does not parse"));
-        now_layers = now->layers;
-        stamp = now->stamp;
-      } else {
-        if (attempt == 4)
-          throw changed("it is still being written");
-        continue;
-      }
-      auto bytes = pread_exact(fd, place.offset, place.length);
-      const int error = errno;
-      auto after = stamp_of(fd);
-      if (after && same_stamp(*after, *stamp)) {
-        if (!bytes)
-          throw Fatal("cannot read " + source->display_path + " again: " + std::strerror(error));
-        text = std::move(*bytes);
-        break;
-      }
-      if (attempt == 4)
-        throw changed("it is still being written");
-    }
+    read = read_from_file(*this, i, asset_label);
   }
   toml::table root;
   try {
-    root = toml::parse(own_tables(text), path.string());
+    root = toml::parse(own_tables(read.text), path.string());
   } catch (const toml::parse_error&) {
-    throw changed(asset_label + " is not in it any more, or its table does not parse");
+    throw changed_during_run(*this, asset_label + k_not_found);
   }
   Diagnostics scratch;
-  Parser parser(nullptr, scratch, place.line - 1);
-  parser.use_layers(now_layers->root, false);
+  Parser parser(nullptr, scratch, read.place.line - 1);
+  parser.use_layers(read.layers->root, false);
   AssetSpec spec;
   SourceLoc name_loc;
   if (!parser.asset(root, spec, name_loc))
-    throw changed(asset_label + " has errors now");
+    throw changed_during_run(*this, asset_label + " has errors now");
   if (spec.name != name) // the file changed without its stamp changing
-    throw changed(asset_label + " is not in it any more, or its table does not parse");
+    throw changed_during_run(*this, asset_label + k_not_found);
   if (!m_backend_override.empty()) {
     spec.backend = m_backend_override;
     spec.field_locs["backend"] = SourceLoc{}; // set on the command line
   }
-  if (read_again) {
-    // The run started the plugins its assets named when it was loaded, and no others.
-    for (auto [field, ids] :
-         {std::pair<const char*, const std::vector<std::string>*>{"enhancers", &spec.enhancers},
-          {"validators", &spec.validators},
-          {"retry", &spec.retry},
-          {"postprocess", &spec.postprocess}}) {
-      auto uses = plugin_uses.find(field);
-      for (auto& id : *ids)
-        if (uses == plugin_uses.end() || !uses->second.count(id))
-          throw changed(asset_label + " now uses " + plugin_kind(field) + " " + in_quotes(id) +
-                        ", which this run did not load");
-    }
-    auto backends = plugin_uses.find("backend");
-    if (backends == plugin_uses.end() || !backends->second.count(spec.backend))
-      throw changed(asset_label + " now uses backend " + in_quotes(spec.backend) +
-                    ", which this run did not load");
-  }
+  if (read.read_again)
+    refuse_plugins_not_loaded(*this, spec, asset_label);
   return spec;
 }
 
