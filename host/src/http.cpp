@@ -169,6 +169,69 @@ std::string HttpClient::user_agent() {
   return std::string("kiln/") + k_kiln_version;
 }
 
+namespace {
+
+// A `data:` URI answered without a transfer: its bytes, as a 200 response's body.
+Result<HttpResponse> answer_data_uri(const HttpRequest& req, Sink& sink, std::FILE* file,
+                                     HttpResponse& response) {
+  auto bytes = decode_data_uri(req.url);
+  if (!bytes)
+    return bytes.error();
+  if (bytes->size() > req.max_bytes)
+    return Fault{KILN_ERROR_PERMANENT,
+                 "data: URI holds more than " + std::to_string(req.max_bytes) + " bytes", -1};
+  on_body(bytes->data(), 1, bytes->size(), &sink);
+  response.status = 200;
+  response.body_bytes = sink.written;
+  if (file && std::fflush(file) != 0)
+    return Fault{KILN_ERROR_PERMANENT, "cannot write '" + req.output_path.string() + "'", -1};
+  return std::move(response);
+}
+
+// What the transfer sends: method, URL, body, headers and User-Agent.
+void set_request(CURL* c, const HttpRequest& req, curl_slist* headers, const std::string& agent) {
+  curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+  if (req.method == "HEAD")
+    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  if (!req.body.empty() || req.method == "POST") {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, req.body.data());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(req.body.size()));
+  }
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(c, CURLOPT_USERAGENT, agent.c_str());
+}
+
+// How every transfer goes: its timeouts, redirects and encodings.
+void set_policy(CURL* c, const HttpRequest& req) {
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, long(req.timeout_ms));
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, long(req.connect_timeout_ms));
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L); // worker threads: no SIGALRM for timeouts
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, ""); // whatever libcurl can decode
+  // TLS peer and host verification are libcurl's defaults and are never turned off here.
+}
+
+// A failed transfer's message. libcurl's may repeat the URL: known secrets are redacted and
+// the query string dropped.
+std::string transfer_failure(const Log& log, const HttpRequest& req, const std::string& what,
+                             CURLcode code, const char* error_buffer, uint64_t received) {
+  std::string detail = *error_buffer ? error_buffer : curl_easy_strerror(code);
+  if (code == CURLE_PARTIAL_FILE)
+    detail = "the response was truncated (" + std::to_string(received) + " bytes received)";
+  std::string message = log.redact(what + ": " + detail);
+  if (size_t q = req.url.find('?'); q != std::string::npos)
+    for (size_t pos = message.find(req.url.substr(q)); pos != std::string::npos;
+         pos = message.find(req.url.substr(q)))
+      message.erase(pos, req.url.size() - q);
+  return message;
+}
+
+} // namespace
+
 Result<HttpResponse> HttpClient::send(const HttpRequest& req) const {
   HttpResponse response;
   Sink sink;
@@ -182,21 +245,8 @@ Result<HttpResponse> HttpClient::send(const HttpRequest& req) const {
     sink.file = file.get();
   }
   std::string what = req.method + " " + safe_url(req.url);
-
-  if (req.url.rfind("data:", 0) == 0) {
-    auto bytes = decode_data_uri(req.url);
-    if (!bytes)
-      return bytes.error();
-    if (bytes->size() > req.max_bytes)
-      return Fault{KILN_ERROR_PERMANENT,
-                   "data: URI holds more than " + std::to_string(req.max_bytes) + " bytes", -1};
-    on_body(bytes->data(), 1, bytes->size(), &sink);
-    response.status = 200;
-    response.body_bytes = sink.written;
-    if (file && std::fflush(file.get()) != 0)
-      return Fault{KILN_ERROR_PERMANENT, "cannot write '" + req.output_path.string() + "'", -1};
-    return response;
-  }
+  if (req.url.rfind("data:", 0) == 0)
+    return answer_data_uri(req, sink, file.get(), response);
 
   std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), &curl_easy_cleanup);
   if (!curl)
@@ -209,30 +259,13 @@ Result<HttpResponse> HttpClient::send(const HttpRequest& req) const {
   std::string agent = user_agent();
 
   CURL* c = curl.get();
-  curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req.method.c_str());
-  if (req.method == "HEAD")
-    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-  if (!req.body.empty() || req.method == "POST") {
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, req.body.data());
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(req.body.size()));
-  }
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-  curl_easy_setopt(c, CURLOPT_USERAGENT, agent.c_str());
+  set_request(c, req, headers.get(), agent);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
   curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(c, CURLOPT_HEADERDATA, &response.headers);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error_buffer);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, long(req.timeout_ms));
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, long(req.connect_timeout_ms));
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L); // worker threads: no SIGALRM for timeouts
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, ""); // whatever libcurl can decode
-  // TLS peer and host verification are libcurl's defaults and are never turned off here.
+  set_policy(c, req);
 
   CURLcode code = curl_easy_perform(c);
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &response.status);
@@ -245,18 +278,9 @@ Result<HttpResponse> HttpClient::send(const HttpRequest& req) const {
                  what + ": response larger than " + std::to_string(req.max_bytes) + " bytes", -1};
   if (sink.write_failed)
     return Fault{KILN_ERROR_PERMANENT, "cannot write '" + req.output_path.string() + "'", -1};
-  if (code != CURLE_OK) {
-    std::string detail = *error_buffer ? error_buffer : curl_easy_strerror(code);
-    if (code == CURLE_PARTIAL_FILE)
-      detail = "the response was truncated (" + std::to_string(sink.written) + " bytes received)";
-    // libcurl's message may repeat the URL: redact known secrets and drop the query string.
-    std::string message = m_log.redact(what + ": " + detail);
-    if (size_t q = req.url.find('?'); q != std::string::npos)
-      for (size_t pos = message.find(req.url.substr(q)); pos != std::string::npos;
-           pos = message.find(req.url.substr(q)))
-        message.erase(pos, req.url.size() - q);
-    return Fault{category_of(code), message, -1};
-  }
+  if (code != CURLE_OK)
+    return Fault{category_of(code),
+                 transfer_failure(m_log, req, what, code, error_buffer, sink.written), -1};
   m_log.debug("http: " + what + " -> " + std::to_string(response.status) + " (" +
               std::to_string(response.body_bytes) + " bytes)");
   return response;

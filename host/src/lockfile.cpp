@@ -280,6 +280,81 @@ void Lockfile::load() {
   load_unguarded();
 }
 
+namespace {
+
+// The line of kiln.lock being read, to say where it is wrong.
+struct LockLine {
+  const fs::path& path;
+  uint32_t number = 0;
+
+  // Refuses the file: `path:number: why`.
+  [[noreturn]] void fail(const std::string& why) const {
+    throw Fatal(path.string() + ":" + std::to_string(number) + ": " + why +
+                " (kiln.lock is written by kiln build only; delete it to start a new one)");
+  }
+};
+
+// The name of an `[assets."NAME"]` line `t`, which must be an asset name.
+std::string table_name(std::string_view t, const LockLine& at) {
+  auto n = unquoted(t.substr(8, t.size() - 9));
+  if (!n || n->empty())
+    at.fail("an asset's table is not [assets.\"NAME\"]");
+  if (auto why = asset_name_problem(*n))
+    at.fail("the entry " + toml_string(*n) + " is no asset name: it " + *why);
+  return *n;
+}
+
+// One `key = value` line of an asset's table, read into `entry`.
+void read_field(LockEntry& entry, std::string_view key, std::string_view value,
+                const LockLine& at) {
+  auto text = [&]() -> std::string {
+    auto s = unquoted(value);
+    if (!s)
+      at.fail(std::string(key) + " must be a string");
+    return *s;
+  };
+  auto digest = [&] {
+    std::string s = text();
+    if (!digest_of_hex(s))
+      at.fail(std::string(key) + " must be 64 hex digits");
+    return s;
+  };
+  auto flag = [&] {
+    if (value != "true" && value != "false")
+      at.fail(std::string(key) + " must be true or false");
+    return value == "true";
+  };
+  if (key == "fingerprint") {
+    entry.fingerprint = digest();
+  } else if (key == "sha256") {
+    entry.sha256 = digest();
+  } else if (key == "backend") {
+    entry.backend = text();
+  } else if (key == "model") {
+    entry.model = text();
+  } else if (key == "seed") {
+    uint64_t seed = 0;
+    auto r = std::from_chars(value.data(), value.data() + value.size(), seed);
+    if (r.ptr != value.data() + value.size())
+      at.fail("seed must be a whole number");
+    entry.seed = seed;
+  } else if (key == "cost_usd") {
+    double usd = 0;
+    auto r = std::from_chars(value.data(), value.data() + value.size(), usd);
+    if (r.ptr != value.data() + value.size() || !(usd >= 0))
+      at.fail("cost_usd must be a number");
+    entry.cost_usd = usd;
+  } else if (key == "paid") {
+    entry.paid = flag();
+  } else if (key == "adopted") {
+    entry.adopted = flag();
+  } else {
+    at.fail("unknown key '" + std::string(key) + "'");
+  }
+}
+
+} // namespace
+
 void Lockfile::load_unguarded() {
   clear();
   m_changed = false;
@@ -293,104 +368,50 @@ void Lockfile::load_unguarded() {
     return;
   std::string line, name;
   std::optional<LockEntry> current;
-  uint32_t number = 0, entry_line = 0;
-  auto fail = [&](const std::string& why) {
-    throw Fatal(m_path.string() + ":" + std::to_string(number) + ": " + why +
-                " (kiln.lock is written by kiln build only; delete it to start a new one)");
-  };
+  LockLine at{m_path}, entry_at{m_path};
   auto finish = [&] {
     if (!current)
       return;
-    if (current->fingerprint.empty() || current->sha256.empty()) {
-      number = entry_line;
-      fail("the entry of '" + name + "' has no fingerprint or sha256");
-    }
+    if (current->fingerprint.empty() || current->sha256.empty())
+      entry_at.fail("the entry of '" + name + "' has no fingerprint or sha256");
     put(name, *current, false);
     current.reset();
   };
   bool versioned = false;
   while (std::getline(in, line)) {
-    ++number;
+    ++at.number;
     std::string_view t = trim(line);
     if (t.empty() || t.front() == '#')
       continue;
     if (t.rfind("[assets.", 0) == 0 && t.back() == ']') {
       finish();
-      auto n = unquoted(t.substr(8, t.size() - 9));
-      if (!n || n->empty())
-        fail("an asset's table is not [assets.\"NAME\"]");
-      if (auto why = asset_name_problem(*n))
-        fail("the entry " + toml_string(*n) + " is no asset name: it " + *why);
-      if (lookup(*n))
-        fail("'" + *n + "' has two entries");
-      name = *n;
+      name = table_name(t, at);
+      if (lookup(name))
+        at.fail("'" + name + "' has two entries");
       current.emplace();
-      entry_line = number;
+      entry_at.number = at.number;
       continue;
     }
     if (t.rfind("<<<<<<<", 0) == 0 || t.rfind(">>>>>>>", 0) == 0 || t == "=======")
-      fail("a merge conflict: keep either side (e.g. git checkout --theirs kiln.lock) and "
-           "build; every output is checked by its bytes and the entries made again");
+      at.fail("a merge conflict: keep either side (e.g. git checkout --theirs kiln.lock) and "
+              "build; every output is checked by its bytes and the entries made again");
     size_t eq = t.find('=');
     if (eq == std::string_view::npos)
-      fail("not a line Kiln writes");
+      at.fail("not a line Kiln writes");
     std::string_view key = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
-    if (!current) {
-      if (key != "version")
-        fail("unknown key '" + std::string(key) + "'");
-      if (value != "1")
-        fail("version " + std::string(value) + " is written by a newer kiln");
-      versioned = true;
+    if (current) {
+      read_field(*current, key, value, at);
       continue;
     }
-    auto text = [&]() -> std::string {
-      auto s = unquoted(value);
-      if (!s)
-        fail(std::string(key) + " must be a string");
-      return *s;
-    };
-    auto digest = [&] {
-      std::string s = text();
-      if (!digest_of_hex(s))
-        fail(std::string(key) + " must be 64 hex digits");
-      return s;
-    };
-    auto flag = [&] {
-      if (value != "true" && value != "false")
-        fail(std::string(key) + " must be true or false");
-      return value == "true";
-    };
-    if (key == "fingerprint") {
-      current->fingerprint = digest();
-    } else if (key == "sha256") {
-      current->sha256 = digest();
-    } else if (key == "backend") {
-      current->backend = text();
-    } else if (key == "model") {
-      current->model = text();
-    } else if (key == "seed") {
-      uint64_t seed = 0;
-      auto r = std::from_chars(value.data(), value.data() + value.size(), seed);
-      if (r.ptr != value.data() + value.size())
-        fail("seed must be a whole number");
-      current->seed = seed;
-    } else if (key == "cost_usd") {
-      double usd = 0;
-      auto r = std::from_chars(value.data(), value.data() + value.size(), usd);
-      if (r.ptr != value.data() + value.size() || !(usd >= 0))
-        fail("cost_usd must be a number");
-      current->cost_usd = usd;
-    } else if (key == "paid") {
-      current->paid = flag();
-    } else if (key == "adopted") {
-      current->adopted = flag();
-    } else {
-      fail("unknown key '" + std::string(key) + "'");
-    }
+    if (key != "version")
+      at.fail("unknown key '" + std::string(key) + "'");
+    if (value != "1")
+      at.fail("version " + std::string(value) + " is written by a newer kiln");
+    versioned = true;
   }
   finish();
   if (!versioned && !m_entries.empty())
-    fail("no version line");
+    at.fail("no version line");
   m_changed = false;
 }
 

@@ -744,6 +744,25 @@ struct Split {
 
 constexpr int k_max_key_depth = 64;
 
+// Code point `cp` as UTF-8, for the \\u and \\U escapes of toml_unescape().
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xc0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    out += char(0xe0 | (cp >> 12));
+    out += char(0x80 | ((cp >> 6) & 0x3f));
+    out += char(0x80 | (cp & 0x3f));
+  } else {
+    out += char(0xf0 | (cp >> 18));
+    out += char(0x80 | ((cp >> 12) & 0x3f));
+    out += char(0x80 | ((cp >> 6) & 0x3f));
+    out += char(0x80 | (cp & 0x3f));
+  }
+}
+
 // A basic string's escapes decoded (\\uXXXX and \\UXXXXXXXX as UTF-8); nullopt if malformed.
 std::optional<std::string> toml_unescape(std::string_view s) {
   std::string out;
@@ -792,21 +811,7 @@ std::optional<std::string> toml_unescape(std::string_view s) {
                                     : std::tolower(static_cast<unsigned char>(c)) - 'a' + 10);
       }
       i += digits;
-      if (cp < 0x80) {
-        out += char(cp);
-      } else if (cp < 0x800) {
-        out += char(0xc0 | (cp >> 6));
-        out += char(0x80 | (cp & 0x3f));
-      } else if (cp < 0x10000) {
-        out += char(0xe0 | (cp >> 12));
-        out += char(0x80 | ((cp >> 6) & 0x3f));
-        out += char(0x80 | (cp & 0x3f));
-      } else {
-        out += char(0xf0 | (cp >> 18));
-        out += char(0x80 | ((cp >> 12) & 0x3f));
-        out += char(0x80 | ((cp >> 6) & 0x3f));
-        out += char(0x80 | (cp & 0x3f));
-      }
+      append_utf8(out, cp);
       break;
     }
     default:
@@ -847,137 +852,183 @@ std::pair<std::string, bool> first_key(std::string_view inner) {
   return {key, i != std::string_view::npos && inner[i] == '.'};
 }
 
-Split split_manifest(std::string_view text) {
-  Split out;
-  out.header.assign(text);
-  size_t n = text.size(), i = 0;
-  if (text.substr(0, 3) == "\xEF\xBB\xBF")
-    i = 3; // a UTF-8 byte order mark, as some Windows editors write
-  uint32_t line = 1;
-  int depth = 0;          // open [ and { of values
-  bool line_start = true; // only blanks so far on this line
-  int dots = 0;           // in the key being read (between separators, outside strings)
-  auto dot = [&](size_t at) {
-    if (++dots > k_max_key_depth && !out.too_deep) {
-      size_t begin = text.rfind('\n', at);
-      begin = begin == std::string_view::npos ? 0 : begin + 1;
-      out.too_deep = {line, uint32_t(at - begin + 1)};
-    }
-  };
-  std::optional<Split::Chunk> chunk;
-  auto close_chunk = [&](size_t at) {
-    if (!chunk)
-      return;
-    chunk->end = at;
-    for (size_t k = chunk->begin; k < at; ++k)
-      if (out.header[k] != '\n')
-        out.header[k] = ' ';
-    if (chunk->detached)
-      out.assets.back().end = at;
-    else
-      out.assets.push_back(*chunk);
-    chunk.reset();
-  };
-  auto skip_string = [&](char q) { // at the opening quote; leaves i after the closing one
-    bool multi = i + 2 < n && text[i + 1] == q && text[i + 2] == q;
-    i += multi ? 3 : 1;
-    while (i < n) {
-      char c = text[i];
-      if (c == '\\' && q == '"') {
-        if (i + 1 < n && text[i + 1] == '\n')
-          ++line;
-        i += 2;
-        continue;
-      }
-      if (c == '\n' && !multi)
-        return; // unterminated: toml++ reports it
-      if (c == '\n')
-        ++line;
-      if (c == q && !multi) {
-        ++i;
-        return;
-      }
-      if (c == q) { // """a""""" : a run of 3 to 5 quotes closes, the extra ones are content
-        size_t run = 0;
-        while (i + run < n && text[i + run] == q)
-          ++run;
-        i += run;
-        if (run >= 3)
-          return;
-        continue;
-      }
-      ++i;
-    }
-  };
-  while (i < n) {
-    char c = text[i];
+// split_manifest()'s single pass over the text: where it is, what it is inside of, and the
+// asset chunk being read.
+class ManifestSplitter {
+public:
+  explicit ManifestSplitter(std::string_view text) : m_text(text), m_n(text.size()) {
+    m_out.header.assign(text);
+  }
+  Split run();
+
+private:
+  size_t line_begin(size_t at) const; // where the line holding `at` starts
+  void dot(size_t at);                // a dot between keys: counts towards too_deep
+  void close_chunk(size_t at);        // the asset chunk read so far ends at `at`
+  void skip_string(char q);           // at the opening quote; leaves m_i after the closing one
+  void table_header();                // at the `[` that starts a header line
+  // Where a header's keys, from `inner`, end (its `]` or the line's end); counts their dots.
+  size_t header_end(size_t inner);
+  // A header line at `begin` whose first key is `key`: an `[[asset]]` opens a chunk, an
+  // `[asset.x]` belongs to the chunk open (or, past other tables, to the last asset's), and any
+  // other table ends the chunk.
+  void chunk_at(std::string_view key, bool more, bool array, size_t begin);
+
+  std::string_view m_text;
+  size_t m_n = 0, m_i = 0;
+  uint32_t m_line = 1;
+  int m_depth = 0;          // open [ and { of values
+  bool m_line_start = true; // only blanks so far on this line
+  int m_dots = 0;           // in the key being read (between separators, outside strings)
+  std::optional<Split::Chunk> m_chunk;
+  Split m_out;
+};
+
+Split ManifestSplitter::run() {
+  if (m_text.substr(0, 3) == "\xEF\xBB\xBF")
+    m_i = 3; // a UTF-8 byte order mark, as some Windows editors write
+  while (m_i < m_n) {
+    char c = m_text[m_i];
     if (c == '\n') {
-      ++line;
-      ++i;
-      dots = 0;
-      line_start = true;
+      ++m_line;
+      ++m_i;
+      m_dots = 0;
+      m_line_start = true;
       continue;
     }
     if (c == ' ' || c == '\t' || c == '\r') {
-      ++i;
+      ++m_i;
       continue;
     }
     if (c == '#') {
-      while (i < n && text[i] != '\n')
-        ++i;
+      while (m_i < m_n && m_text[m_i] != '\n')
+        ++m_i;
       continue;
     }
-    if (line_start && depth == 0 && c == '[') {
-      size_t line_begin = text.rfind('\n', i);
-      line_begin = line_begin == std::string_view::npos ? 0 : line_begin + 1;
-      bool array = i + 1 < n && text[i + 1] == '[';
-      size_t inner = i + (array ? 2 : 1), k = inner;
-      dots = 0;
-      while (k < n && text[k] != ']' && text[k] != '\n') {
-        if (text[k] == '.')
-          dot(k);
-        if (text[k] == '"') { // a basic string: \" does not close it
-          ++k;
-          while (k < n && text[k] != '"' && text[k] != '\n')
-            k += text[k] == '\\' ? 2 : 1;
-        } else if (text[k] == '\'') {
-          size_t end = text.find('\'', k + 1);
-          k = end == std::string_view::npos ? n : end;
-        }
-        ++k;
-      }
-      auto [key, more] = first_key(text.substr(inner, std::min(k, n) - inner));
-      if (key == "asset" && array && !more) {
-        close_chunk(line_begin);
-        chunk = Split::Chunk{line_begin, 0, line};
-      } else if (!(key == "asset" && more && chunk)) {
-        close_chunk(line_begin);
-        if (key == "asset" && more && !out.assets.empty())
-          chunk = Split::Chunk{line_begin, 0, line, true};
-      }
-      i = k;
-      line_start = false;
-      while (i < n && text[i] != '\n' && text[i] != '#')
-        ++i;
+    if (m_line_start && m_depth == 0 && c == '[') {
+      table_header();
       continue;
     }
-    line_start = false;
+    m_line_start = false;
     if (c == '"' || c == '\'') {
       skip_string(c);
       continue;
     }
     if (c == '.')
-      dot(i);
+      dot(m_i);
     else if (c == '=' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}')
-      dots = 0;
+      m_dots = 0;
     if (c == '[' || c == '{')
-      ++depth;
-    else if ((c == ']' || c == '}') && depth > 0)
-      --depth;
-    ++i;
+      ++m_depth;
+    else if ((c == ']' || c == '}') && m_depth > 0)
+      --m_depth;
+    ++m_i;
   }
-  close_chunk(n);
-  return out;
+  close_chunk(m_n);
+  return std::move(m_out);
+}
+
+size_t ManifestSplitter::line_begin(size_t at) const {
+  size_t begin = m_text.rfind('\n', at);
+  return begin == std::string_view::npos ? 0 : begin + 1;
+}
+
+void ManifestSplitter::dot(size_t at) {
+  if (++m_dots > k_max_key_depth && !m_out.too_deep)
+    m_out.too_deep = {m_line, uint32_t(at - line_begin(at) + 1)};
+}
+
+void ManifestSplitter::close_chunk(size_t at) {
+  if (!m_chunk)
+    return;
+  m_chunk->end = at;
+  for (size_t k = m_chunk->begin; k < at; ++k)
+    if (m_out.header[k] != '\n')
+      m_out.header[k] = ' ';
+  if (m_chunk->detached)
+    m_out.assets.back().end = at;
+  else
+    m_out.assets.push_back(*m_chunk);
+  m_chunk.reset();
+}
+
+void ManifestSplitter::skip_string(char q) {
+  bool multi = m_i + 2 < m_n && m_text[m_i + 1] == q && m_text[m_i + 2] == q;
+  m_i += multi ? 3 : 1;
+  while (m_i < m_n) {
+    char c = m_text[m_i];
+    if (c == '\\' && q == '"') {
+      if (m_i + 1 < m_n && m_text[m_i + 1] == '\n')
+        ++m_line;
+      m_i += 2;
+      continue;
+    }
+    if (c == '\n' && !multi)
+      return; // unterminated: toml++ reports it
+    if (c == '\n')
+      ++m_line;
+    if (c == q && !multi) {
+      ++m_i;
+      return;
+    }
+    if (c == q) { // """a""""" : a run of 3 to 5 quotes closes, the extra ones are content
+      size_t run = 0;
+      while (m_i + run < m_n && m_text[m_i + run] == q)
+        ++run;
+      m_i += run;
+      if (run >= 3)
+        return;
+      continue;
+    }
+    ++m_i;
+  }
+}
+
+void ManifestSplitter::table_header() {
+  size_t begin = line_begin(m_i);
+  bool array = m_i + 1 < m_n && m_text[m_i + 1] == '[';
+  size_t inner = m_i + (array ? 2 : 1);
+  m_dots = 0;
+  size_t k = header_end(inner);
+  auto [key, more] = first_key(m_text.substr(inner, std::min(k, m_n) - inner));
+  chunk_at(key, more, array, begin);
+  m_i = k;
+  m_line_start = false;
+  while (m_i < m_n && m_text[m_i] != '\n' && m_text[m_i] != '#')
+    ++m_i;
+}
+
+size_t ManifestSplitter::header_end(size_t inner) {
+  size_t k = inner;
+  while (k < m_n && m_text[k] != ']' && m_text[k] != '\n') {
+    if (m_text[k] == '.')
+      dot(k);
+    if (m_text[k] == '"') { // a basic string: \" does not close it
+      ++k;
+      while (k < m_n && m_text[k] != '"' && m_text[k] != '\n')
+        k += m_text[k] == '\\' ? 2 : 1;
+    } else if (m_text[k] == '\'') {
+      size_t end = m_text.find('\'', k + 1);
+      k = end == std::string_view::npos ? m_n : end;
+    }
+    ++k;
+  }
+  return k;
+}
+
+void ManifestSplitter::chunk_at(std::string_view key, bool more, bool array, size_t begin) {
+  if (key == "asset" && array && !more) {
+    close_chunk(begin);
+    m_chunk = Split::Chunk{begin, 0, m_line};
+  } else if (!(key == "asset" && more && m_chunk)) {
+    close_chunk(begin);
+    if (key == "asset" && more && !m_out.assets.empty())
+      m_chunk = Split::Chunk{begin, 0, m_line, true};
+  }
+}
+
+Split split_manifest(std::string_view text) {
+  return ManifestSplitter(text).run();
 }
 
 // One asset's chunk of the manifest with every table that is not its own blanked to spaces
@@ -1074,23 +1125,165 @@ bool is_kiln_backend_key(std::string_view key) {
 
 namespace {
 
-Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& path,
-                    const std::string& display_path) {
-  Manifest m;
-  m.path = fs::absolute(path).lexically_normal();
-  m.dir = m.path.parent_path();
-  m.diagnostics = Diagnostics(display_path, text);
-  Diagnostics& d = m.diagnostics;
-  auto parse_error = [&](const toml::parse_error& e, uint32_t line_offset) {
-    SourceLoc loc{e.source().begin.line, e.source().begin.column};
-    if (loc.line)
-      loc.line += line_offset;
-    d.error(loc, std::string(e.description()));
-  };
-  if (text->size() > UINT32_MAX)
-    throw Fatal(display_path + ": larger than 4 GiB");
+// A toml++ error in text whose first line is `line_offset` lines into the manifest.
+void report_parse_error(Diagnostics& d, const toml::parse_error& e, uint32_t line_offset) {
+  SourceLoc loc{e.source().begin.line, e.source().begin.column};
+  if (loc.line)
+    loc.line += line_offset;
+  d.error(loc, std::string(e.description()));
+}
 
-  Split split = split_manifest(*text);
+// The asset names met so far, to refuse one that collides with an earlier one. Names are
+// compared with their case folded: on macOS and Windows `Icons/Sword` and `icons/sword` are
+// the same file.
+class NameClashes {
+public:
+  NameClashes(const AssetIndex& assets, Diagnostics& d) : m_assets(assets), m_d(d) {}
+  // Whether `spec` may join the assets (`ok`: it has no other errors); if so, it is added as
+  // the next one, named at `name_loc`. Every clash is reported there.
+  bool admit(const AssetSpec& spec, SourceLoc name_loc, bool ok);
+
+private:
+  using At = std::pair<uint32_t, uint32_t>; // index, line
+  static uint64_t hash_of(const std::string& folded) { return std::hash<std::string>{}(folded); }
+  static std::string line_of(const At& first) {
+    return " (line " + std::to_string(first.second) + ")";
+  }
+  // The earlier asset whose folded name is `folded_name`, or null.
+  const At* earlier(const std::string& folded_name) const;
+  // Whether an earlier asset has the name, or the name but for case.
+  bool repeats_a_name(const AssetSpec& spec, const std::string& folded, SourceLoc name_loc);
+  // Whether the name is a folder of an earlier asset's, or its file where one needs a folder.
+  bool is_a_folder(const AssetSpec& spec, const std::string& folded, SourceLoc name_loc);
+  // Whether the name needs a folder that is an earlier asset, or where one writes its file;
+  // `folders` gets the folders it needs, folded.
+  bool needs_a_file(const AssetSpec& spec, SourceLoc name_loc, std::vector<std::string>& folders);
+
+  const AssetIndex& m_assets;
+  Diagnostics& m_d;
+  std::unordered_multimap<uint64_t, At> m_seen; // folded name's hash -> its asset
+  // Every folder some asset's name makes (`b` and `b.png` of `b/c` and `b.png/c`), folded: no
+  // asset may be one of them (a name is a file or a folder of files, not both; `b.png` could
+  // not even be written).
+  std::unordered_map<std::string, At> m_folders_of;
+};
+
+bool NameClashes::admit(const AssetSpec& spec, SourceLoc name_loc, bool ok) {
+  const std::string folded = fold_case(spec.name);
+  if (!spec.name.empty())
+    ok = !repeats_a_name(spec, folded, name_loc) && ok;
+  std::vector<std::string> folders; // of this asset
+  ok = ok && !is_a_folder(spec, folded, name_loc) && !needs_a_file(spec, name_loc, folders);
+  if (ok) {
+    At at{uint32_t(m_assets.size()), name_loc.line};
+    m_seen.emplace(hash_of(folded), at);
+    for (auto& folder : folders)
+      m_folders_of.emplace(std::move(folder), at);
+  }
+  return ok;
+}
+
+const NameClashes::At* NameClashes::earlier(const std::string& folded_name) const {
+  auto [first, last] = m_seen.equal_range(hash_of(folded_name));
+  for (auto it = first; it != last; ++it)
+    if (fold_case(m_assets.name(it->second.first)) == folded_name)
+      return &it->second;
+  return nullptr;
+}
+
+bool NameClashes::repeats_a_name(const AssetSpec& spec, const std::string& folded,
+                                 SourceLoc name_loc) {
+  const At *same = nullptr, *same_but_case = nullptr;
+  auto [first, last] = m_seen.equal_range(hash_of(folded));
+  for (auto it = first; it != last && !same; ++it) {
+    std::string_view other = m_assets.name(it->second.first);
+    if (other == spec.name)
+      same = &it->second;
+    else if (!same_but_case && fold_case(other) == folded)
+      same_but_case = &it->second;
+  }
+  if (same)
+    m_d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) + " (first declared at " +
+                            m_d.display_path() + ":" + std::to_string(same->second) + ")");
+  else if (same_but_case)
+    m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " is the same as " +
+                            in_quotes(m_assets.name(same_but_case->first)) +
+                            line_of(*same_but_case) + " but for case");
+  return same || same_but_case;
+}
+
+bool NameClashes::is_a_folder(const AssetSpec& spec, const std::string& folded,
+                              SourceLoc name_loc) {
+  if (auto it = m_folders_of.find(folded); it != m_folders_of.end()) {
+    m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " is a folder of asset " +
+                            in_quotes(m_assets.name(it->second.first)) + line_of(it->second) +
+                            ": a name is an asset or a folder of assets, not both");
+    return true;
+  }
+  if (auto it = m_folders_of.find(fold_case(spec.relative_output())); it != m_folders_of.end()) {
+    m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " writes its file to " +
+                            in_quotes(spec.relative_output()) + ", a folder of asset " +
+                            in_quotes(m_assets.name(it->second.first)) + line_of(it->second));
+    return true;
+  }
+  return false;
+}
+
+bool NameClashes::needs_a_file(const AssetSpec& spec, SourceLoc name_loc,
+                               std::vector<std::string>& folders) {
+  for (size_t slash = spec.name.find('/'); slash != std::string::npos;
+       slash = spec.name.find('/', slash + 1)) {
+    std::string_view folder(spec.name.data(), slash);
+    std::string folded_folder = fold_case(folder);
+    if (auto* other = earlier(folded_folder)) {
+      m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " is inside " + in_quotes(folder) +
+                              ", which is asset " + in_quotes(m_assets.name(other->first)) +
+                              line_of(*other) +
+                              ": a name is an asset or a folder of assets, not both");
+      return true;
+    }
+    folders.push_back(folded_folder);
+    size_t dot = folder.rfind('.');
+    if (dot == std::string_view::npos || folder.find('/', dot) != std::string_view::npos)
+      continue;
+    std::string format = fold_case(folder.substr(dot + 1));
+    if (std::find(k_formats.begin(), k_formats.end(), format) == k_formats.end())
+      continue;
+    auto* other = earlier(fold_case(folder.substr(0, dot)));
+    if (other && m_assets.format(other->first) == format) {
+      m_d.error(name_loc, "asset name " + in_quotes(spec.name) + " needs a folder " +
+                              in_quotes(folder) + " where asset " +
+                              in_quotes(m_assets.name(other->first)) + line_of(*other) +
+                              " writes its file");
+      return true;
+    }
+  }
+  return false;
+}
+
+// The plugins an asset names, each where it was written, for the run to load.
+void add_plugin_uses(PluginUses& plugin_uses, const AssetSpec& spec) {
+  auto use = [&](const char* field, const std::vector<std::string>& ids) {
+    auto& uses = plugin_uses[field];
+    for (auto& id : ids) {
+      auto item = spec.item_locs.find(field + std::string(1, '\x1f') + id);
+      auto set_at = spec.field_locs.find(field);
+      uses.emplace(id, item != spec.item_locs.end()      ? item->second
+                       : set_at != spec.field_locs.end() ? set_at->second
+                                                         : SourceLoc{});
+    }
+  };
+  use("backend", {spec.backend});
+  use("enhancers", spec.enhancers);
+  use("validators", spec.validators);
+  use("retry", spec.retry);
+  use("postprocess", spec.postprocess);
+}
+
+// The manifest's tables outside [[asset]] (split.header, freed once parsed) read into `m` and
+// `parser`, which resolves the assets against them. Throws Fatal on errors.
+void parse_header(Manifest& m, Parser& parser, Split& split, const std::string& display_path) {
+  Diagnostics& d = m.diagnostics;
   if (split.too_deep) {
     d.error(SourceLoc{split.too_deep->first, split.too_deep->second},
             "keys nest deeper than " + std::to_string(k_max_key_depth) + " levels here");
@@ -1100,141 +1293,52 @@ Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& pat
   try {
     layers->root = toml::parse(split.header, display_path);
   } catch (const toml::parse_error& e) {
-    parse_error(e, 0);
+    report_parse_error(d, e, 0);
     d.throw_if_errors();
   }
   split.header = std::string();
-  Parser parser(&m, d);
   parser.header(layers->root);
   m.layers = layers;
+}
 
-  // Each asset is parsed, checked and dropped: only its place and name are kept.
-  // Names are compared with their case folded: on macOS and Windows `Icons/Sword` and
-  // `icons/sword` are the same file.
-  std::unordered_multimap<uint64_t, std::pair<uint32_t, uint32_t>> seen; // -> index, line
-  auto hash_of = [](const std::string& folded) {
-    return std::hash<std::string>{}(folded);
-  };
-  // Every folder some asset's name makes (`b` and `b.png` of `b/c` and `b.png/c`), folded ->
-  // index, line: no asset may be one of them (a name is a file or a folder of files, not both;
-  // `b.png` could not even be written).
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> folders_of;
-  auto line_of = [&](const std::pair<uint32_t, uint32_t>& first) {
-    return " (line " + std::to_string(first.second) + ")";
-  };
+// Each asset is parsed, checked and dropped: only its place and name are kept.
+void index_assets(Manifest& m, Parser& parser, const Split& split, std::string_view text,
+                  const std::string& display_path) {
+  NameClashes names(m.assets, m.diagnostics);
   m.assets.reserve(split.assets.size());
   for (auto& chunk : split.assets) {
     AssetIndex::Place place{uint32_t(chunk.begin), uint32_t(chunk.end - chunk.begin), chunk.line};
     toml::table root;
     try {
-      root = toml::parse(own_tables(std::string_view(*text).substr(place.offset, place.length)),
-                         display_path);
+      root = toml::parse(own_tables(text.substr(place.offset, place.length)), display_path);
     } catch (const toml::parse_error& e) {
-      parse_error(e, chunk.line - 1);
+      report_parse_error(m.diagnostics, e, chunk.line - 1);
       continue;
     }
     parser.set_line_offset(chunk.line - 1);
     AssetSpec spec;
     SourceLoc name_loc;
     bool ok = parser.asset(root, spec, name_loc);
-    const std::string folded = fold_case(spec.name);
-    const uint64_t hash = hash_of(folded);
-    if (!spec.name.empty()) {
-      const std::pair<uint32_t, uint32_t>*same = nullptr, *same_but_case = nullptr;
-      auto [first, last] = seen.equal_range(hash);
-      for (auto it = first; it != last && !same; ++it) {
-        std::string_view other = m.assets.name(it->second.first);
-        if (other == spec.name)
-          same = &it->second;
-        else if (!same_but_case && fold_case(other) == folded)
-          same_but_case = &it->second;
-      }
-      if (same)
-        d.error(name_loc, "duplicate asset name " + in_quotes(spec.name) + " (first declared at " +
-                              d.display_path() + ":" + std::to_string(same->second) + ")");
-      else if (same_but_case)
-        d.error(name_loc, "asset name " + in_quotes(spec.name) + " is the same as " +
-                              in_quotes(m.assets.name(same_but_case->first)) +
-                              line_of(*same_but_case) + " but for case");
-      ok = ok && !same && !same_but_case;
-    }
-    std::vector<std::string> folders; // of this asset
-    auto earlier = [&](const std::string& folded_name) -> const std::pair<uint32_t, uint32_t>* {
-      auto [first, last] = seen.equal_range(hash_of(folded_name));
-      for (auto it = first; it != last; ++it)
-        if (fold_case(m.assets.name(it->second.first)) == folded_name)
-          return &it->second;
-      return nullptr;
-    };
-    if (ok) {
-      // It is a folder of an earlier asset's name.
-      if (auto it = folders_of.find(folded); it != folders_of.end()) {
-        d.error(name_loc, "asset name " + in_quotes(spec.name) + " is a folder of asset " +
-                              in_quotes(m.assets.name(it->second.first)) + line_of(it->second) +
-                              ": a name is an asset or a folder of assets, not both");
-        ok = false;
-      }
-      // Its file is where an earlier asset needs a folder.
-      if (auto it = folders_of.find(fold_case(spec.relative_output()));
-          ok && it != folders_of.end()) {
-        d.error(name_loc, "asset name " + in_quotes(spec.name) + " writes its file to " +
-                              in_quotes(spec.relative_output()) + ", a folder of asset " +
-                              in_quotes(m.assets.name(it->second.first)) + line_of(it->second));
-        ok = false;
-      }
-      // It needs a folder that is an earlier asset, or where an earlier asset writes its file.
-      for (size_t slash = spec.name.find('/'); ok && slash != std::string::npos;
-           slash = spec.name.find('/', slash + 1)) {
-        std::string_view folder(spec.name.data(), slash);
-        std::string folded_folder = fold_case(folder);
-        if (auto* other = earlier(folded_folder)) {
-          d.error(name_loc, "asset name " + in_quotes(spec.name) + " is inside " +
-                                in_quotes(folder) + ", which is asset " +
-                                in_quotes(m.assets.name(other->first)) + line_of(*other) +
-                                ": a name is an asset or a folder of assets, not both");
-          ok = false;
-          break;
-        }
-        folders.push_back(folded_folder);
-        size_t dot = folder.rfind('.');
-        if (dot == std::string_view::npos || folder.find('/', dot) != std::string_view::npos)
-          continue;
-        std::string format = fold_case(folder.substr(dot + 1));
-        if (std::find(k_formats.begin(), k_formats.end(), format) == k_formats.end())
-          continue;
-        auto* other = earlier(fold_case(folder.substr(0, dot)));
-        if (other && m.assets.format(other->first) == format) {
-          d.error(name_loc, "asset name " + in_quotes(spec.name) + " needs a folder " +
-                                in_quotes(folder) + " where asset " +
-                                in_quotes(m.assets.name(other->first)) + line_of(*other) +
-                                " writes its file");
-          ok = false;
-        }
-      }
-    }
-    if (ok) {
-      std::pair<uint32_t, uint32_t> at{uint32_t(m.assets.size()), name_loc.line};
-      seen.emplace(hash, at);
-      for (auto& folder : folders)
-        folders_of.emplace(std::move(folder), at);
-    }
-    if (!ok)
+    if (!names.admit(spec, name_loc, ok))
       continue;
     m.assets.add(place, spec.name, spec.format);
-    auto use = [&](const char* field, const std::vector<std::string>& ids) {
-      auto& uses = m.plugin_uses[field];
-      for (auto& id : ids) {
-        auto item = spec.item_locs.find(field + std::string(1, '\x1f') + id);
-        uses.emplace(id, item != spec.item_locs.end() ? item->second : spec.field_locs[field]);
-      }
-    };
-    use("backend", {spec.backend});
-    use("enhancers", spec.enhancers);
-    use("validators", spec.validators);
-    use("retry", spec.retry);
-    use("postprocess", spec.postprocess);
+    add_plugin_uses(m.plugin_uses, spec);
   }
-  d.throw_if_errors();
+}
+
+Manifest parse_text(std::shared_ptr<const std::string> text, const fs::path& path,
+                    const std::string& display_path) {
+  Manifest m;
+  m.path = fs::absolute(path).lexically_normal();
+  m.dir = m.path.parent_path();
+  m.diagnostics = Diagnostics(display_path, text);
+  if (text->size() > UINT32_MAX)
+    throw Fatal(display_path + ": larger than 4 GiB");
+  Split split = split_manifest(*text);
+  Parser parser(&m, m.diagnostics);
+  parse_header(m, parser, split, display_path);
+  index_assets(m, parser, split, *text, display_path);
+  m.diagnostics.throw_if_errors();
   auto source = std::make_shared<Manifest::Source>();
   source->text = std::move(text);
   source->display_path = display_path;
@@ -1351,97 +1455,123 @@ bool Manifest::changed_on_disk() const {
   return !stamp || !same_stamp(*stamp, source->stamp);
 }
 
+namespace {
+
+// Why asset() cannot go on: the file changed in a way this run cannot follow.
+Fatal changed_during_run(const Manifest& m, const std::string& why) {
+  return Fatal(m.source->display_path + " changed during the run" +
+               (why.empty() ? std::string() : " (" + why + ")") + ": run kiln again");
+}
+
+// Why an asset read again is not found by its name.
+constexpr const char* k_not_found = " is not in it any more, or its table does not parse";
+
+// An asset's table as asset() reads it, with where it is and what it is resolved against.
+struct AssetText {
+  std::string text;
+  AssetIndex::Place place;
+  std::shared_ptr<const LayerTables> layers;
+  bool read_again = false; // the file changed: found again by name
+};
+
+// Asset i's table read from the manifest's file. The stamp is checked before and after the
+// asset is read: a change in between is read again, never half old.
+AssetText read_from_file(const Manifest& m, size_t i, const std::string& asset_label) {
+  AssetText out;
+  const int fd = m.source->file->fd;
+  for (int attempt = 0;; ++attempt) {
+    auto stamp = stamp_of(fd);
+    if (!stamp)
+      throw Fatal("cannot read " + m.source->display_path + " again: " + std::strerror(errno));
+    out.read_again = !same_stamp(*stamp, m.source->stamp);
+    if (!out.read_again) {
+      out.place = m.assets.place(i);
+      out.layers = m.layers;
+    } else if (auto now = m.source->reread(m, *stamp)) {
+      if (!now->layers)
+        throw changed_during_run(m, "its tables outside [[asset]] have errors now");
+      out.place = now->places[i];
+      if (out.place.length == 0)
+        throw changed_during_run(m, asset_label +
+                                        (out.place.offset == Manifest::Source::Reread::k_twice
+                                             ? " is in it twice now"
+                                             : k_not_found));
+      out.layers = now->layers;
+      stamp = now->stamp;
+    } else {
+      if (attempt == 4)
+        throw changed_during_run(m, "it is still being written");
+      continue;
+    }
+    auto bytes = pread_exact(fd, out.place.offset, out.place.length);
+    const int error = errno;
+    auto after = stamp_of(fd);
+    if (after && same_stamp(*after, *stamp)) {
+      if (!bytes)
+        throw Fatal("cannot read " + m.source->display_path + " again: " + std::strerror(error));
+      out.text = std::move(*bytes);
+      return out;
+    }
+    if (attempt == 4)
+      throw changed_during_run(m, "it is still being written");
+  }
+}
+
+// The run started the plugins its assets named when it was loaded, and no others: an asset
+// read again after the file changed may name no other.
+void refuse_plugins_not_loaded(const Manifest& m, const AssetSpec& spec,
+                               const std::string& asset_label) {
+  for (auto [field, ids] :
+       {std::pair<const char*, const std::vector<std::string>*>{"enhancers", &spec.enhancers},
+        {"validators", &spec.validators},
+        {"retry", &spec.retry},
+        {"postprocess", &spec.postprocess}}) {
+    auto uses = m.plugin_uses.find(field);
+    for (auto& id : *ids)
+      if (uses == m.plugin_uses.end() || !uses->second.count(id))
+        throw changed_during_run(m, asset_label + " now uses " + plugin_kind(field) + " " +
+                                        in_quotes(id) + ", which this run did not load");
+  }
+  auto backends = m.plugin_uses.find("backend");
+  if (backends == m.plugin_uses.end() || !backends->second.count(spec.backend))
+    throw changed_during_run(m, asset_label + " now uses backend " + in_quotes(spec.backend) +
+                                    ", which this run did not load");
+}
+
+} // namespace
+
 AssetSpec Manifest::asset(size_t i) const {
   const std::string_view name = assets.name(i);
-  auto changed = [&](const std::string& why) {
-    return Fatal(source->display_path + " changed during the run" +
-                 (why.empty() ? std::string() : " (" + why + ")") + ": run kiln again");
-  };
   const std::string asset_label = "asset " + in_quotes(name);
-  AssetIndex::Place place = assets.place(i);
-  std::shared_ptr<const LayerTables> now_layers = layers;
-  bool read_again = false; // the file changed: found again by name
-  std::string text;
+  AssetText read;
   if (source->text) {
-    text = source->text->substr(place.offset, place.length);
+    read.place = assets.place(i);
+    read.text = source->text->substr(read.place.offset, read.place.length);
+    read.layers = layers;
   } else {
-    // The stamp is checked before and after the asset is read: a change in between is read
-    // again, never half old.
-    const int fd = source->file->fd;
-    for (int attempt = 0;; ++attempt) {
-      auto stamp = stamp_of(fd);
-      if (!stamp)
-        throw Fatal("cannot read " + source->display_path + " again: " + std::strerror(errno));
-      read_again = !same_stamp(*stamp, source->stamp);
-      if (!read_again) {
-        place = assets.place(i);
-        now_layers = layers;
-      } else if (auto now = source->reread(*this, *stamp)) {
-        if (!now->layers)
-          throw changed("its tables outside [[asset]] have errors now");
-        place = now->places[i];
-        if (place.length == 0)
-          throw changed(asset_label +
-                        (place.offset == Source::Reread::k_twice
-                             ? " is in it twice now"
-                             : " is not in it any more, or its table does not parse"));
-        now_layers = now->layers;
-        stamp = now->stamp;
-      } else {
-        if (attempt == 4)
-          throw changed("it is still being written");
-        continue;
-      }
-      auto bytes = pread_exact(fd, place.offset, place.length);
-      const int error = errno;
-      auto after = stamp_of(fd);
-      if (after && same_stamp(*after, *stamp)) {
-        if (!bytes)
-          throw Fatal("cannot read " + source->display_path + " again: " + std::strerror(error));
-        text = std::move(*bytes);
-        break;
-      }
-      if (attempt == 4)
-        throw changed("it is still being written");
-    }
+    read = read_from_file(*this, i, asset_label);
   }
   toml::table root;
   try {
-    root = toml::parse(own_tables(text), path.string());
+    root = toml::parse(own_tables(read.text), path.string());
   } catch (const toml::parse_error&) {
-    throw changed(asset_label + " is not in it any more, or its table does not parse");
+    throw changed_during_run(*this, asset_label + k_not_found);
   }
   Diagnostics scratch;
-  Parser parser(nullptr, scratch, place.line - 1);
-  parser.use_layers(now_layers->root, false);
+  Parser parser(nullptr, scratch, read.place.line - 1);
+  parser.use_layers(read.layers->root, false);
   AssetSpec spec;
   SourceLoc name_loc;
   if (!parser.asset(root, spec, name_loc))
-    throw changed(asset_label + " has errors now");
+    throw changed_during_run(*this, asset_label + " has errors now");
   if (spec.name != name) // the file changed without its stamp changing
-    throw changed(asset_label + " is not in it any more, or its table does not parse");
+    throw changed_during_run(*this, asset_label + k_not_found);
   if (!m_backend_override.empty()) {
     spec.backend = m_backend_override;
     spec.field_locs["backend"] = SourceLoc{}; // set on the command line
   }
-  if (read_again) {
-    // The run started the plugins its assets named when it was loaded, and no others.
-    for (auto [field, ids] :
-         {std::pair<const char*, const std::vector<std::string>*>{"enhancers", &spec.enhancers},
-          {"validators", &spec.validators},
-          {"retry", &spec.retry},
-          {"postprocess", &spec.postprocess}}) {
-      auto uses = plugin_uses.find(field);
-      for (auto& id : *ids)
-        if (uses == plugin_uses.end() || !uses->second.count(id))
-          throw changed(asset_label + " now uses " + plugin_kind(field) + " " + in_quotes(id) +
-                        ", which this run did not load");
-    }
-    auto backends = plugin_uses.find("backend");
-    if (backends == plugin_uses.end() || !backends->second.count(spec.backend))
-      throw changed(asset_label + " now uses backend " + in_quotes(spec.backend) +
-                    ", which this run did not load");
-  }
+  if (read.read_again)
+    refuse_plugins_not_loaded(*this, spec, asset_label);
   return spec;
 }
 
