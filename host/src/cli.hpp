@@ -1,3 +1,6 @@
+// The command line: each `kiln` command (build, plan, adopt, outputs, plugins) reads its
+// arguments, opens what it needs (manifest, plugins, state, cache, kiln.lock) and calls the
+// engine. main.cpp only calls cli_main() and prints what escapes as a Fatal.
 #pragma once
 
 namespace kiln::host {

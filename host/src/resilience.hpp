@@ -1,6 +1,8 @@
 // Limits that hold across every asset of a run, whatever their strategy chains propose: a
 // circuit breaker per model and a retry budget, so that a failing provider neither receives a
-// storm of retries nor multiplies the run's traffic.
+// storm of retries nor multiplies the run's traffic (the chain consults both: chain.hpp), and
+// the money budget (reserved and settled by admission.hpp, the one place attempts are
+// admitted).
 #pragma once
 
 #include <chrono>

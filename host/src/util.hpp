@@ -1,3 +1,5 @@
+// Small file and text helpers shared by the whole host: whole-file reads, atomic writes
+// (temp + fsync + rename), SHA-256, did-you-mean, money formatting.
 #pragma once
 
 #include <cstdint>
