@@ -1,5 +1,6 @@
 #include "cli.hpp"
 
+#include "cache_stats.hpp"
 #include "engine.hpp"
 #include "fatal.hpp"
 #include "interrupt.hpp"
@@ -36,6 +37,7 @@ Commands:
   adopt     keep a file edited by hand as its asset's art (recorded in kiln.lock)
   outputs   print the absolute path of every output file (for build systems)
   plugins   list the plugins kiln can load
+  cache     the local cache: hits, misses, remote errors, money saved (stats); its size (gc)
 
 Run `kiln <command> --help` for a command's options and an example.
 
@@ -45,8 +47,8 @@ Options:
 
 Exit codes: 0 all assets present and valid; 1 some assets failed; 2 usage, manifest or
 plugin error; 3 stopped by the budget; 4 a person must act (credit, billing), new work
-stopped; 5 another build holds the output folder (--no-wait); 130 interrupted (Ctrl-C),
-remote jobs cancelled.
+stopped; 5 another build holds the output folder (--no-wait); 6 --locked and some asset
+would need generating; 130 interrupted (Ctrl-C), remote jobs cancelled.
 )";
 
 struct Command {
@@ -116,10 +118,13 @@ struct Session {
   std::unique_ptr<OutputLock> lock; // released after the state is closed
   std::unique_ptr<StateFile> state;
   std::unique_ptr<Cache> cache;
-  std::unique_ptr<Lockfile> lockfile; // kiln.lock
+  std::unique_ptr<RemoteCache> remote; // the team's cache behind `cache`, if any
+  std::unique_ptr<Lockfile> lockfile;  // kiln.lock
 
   Workspace workspace() {
-    return Workspace{manifest, registry, plugins, log, *state, *cache, lockfile.get()};
+    Workspace ws{manifest, registry, plugins, log, *state, *cache, lockfile.get()};
+    ws.remote = remote.get();
+    return ws;
   }
 };
 
@@ -248,6 +253,7 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
   if (auto warning = s->state->load(lock != LockMode::None))
     s->log.warning(*warning);
   s->cache = std::make_unique<Cache>(Cache::default_dir());
+  s->remote = RemoteCache::open(s->manifest.remote_cache, s->log, s->registry.http());
   s->lockfile = std::make_unique<Lockfile>(Lockfile::path_for(s->manifest.path));
   s->lockfile->load();
   s->lockfile->set_backend_overridden(!a.backend.empty());
@@ -258,7 +264,7 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
 struct BuildArgs : CommonArgs {
   int jobs = k_not_given;
   std::string report, stamp, depfile;
-  bool force = false, no_wait = false;
+  bool force = false, no_wait = false, locked = false;
   double budget = -1; // not given
 };
 
@@ -269,7 +275,8 @@ bool parse_build_args(int argc, char** argv, BuildArgs& b) {
       "  kiln build                          # every asset of ./assets.toml\n"
       "  kiln build -m game/assets.toml -j 8 --report kiln-report.json\n"
       "  kiln build --only 'icons/*' --force # regenerate the icons, even if up to date\n"
-      "  kiln build --backend placeholder    # offline, free images (CI)\n"};
+      "  kiln build --backend placeholder    # offline, free images (CI)\n"
+      "  kiln build --locked                 # CI: only the art kiln.lock records, never pay\n"};
   std::string budget_text; // not given: empty
   po::options_description d = common_options(b, true);
   d.add_options()("jobs,j", po::value(&b.jobs)->value_name("N"),
@@ -285,7 +292,11 @@ bool parse_build_args(int argc, char** argv, BuildArgs& b) {
       "spend at most USD on this build, counting what killed runs before it spent (overrides "
       "[project] budget_usd); assets it cannot cover are not started, exit 3")(
       "no-wait", po::bool_switch(&b.no_wait),
-      "when another build is writing the same output folder, exit 5 instead of waiting for it");
+      "when another build is writing the same output folder, exit 5 instead of waiting for it")(
+      "locked", po::bool_switch(&b.locked),
+      "never pay (CI): every asset must come from the output folder, the local cache or the "
+      "remote cache with the bytes kiln.lock names; else exit 6, listing what would need "
+      "generating and its predicted cost");
   if (!parse(cmd, d, argc, argv, b.help))
     return false;
   if (b.jobs != k_not_given && b.jobs < 1)
@@ -375,6 +386,30 @@ void plan_build(const BuildArgs& b, BuildRun& run) {
   run.s.lockfile->reserve(run.plan.size());
 }
 
+// --locked: the assets that would need generating or that kiln.lock does not record as
+// declared, each with why and its predicted cost. Offline backends may make an asset only when
+// kiln.lock says one made it.
+std::vector<std::string> not_locked(BuildRun& run) {
+  std::vector<std::string> out;
+  const Plan& plan = run.plan;
+  for (auto& e : plan.entries) {
+    if (e.prepare_failed || e.action == Action::Kept)
+      continue;
+    std::string name(run.s.manifest.name(e.asset));
+    auto locked = run.s.lockfile->find(name);
+    bool same = locked && digest_of_hex(locked->fingerprint) == e.fingerprint;
+    const std::string& backend = plan.groups[e.group].first;
+    bool offline_ok = same && !locked->paid && !paid_backend(run.ws, backend);
+    if (e.action == Action::Generate && !offline_ok)
+      out.push_back(name + " (" + format_usd(e.predicted_cost_usd) + ", " + plan.reasons[e.reason] +
+                    ")");
+    else if (!same)
+      out.push_back(name + " (kiln.lock does not record it as declared: " + plan.reasons[e.reason] +
+                    ")");
+  }
+  return out;
+}
+
 // Makes the planned assets, with the budget, jobs and report the command line asks for.
 void run_build(const BuildArgs& b, BuildRun& run) {
   install_interrupt_handlers();
@@ -410,6 +445,11 @@ void record_build(const BuildArgs& b, BuildRun& run) {
   }
   if (run.report_writer)
     run.report_writer->finish(summary);
+  try {
+    add_cache_stats(run.s.cache->dir(), stats_of(summary));
+  } catch (const std::exception& e) {
+    run.s.log.debug(std::string("the cache's counts are not kept: ") + e.what());
+  }
 }
 
 // The line that ends a build: what it did to how many assets, what it cost, how long it took.
@@ -445,6 +485,19 @@ void print_build_summary(const BuildSummary& summary) {
   if (summary.cache_rejected)
     text += "; " + std::to_string(summary.cache_rejected) + " bad cache entr" +
             (summary.cache_rejected == 1 ? "y" : "ies") + " removed, not installed";
+  if (summary.remote)
+    text += "; " + std::to_string(summary.remote) + " from the remote cache";
+  if (summary.saved_usd > 0)
+    text += "; cache hits saved " + format_usd(summary.saved_usd);
+  const RemoteCounts& r = summary.remote_counts;
+  if (r.uploads)
+    text += "; " + std::to_string(r.uploads) + " uploaded to the remote cache";
+  if (r.errors || r.corrupt)
+    text += "; remote cache: " + std::to_string(r.errors) + " error" + (r.errors == 1 ? "" : "s") +
+            (r.timeouts ? " (" + std::to_string(r.timeouts) + " timeouts)" : std::string()) +
+            (r.corrupt ? ", " + std::to_string(r.corrupt) + " bad entries not installed"
+                       : std::string()) +
+            ", worked locally";
   std::printf("%s\n", text.c_str());
 }
 
@@ -472,6 +525,11 @@ int build_failure_exit_code(BuildRun& run) {
               format_usd(summary.budget_needed_usd) +
               " more. Raise budget_usd in [project] or pass --budget; what was made is kept.");
     return k_exit_budget;
+  }
+  if (!summary.locked_refused.empty()) {
+    log.error("--locked: " + join(summary.locked_refused, ", ") +
+              " would need generating; nothing was paid for them");
+    return k_exit_locked;
   }
   if (summary.failed + summary.skipped > 0)
     return k_exit_assets_failed;
@@ -536,7 +594,16 @@ int cmd_build(int argc, char** argv) {
 
   auto s = open_session(b, b.no_wait ? LockMode::NoWait : LockMode::Wait);
   BuildRun run(*s);
+  run.ws.locked = b.locked;
   plan_build(b, run);
+  if (b.locked)
+    if (auto refused = not_locked(run); !refused.empty()) {
+      s->log.error("--locked: " + std::to_string(refused.size()) + " asset" +
+                   (refused.size() == 1 ? "" : "s") +
+                   " would need generating: " + join(refused, "; ") +
+                   ". Nothing was generated. Build without --locked and commit kiln.lock.");
+      return k_exit_locked;
+    }
   run_build(b, run);
   record_build(b, run);
   if (!b.quiet)
@@ -546,8 +613,10 @@ int cmd_build(int argc, char** argv) {
     return code;
   if (!b.depfile.empty())
     write_build_depfile(b, key, *s);
-  // A fallback stand-in is tried again by the next build: no shortcut past it.
-  if (b.only.empty() && run.summary.fallbacks() == 0 && run.lock_saved)
+  // A fallback stand-in is tried again by the next build: no shortcut past it, nor past a
+  // remote cache that failed (what it lacks is uploaded by the next build).
+  if (b.only.empty() && run.summary.fallbacks() == 0 && run.lock_saved &&
+      run.summary.remote_counts.errors == 0)
     record_noop(key, *s);
   // Last, and only on success: a build system re-runs kiln until it succeeds.
   if (!b.stamp.empty())
@@ -815,6 +884,129 @@ int cmd_adopt(int argc, char** argv) {
   return failed ? k_exit_assets_failed : k_exit_ok;
 }
 
+// `kiln cache stats`: ccache -s style, the local store and what builds found in it and in
+// the remote cache.
+void print_cache_stats(const fs::path& dir, bool json) {
+  CacheStats st = read_cache_stats(dir);
+  CacheSize size = cache_size(dir);
+  if (json) {
+    rapidjson::StringBuffer buf;
+    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+    w.StartObject();
+    w.Key("dir");
+    w.String(dir.string().c_str());
+    const std::pair<const char*, uint64_t> counts[] = {{"entries", size.entries},
+                                                       {"bytes", size.bytes},
+                                                       {"builds", st.builds},
+                                                       {"local_hits", st.local_hits},
+                                                       {"local_misses", st.local_misses},
+                                                       {"remote_hits", st.remote_hits},
+                                                       {"remote_misses", st.remote_misses},
+                                                       {"remote_errors", st.remote_errors},
+                                                       {"remote_timeouts", st.remote_timeouts},
+                                                       {"remote_corrupt", st.remote_corrupt},
+                                                       {"remote_uploads", st.remote_uploads},
+                                                       {"bytes_down", st.bytes_down},
+                                                       {"bytes_up", st.bytes_up}};
+    for (auto [key, value] : counts) {
+      w.Key(key);
+      w.Uint64(value);
+    }
+    w.Key("saved_usd");
+    w.Double(st.saved_usd);
+    w.EndObject();
+    std::printf("%s\n", buf.GetString());
+    return;
+  }
+  auto row = [](const char* what, uint64_t n) {
+    std::printf("  %-22s %10llu\n", what, (unsigned long long)n);
+  };
+  std::printf("Local cache: %s\n", escape_controls(dir.string()).c_str());
+  std::printf("  %-22s %10s  (%llu images)\n", "size", format_size(size.bytes).c_str(),
+              (unsigned long long)size.entries);
+  row("hits", st.local_hits);
+  row("misses", st.local_misses);
+  std::printf("Remote cache:\n");
+  row("hits", st.remote_hits);
+  row("misses", st.remote_misses);
+  row("errors", st.remote_errors);
+  row("  of them timeouts", st.remote_timeouts);
+  row("bad entries refused", st.remote_corrupt);
+  row("uploads", st.remote_uploads);
+  std::printf("  %-22s %10s\n  %-22s %10s\n", "downloaded", format_size(st.bytes_down).c_str(),
+              "uploaded", format_size(st.bytes_up).c_str());
+  std::printf("Builds counted: %llu; money saved by cache hits: %s\n",
+              (unsigned long long)st.builds, format_usd(st.saved_usd).c_str());
+}
+
+// The SHA-256 of every image the manifest's kiln.lock names: what gc keeps unless asked.
+std::set<std::string> locked_content(const std::string& manifest) {
+  std::set<std::string> keep;
+  std::error_code ec;
+  fs::path lock_path = Lockfile::path_for(fs::absolute(manifest));
+  if (!fs::exists(lock_path, ec))
+    return keep;
+  Lockfile lock(lock_path);
+  lock.load();
+  for (auto& name : lock.names_not_in({}))
+    if (auto e = lock.find(name))
+      keep.insert(e->sha256);
+  return keep;
+}
+
+int cmd_cache(int argc, char** argv) {
+  static const Command cmd{
+      "cache", "the local cache: what builds found in it (stats), and its size (gc)",
+      "  kiln cache stats                    # hits, misses, remote errors, money saved\n"
+      "  kiln cache stats --json             # the same for scripts\n"
+      "  kiln cache gc --max-size 2G         # least recently used first; keeps kiln.lock's art\n"
+      "  kiln cache stats --zero             # start counting again\n"};
+  CommonArgs a;
+  std::string action, max_size;
+  bool json = false, zero = false, include_locked = false;
+  po::options_description d = common_options(a, false);
+  d.add_options()("action", po::value(&action)->value_name("stats|gc"),
+                  "what to do")("json", po::bool_switch(&json), "stats: print JSON")(
+      "zero", po::bool_switch(&zero),
+      "stats: set every count to zero")("max-size", po::value(&max_size)->value_name("SIZE"),
+                                        "gc: shrink the cache to SIZE (500M, 2G, 1.5GiB...)")(
+      "include-locked", po::bool_switch(&include_locked),
+      "gc: may remove the images the manifest's kiln.lock names too");
+  // The action is the first word: `kiln cache gc --max-size 2G`.
+  std::vector<char*> args(argv, argv + argc);
+  if (argc > 1 && argv[1][0] != '-') {
+    action = argv[1];
+    args.erase(args.begin() + 1);
+  }
+  if (!parse(cmd, d, int(args.size()), args.data(), a.help))
+    return k_exit_ok;
+  fs::path dir = Cache::default_dir();
+  if (action == "stats") {
+    if (zero)
+      zero_cache_stats(dir);
+    print_cache_stats(dir, json);
+    return k_exit_ok;
+  }
+  if (action != "gc")
+    throw Fatal("kiln cache: say 'stats' or 'gc' (not '" + escape_controls(action) +
+                "')\nTry 'kiln cache --help'.");
+  auto limit = parse_size(max_size);
+  if (!limit)
+    throw Fatal("kiln cache gc: --max-size needs a size such as 500M or 2G (not '" +
+                escape_controls(max_size) + "')");
+  GcResult r =
+      gc_cache(dir, *limit, include_locked ? std::set<std::string>{} : locked_content(a.manifest));
+  std::printf("kiln: cache %s: %s in %llu images -> %s in %llu (%llu removed",
+              escape_controls(dir.string()).c_str(), format_size(r.before.bytes).c_str(),
+              (unsigned long long)r.before.entries, format_size(r.after.bytes).c_str(),
+              (unsigned long long)r.after.entries, (unsigned long long)r.removed);
+  if (r.kept_locked)
+    std::printf("; %llu kept: kiln.lock names them, --include-locked removes them too",
+                (unsigned long long)r.kept_locked);
+  std::printf(")\n");
+  return k_exit_ok;
+}
+
 int cmd_outputs(int argc, char** argv) {
   static const Command cmd{"outputs", "print one absolute output path per line",
                            "  kiln outputs -m assets.toml   # e.g. for CMake BYPRODUCTS\n"
@@ -935,8 +1127,10 @@ int cli_main(int argc, char** argv) {
     return cmd_adopt(sub_argc, sub_argv);
   if (command == "plugins")
     return cmd_plugins(sub_argc, sub_argv);
+  if (command == "cache")
+    return cmd_cache(sub_argc, sub_argv);
   std::string msg = "unknown command '" + command + "'";
-  if (auto hint = did_you_mean(command, {"build", "plan", "adopt", "outputs", "plugins"}))
+  if (auto hint = did_you_mean(command, {"build", "plan", "adopt", "outputs", "plugins", "cache"}))
     msg += " (did you mean '" + *hint + "'?)";
   throw Fatal(msg + "\nRun 'kiln --help' for the commands.");
 }

@@ -15,6 +15,7 @@ enum ExitCode : int {
   k_exit_budget = 3,
   k_exit_needs_person = 4,  // credit or billing: no new work was started after it
   k_exit_busy = 5,          // another build holds the output folder and --no-wait was given
+  k_exit_locked = 6,        // --locked: some asset would need generating (kiln.lock lacks it)
   k_exit_interrupted = 130, // SIGINT/SIGTERM, as shells report a Ctrl-C
 };
 

@@ -200,6 +200,10 @@ void set_request(CURL* c, const HttpRequest& req, curl_slist* headers, const std
   }
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(c, CURLOPT_USERAGENT, agent.c_str());
+  if (!req.aws_sigv4.empty()) {
+    curl_easy_setopt(c, CURLOPT_AWS_SIGV4, req.aws_sigv4.c_str());
+    curl_easy_setopt(c, CURLOPT_USERPWD, req.credentials.c_str());
+  }
 }
 
 // How every transfer goes: its timeouts, redirects and encodings.

@@ -27,6 +27,10 @@ struct HttpRequest {
   uint64_t max_bytes = 64ull << 20;
   uint32_t timeout_ms = 60000;
   uint32_t connect_timeout_ms = 10000;
+  // AWS Signature Version 4 (S3 and compatible stores): libcurl signs the request with
+  // `aws_sigv4` ("aws:amz:<region>:s3") and `credentials` ("<access key>:<secret>").
+  std::string aws_sigv4;
+  std::string credentials;
 };
 
 struct HttpResponse {

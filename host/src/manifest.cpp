@@ -29,12 +29,13 @@ constexpr uint32_t k_max_side_px = 16384;
 
 const std::vector<std::string> k_top_keys = {
     "project",    "plugins",        "defaults", "backends",     "enhancers", "validators",
-    "strategies", "postprocessors", "types",    "retry_policy", "asset"};
+    "strategies", "postprocessors", "types",    "retry_policy", "asset",     "cache"};
 const std::vector<std::string> k_project_keys = {"output_dir", "budget_usd", "allow_fallback",
                                                  "max_image_megapixels"};
 const std::vector<std::string> k_retry_policy_keys = {"max_attempts", "budget_ratio", "budget_min",
                                                       "breaker_failures", "breaker_cooldown_s"};
 const std::vector<std::string> k_plugins_keys = {"paths"};
+const std::vector<std::string> k_cache_keys = {"remote", "remote_read_only", "remote_timeout_s"};
 // Fields an asset may set, and so may [defaults] and [types.X].
 const std::vector<std::string> k_field_keys = {
     "backend", "model",           "seed",      "width",      "height",
@@ -238,6 +239,7 @@ public:
     parse_plugin_tables(root, "strategies", m_m->strategy_settings);
     parse_plugin_tables(root, "postprocessors", m_m->postprocessor_settings);
     parse_retry_policy(root);
+    parse_cache(root);
     use_layers(root, true);
     // [[asset]] tables never reach here: an `asset` left is of another kind.
     if (auto n = root.get("asset"))
@@ -416,6 +418,41 @@ private:
         else
           *out = *v;
       }
+  }
+
+  // [cache]: remote = "http://host:port/prefix" | "s3://bucket/prefix", remote_read_only,
+  // remote_timeout_s.
+  void parse_cache(const toml::table& root) {
+    auto n = root.get("cache");
+    if (!n)
+      return;
+    auto t = expect_table(*n, "[cache]");
+    if (!t)
+      return;
+    check_keys(*t, k_cache_keys, "in [cache]");
+    RemoteCacheSettings& c = m_m->remote_cache;
+    if (auto url = get_string(*t, "remote", "remote")) {
+      c.remote_loc = loc_of(*t->get("remote"));
+      if (!url->empty() && url->rfind("http://", 0) != 0 && url->rfind("https://", 0) != 0 &&
+          url->rfind("s3://", 0) != 0)
+        m_d.error(c.remote_loc,
+                  "remote must be an http://, https:// or s3:// address, not '" + *url + "'");
+      else
+        c.remote = *url;
+    }
+    if (auto ro = t->get("remote_read_only")) {
+      if (auto b = ro->as_boolean())
+        c.read_only = b->get();
+      else
+        m_d.error(loc_of(*ro), "remote_read_only must be true or false, not " + type_name(*ro));
+    }
+    if (auto v = get_number(*t, "remote_timeout_s")) {
+      if (!(*v > 0) || *v > 3600)
+        m_d.error(loc_of(*t->get("remote_timeout_s")),
+                  "remote_timeout_s must be above 0 and at most 3600");
+      else
+        c.timeout_s = *v;
+    }
   }
 
   void parse_plugins(const toml::table& root) {

@@ -66,6 +66,15 @@ struct AssetSpec {
   std::string relative_output() const { return name + "." + format; }
 };
 
+// `[cache]`: the remote cache behind the local one (a team's shared store). The environment
+// overrides it (KILN_REMOTE_CACHE, KILN_REMOTE_CACHE_READ_ONLY): remote_cache.hpp.
+struct RemoteCacheSettings {
+  std::string remote; // "http(s)://host:port/prefix" or "s3://bucket/prefix"; empty: none
+  SourceLoc remote_loc;
+  bool read_only = false;
+  double timeout_s = 10;
+};
+
 // `[retry_policy]`: limits over every asset's strategy chain.
 struct RetryPolicy {
   uint32_t max_attempts = 10; // per asset, whatever the strategies propose
@@ -142,6 +151,7 @@ struct Manifest {
   // decoded (a decompression bomb); each decode holds at most 4 bytes a pixel of it.
   uint64_t max_decoded_pixels = k_max_decoded_pixels;
   RetryPolicy retry_policy;
+  RemoteCacheSettings remote_cache;
   std::vector<fs::path> plugin_paths; // absolute, in declaration order
   std::vector<SourceLoc> plugin_path_locs;
   std::map<std::string, PluginSettings> backend_settings;

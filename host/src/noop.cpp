@@ -17,9 +17,15 @@ namespace {
 
 constexpr const char* k_magic = "kiln-noop 1";
 
-std::string plugin_path_env() {
-  const char* v = std::getenv("KILN_PLUGIN_PATH");
-  return v ? v : "";
+// The environment a plan depends on: the plugin path and the remote cache.
+std::string plan_env() {
+  std::string text;
+  for (const char* name :
+       {"KILN_PLUGIN_PATH", "KILN_REMOTE_CACHE", "KILN_REMOTE_CACHE_READ_ONLY"}) {
+    const char* v = std::getenv(name);
+    text += std::string(v ? v : "") + '\x1f';
+  }
+  return text;
 }
 
 } // namespace
@@ -35,7 +41,7 @@ std::optional<size_t> noop_check(const NoopKey& key) {
   if (!text)
     return std::nullopt;
   std::string& t = *text;
-  std::string header = std::string(k_magic) + "\nenv " + plugin_path_env() + "\n";
+  std::string header = std::string(k_magic) + "\nenv " + plan_env() + "\n";
   if (t.compare(0, header.size(), header) != 0 || t.empty() || t.back() != '\n')
     return std::nullopt;
   // Outputs are grouped by folder: each folder is opened once and its files stat'ed relative
@@ -90,7 +96,7 @@ void add_line(std::string& text, char kind, const FileStamp& stamp, const std::s
 } // namespace
 
 NoopRecorder::NoopRecorder(NoopKey key, const std::vector<fs::path>& inputs)
-    : m_key(std::move(key)), m_text(std::string(k_magic) + "\nenv " + plugin_path_env() + "\n") {
+    : m_key(std::move(key)), m_text(std::string(k_magic) + "\nenv " + plan_env() + "\n") {
   for (auto& p : inputs) {
     auto stamp = stat_file(p);
     if (!stamp) {

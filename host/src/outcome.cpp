@@ -20,7 +20,23 @@ std::string_view status_name(Status status) {
   return "failed";
 }
 
+std::string_view origin_name(Origin origin) {
+  switch (origin) {
+  case Origin::None:
+    return "";
+  case Origin::Generated:
+    return "generated";
+  case Origin::Cached:
+    return "cached";
+  case Origin::Remote:
+    return "remote";
+  }
+  return "";
+}
+
 void BuildSummary::count(const AssetOutcome& o) {
+  remote += o.origin == Origin::Remote;
+  saved_usd += o.saved_usd;
   if (o.status == Status::Failed && o.error && o.error->category == KILN_ERROR_NEEDS_PERSON &&
       !o.attempts.empty())
     stopped.push_back(o.attempts.back().backend + ": " + o.name + ": " + o.error->message);

@@ -2,6 +2,7 @@
 // The same records feed the progress line, the summary and the JSON report (report.hpp).
 #pragma once
 
+#include "remote_cache.hpp"
 #include "result.hpp"
 #include "util.hpp"
 
@@ -38,9 +39,17 @@ enum class Status { Generated, Cached, UpToDate, Failed, Skipped, Kept };
 // The report's word: "generated", "cached", "up_to_date", "failed", "skipped", "kept".
 std::string_view status_name(Status status);
 
+// Where the image an asset's file holds came from in this run: the backend, the local cache,
+// the team's remote cache; None when nothing was written (up to date, kept, failed).
+enum class Origin { None, Generated, Cached, Remote };
+// The report's word: null (None), "generated", "cached", "remote".
+std::string_view origin_name(Origin origin);
+
 struct AssetOutcome {
   std::string name;
   Status status = Status::Failed;
+  Origin origin = Origin::None;
+  double saved_usd = 0; // what a cache hit spared (the backend's estimate)
   std::string reason;
   fs::path output;
   std::string fingerprint;
@@ -75,6 +84,11 @@ struct BuildSummary {
   double budget_needed_usd = 0;
   double spent_before_usd = 0; // by killed runs before this one (from the journal)
   uint32_t cache_rejected = 0; // bad cache entries found, removed and not installed
+  int remote = 0;              // assets whose image came from the remote cache
+  double saved_usd = 0;        // what cache hits (local and remote) spared
+  RemoteCounts remote_counts;  // the remote cache's hits, misses, errors... (none: zeros)
+  // Assets --locked refused: they would need generating (kiln.lock lacks them as declared).
+  std::vector<std::string> locked_refused;
   double cost_usd = 0;
   double predicted_cost_usd = 0;
   double duration_s = 0;

@@ -94,7 +94,8 @@ void OutputWriter::keep_recorded_art(const PlannedAsset& p) {
   }
 }
 
-void OutputWriter::lock(const PlannedAsset& p, const AssetOutcome& o, std::string sha) {
+void OutputWriter::lock(const PlannedAsset& p, const AssetOutcome& o, std::string sha,
+                        const RemoteRecord* made_by) {
   Workspace& ws = m_ws;
   if (!ws.lock || o.fallback)
     return;
@@ -119,6 +120,12 @@ void OutputWriter::lock(const PlannedAsset& p, const AssetOutcome& o, std::strin
   e.seed = o.attempts.empty() ? p.request.seed : o.attempts.back().seed;
   e.cost_usd = o.cost_usd;
   e.paid = !backend_can(ws, backend, KILN_BACKEND_OFFLINE);
+  if (made_by) { // a teammate's image: their provenance, so both kiln.locks say the same
+    e.backend = made_by->backend;
+    e.model = made_by->model;
+    e.seed = made_by->seed;
+    e.cost_usd = made_by->cost_usd;
+  }
   ws.lock->set(p.spec.name, e);
 }
 

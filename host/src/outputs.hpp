@@ -34,8 +34,10 @@ public:
   void record(const PlannedAsset& p, const std::string& sha, bool fallback = false);
   // kiln.lock: what the asset's file is now, with where it came from, for a clone to find it
   // made. A stand-in is not the asset's art; an entry that says so already stays as it is (with
-  // the cost it recorded). `sha` empty: the state's, else the file's.
-  void lock(const PlannedAsset& p, const AssetOutcome& o, std::string sha);
+  // the cost it recorded). `sha` empty: the state's, else the file's. `made_by`: the image came
+  // from the remote cache, and its record says who made it and what it cost.
+  void lock(const PlannedAsset& p, const AssetOutcome& o, std::string sha,
+            const RemoteRecord* made_by = nullptr);
 
 private:
   void save_edit(const PlannedAsset& p);

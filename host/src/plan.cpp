@@ -20,6 +20,8 @@ std::string_view action_name(Action action) {
     return "generate";
   case Action::Kept:
     return "kept";
+  case Action::Remote:
+    return "remote";
   }
   return "generate";
 }
@@ -203,6 +205,15 @@ void decide(Workspace& ws, PlannedAsset& p, const Seen& seen, bool force) {
   }
 }
 
+// Whether the remote cache has an image of the asset's declared format and size.
+bool in_remote(Workspace& ws, const PlannedAsset& p) {
+  if (!ws.remote)
+    return false;
+  auto record = ws.remote->find(p.fingerprint);
+  return record && record->format == p.spec.format && record->width == p.spec.width &&
+         record->height == p.spec.height;
+}
+
 // An asset to generate may cost nothing: its image is in the cache, or the model's image is
 // and only the postprocessing is done again. Else its cost is predicted, and a killed run's job
 // said.
@@ -212,6 +223,13 @@ void price(Workspace& ws, PlannedAsset& p, bool force) {
   if (!force && ws.cache.contains(p.fingerprint, p.spec.format)) {
     p.action = Action::Cached;
     p.reason += "; in cache";
+    p.saved_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);
+    return;
+  }
+  if (!force && in_remote(ws, p)) {
+    p.action = Action::Remote;
+    p.reason += "; in the remote cache";
+    p.saved_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);
     return;
   }
   auto source = force ? std::nullopt : source_key(ws, p.request);
@@ -249,6 +267,7 @@ void add_entry(Plan& plan, GroupIds& group_ids, size_t asset, PlannedAsset& p) {
   e.refresh = p.refresh;
   e.save_edit = p.save_edit;
   e.predicted_cost_usd = p.predicted_cost_usd;
+  e.saved_usd = float(p.saved_usd);
   e.fingerprint = digest_of_hex(p.fingerprint).value();
   e.reason = plan.reason_id(std::move(p.reason));
 }
@@ -270,6 +289,7 @@ void share_same_images(Plan& plan, const Manifest& m) {
       continue;
     e.same_as = before.same_as == PlanEntry::k_none ? generating[k - 1] : before.same_as;
     e.action = Action::Cached;
+    e.saved_usd = float(e.predicted_cost_usd);
     e.predicted_cost_usd = 0;
     e.reason = plan.reason_id(plan.reasons[e.reason] + "; same image as " +
                               std::string(m.name(plan.entries[e.same_as].asset)));
@@ -316,6 +336,7 @@ PlannedAsset Plan::asset(Workspace& ws, size_t i) const {
   p.action = e.action;
   p.reason = reasons.at(e.reason);
   p.predicted_cost_usd = e.predicted_cost_usd;
+  p.saved_usd = e.saved_usd;
   p.recheck = e.recheck;
   p.fallback_on_disk = e.fallback_on_disk;
   p.refresh = e.refresh;

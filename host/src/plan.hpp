@@ -18,9 +18,9 @@ namespace kiln::host {
 enum class OnDisk { Missing, Current, Stale, Edited, Broken };
 
 // Kept: the output is an artist's edit (its bytes match nothing Kiln made for it) and is left
-// as it is.
-enum class Action { UpToDate, Cached, Generate, Kept };
-// "up_to_date", "cached", "generate", "kept"
+// as it is. Remote: the team's remote cache has its image (the local one has not).
+enum class Action { UpToDate, Cached, Generate, Kept, Remote };
+// "up_to_date", "cached", "generate", "kept", "remote"
 std::string_view action_name(Action action);
 
 // One asset with everything a run needs to work on it. Made when the asset's turn comes
@@ -35,6 +35,8 @@ struct PlannedAsset {
   Action action = Action::Generate;
   std::string reason;
   double predicted_cost_usd = 0;
+  // What generating it would cost, when a cache spares that (the money a hit saves).
+  double saved_usd = 0;
   std::optional<Fault> prepare_error; // an enhancer failed: the asset cannot be planned
   // A hash of the asset's validators and their options (OutputRecord::checks).
   std::string checks;
@@ -67,6 +69,7 @@ struct PlanEntry {
   bool refresh = false;
   bool save_edit = false;
   double predicted_cost_usd = 0;
+  float saved_usd = 0;
   uint32_t reason = 0; // index into Plan::reasons: most assets share a few
   Digest fingerprint{};
 };

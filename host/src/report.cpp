@@ -139,6 +139,10 @@ std::string asset_json(const AssetOutcome& o) {
   error_field(o.error ? category_name(o.error->category) : "");
   w.Key("hint");
   write_string_or_null(w, o.hint);
+  w.Key("origin");
+  write_string_or_null(w, std::string(origin_name(o.origin)));
+  w.Key("saved_usd");
+  w.Double(o.saved_usd);
   w.EndObject();
   return "    " + indented(buf.GetString(), "    ");
 }
@@ -175,6 +179,19 @@ std::string summary_json(const BuildSummary& s) {
   w.Int(s.kept);
   w.Key("removed");
   w.Uint64(s.removed);
+  w.Key("remote");
+  w.Int(s.remote);
+  w.Key("saved_usd");
+  w.Double(s.saved_usd);
+  const RemoteCounts& r = s.remote_counts;
+  const std::pair<const char*, uint32_t> counts[] = {
+      {"remote_hits", r.hits},       {"remote_misses", r.misses},
+      {"remote_errors", r.errors},   {"remote_timeouts", r.timeouts},
+      {"remote_corrupt", r.corrupt}, {"remote_uploads", r.uploads}};
+  for (auto [key, value] : counts) {
+    w.Key(key);
+    w.Uint(value);
+  }
   w.EndObject();
   return indented(buf.GetString(), "  ");
 }

@@ -104,6 +104,17 @@ void Run::settle_known() {
 // the entry when its turn comes.
 void Run::generate_instead(size_t i, std::string reason) {
   PlanEntry& entry = m_plan.entries[i];
+  if (m_ws.locked) {
+    // --locked buys nothing: the asset fails, and the run's exit code says why.
+    AssetOutcome o;
+    o.name = std::string(m_ws.manifest.name(entry.asset));
+    o.status = Status::Failed;
+    o.error = Fault{KILN_ERROR_PERMANENT, reason + ": it would need generating (--locked)", -1};
+    m_progress.finished(Progress::Outcome::Failed, o.name + ": " + o.error->message);
+    m_locked_refused.push_back(o.name);
+    emit(i, o);
+    return;
+  }
   entry.action = Action::Generate;
   entry.reason = m_plan.reason_id(std::move(reason));
   m_to_generate.push_back(i);
@@ -133,7 +144,8 @@ void Run::settle(size_t i) {
     if (m_options.verbosity <= KILN_LOG_DEBUG)
       m_progress.note("up to date " + o.name);
     m_outputs.lock(p, o, {});
-  } else if (!install_cached(p, o)) {
+    share_output(p, o);
+  } else if (p.action == Action::Remote ? !install_remote(p, o) : !install_cached(p, o)) {
     return;
   }
   emit(i, o);
@@ -206,14 +218,95 @@ bool Run::install_cached(PlannedAsset& p, AssetOutcome& o) {
   try {
     std::string sha = m_outputs.install(p, *bytes);
     o.status = Status::Cached;
+    o.origin = Origin::Cached;
+    o.saved_usd = p.saved_usd;
     m_progress.finished(Progress::Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
     m_outputs.lock(p, o, sha);
+    share(p, o, *bytes);
   } catch (const std::exception& e) {
     o.status = Status::Failed;
     o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
     m_progress.finished(Progress::Outcome::Failed, o.name + ": " + e.what());
   }
   return true;
+}
+
+// The asset's image from the team's remote cache: verified (its digest, format and size, and
+// the bytes kiln.lock records for this very request), kept in the local cache, installed.
+// False: it cannot be had or is bad, and the asset is generated instead.
+bool Run::install_remote(PlannedAsset& p, AssetOutcome& o) {
+  CacheExpect expect = expected_in_cache(p);
+  if (auto locked = m_ws.lock ? m_ws.lock->find(p.spec.name) : std::nullopt;
+      locked && locked->fingerprint == p.fingerprint)
+    expect.sha256 = locked->sha256;
+  std::string why = "the remote cache no longer has it";
+  std::optional<std::string> bytes;
+  auto record = m_ws.remote->find(p.fingerprint);
+  if (record)
+    bytes = m_ws.remote->fetch(*record, expect, &why);
+  if (!bytes) {
+    m_ws.log.warning(o.name + ": not from the remote cache: " + why);
+    generate_instead(p.index, p.reason + " (" + why + ")");
+    return false;
+  }
+  try {
+    m_ws.cache.put(p.fingerprint, p.spec.format, *bytes);
+  } catch (const std::exception& e) {
+    m_ws.log.warning(o.name + ": cannot keep the remote cache's image locally: " + e.what());
+  }
+  m_ws.cache.mark_in_remote(m_ws.remote->id(), p.fingerprint);
+  try {
+    std::string sha = m_outputs.install(p, *bytes);
+    o.status = Status::Cached;
+    o.origin = Origin::Remote;
+    o.saved_usd = p.saved_usd;
+    m_progress.finished(Progress::Outcome::Cached, "remote " + o.name + " (" + p.reason + ")");
+    m_outputs.lock(p, o, sha, &*record);
+  } catch (const std::exception& e) {
+    o.status = Status::Failed;
+    o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};
+    m_progress.finished(Progress::Outcome::Failed, o.name + ": " + e.what());
+  }
+  return true;
+}
+
+// A paid image the team's remote cache may lack (made here, or made before the remote was
+// reachable): uploaded, CAS entry then record, and marked so later builds do not ask again.
+// A remote that fails costs only the sharing: it is counted, and the next build tries again.
+void Run::share(const PlannedAsset& p, const AssetOutcome& o, std::string_view bytes) {
+  RemoteCache* remote = m_ws.remote;
+  const std::string& backend = o.backend.empty() ? p.request.backend : o.backend;
+  if (!remote || remote->read_only() || o.fallback || !paid_backend(m_ws, backend) ||
+      m_ws.cache.in_remote(remote->id(), p.fingerprint))
+    return;
+  RemoteRecord r;
+  r.sha256 = sha256_hex(bytes);
+  r.size = bytes.size();
+  r.format = p.spec.format;
+  r.width = p.spec.width;
+  r.height = p.spec.height;
+  const PluginInstance* instance = find_backend(m_ws, backend);
+  r.backend = backend + (instance ? "@" + instance->plugin().version : std::string());
+  r.model = o.model.empty() ? p.request.model : o.model;
+  r.seed = o.attempts.empty() ? p.request.seed : o.attempts.back().seed;
+  r.cost_usd = o.cost_usd;
+  if (auto locked = m_ws.lock ? m_ws.lock->find(p.spec.name) : std::nullopt;
+      locked && locked->fingerprint == p.fingerprint && locked->sha256 == r.sha256) {
+    r.cost_usd = locked->cost_usd;
+    r.seed = locked->seed;
+  }
+  if (remote->store(p.fingerprint, bytes, r))
+    m_ws.cache.mark_in_remote(remote->id(), p.fingerprint);
+}
+
+// An up-to-date output the remote cache may lack: its bytes shared.
+void Run::share_output(const PlannedAsset& p, const AssetOutcome& o) {
+  RemoteCache* remote = m_ws.remote;
+  if (!remote || remote->read_only() || !paid_backend(m_ws, p.request.backend) ||
+      m_ws.cache.in_remote(remote->id(), p.fingerprint))
+    return;
+  if (auto bytes = m_ws.disk->read(p.output))
+    share(p, o, *bytes);
 }
 
 void Run::generate_all() {
@@ -305,7 +398,9 @@ void Run::write_generated(const PlannedAsset& p, AssetOutcome& o, const Generate
   }
   std::string sha = m_outputs.install(p, g.bytes, o.fallback);
   o.status = Status::Generated;
+  o.origin = Origin::Generated;
   m_outputs.lock(p, o, sha);
+  share(p, o, g.bytes);
   char timing[64];
   std::snprintf(timing, sizeof timing, "%.2f s", seconds_since(t0));
   std::string how =
@@ -437,6 +532,8 @@ void Run::follow(size_t i) {
       o.fallback = leader.fallback;
       std::string sha = m_outputs.install(p, *bytes, o.fallback);
       o.status = Status::Cached;
+      o.origin = Origin::Cached;
+      o.saved_usd = p.saved_usd;
       m_outputs.lock(p, o, sha);
       m_progress.finished(Progress::Outcome::Cached, "cached " + o.name + " (" + p.reason + ")");
       emit(i, o);
@@ -461,6 +558,9 @@ BuildSummary Run::finish() {
   m_summary.over_budget = m_admission.money().refused();
   m_summary.budget_needed_usd = m_admission.money().needed();
   m_summary.spent_before_usd = m_ws.state.spent_before();
+  if (m_ws.remote)
+    m_summary.remote_counts = m_ws.remote->counts();
+  m_summary.locked_refused = m_locked_refused;
   // An interrupted run's spend stays in the journal: the run that finishes its work counts it.
   if (m_ws.state.dirty())
     m_ws.state.save(m_summary.interrupted);

@@ -43,7 +43,10 @@ private:
   void settle(size_t i);
   bool recheck(PlannedAsset& p, AssetOutcome& o);
   bool install_cached(PlannedAsset& p, AssetOutcome& o);
+  bool install_remote(PlannedAsset& p, AssetOutcome& o);
   void generate_instead(size_t i, std::string reason);
+  void share(const PlannedAsset& p, const AssetOutcome& o, std::string_view bytes);
+  void share_output(const PlannedAsset& p, const AssetOutcome& o);
   // Phase 2: the assets to generate, on a pool of workers.
   void generate_all();
   void work();
@@ -75,6 +78,7 @@ private:
   Admission m_admission;
   ChainLimits m_limits;
   std::vector<size_t> m_to_generate, m_followers;
+  std::vector<std::string> m_locked_refused; // --locked: assets found to need generating
 };
 
 } // namespace kiln::host

@@ -872,6 +872,7 @@ std::optional<std::string> Cache::get_content(const std::string& sha256,
   auto bytes = read_file(content_path(sha256));
   if (!bytes || sha256_hex(*bytes) != sha256 || mismatch(*bytes, EntryInfo{}, expect))
     return std::nullopt;
+  ::utimensat(AT_FDCWD, content_path(sha256).c_str(), nullptr, AT_SYMLINK_NOFOLLOW); // used now
   return bytes;
 }
 
@@ -903,6 +904,8 @@ std::optional<std::string> Cache::get(const std::string& key, const std::string&
       reject(entry, "it " + *wrong, why);
       return std::nullopt;
     }
+    // Used now: `kiln cache gc` removes the least recently used content first.
+    ::utimensat(AT_FDCWD, content_path(info->sha256).c_str(), nullptr, AT_SYMLINK_NOFOLLOW);
     return bytes;
   }
   // The first layout: no digest to check, so the bytes are checked for what they must be.
@@ -986,6 +989,21 @@ std::optional<Cache::Lease> Cache::lease(const std::string& key,
     }
   }
   return Lease(fd);
+}
+
+bool Cache::in_remote(const std::string& remote, const std::string& key) const {
+  std::error_code ec;
+  return fs::exists(m_dir / "remote" / remote / key, ec);
+}
+
+void Cache::mark_in_remote(const std::string& remote, const std::string& key) {
+  fs::path mark = m_dir / "remote" / remote / key;
+  try {
+    refuse_links_in_cache(m_dir, mark);
+    touch_file(mark);
+  } catch (const std::exception&) {
+    // A read-only cache: the next build asks the remote again (a HEAD), nothing worse.
+  }
 }
 
 size_t Cache::sweep_stale_temp_files() {

@@ -274,6 +274,11 @@ public:
   // Nullopt when the run is interrupted while waiting.
   std::optional<Lease> lease(const std::string& key, const std::function<void()>& on_wait);
   const fs::path& dir() const { return m_dir; }
+  // Whether `key`'s image is known to be in the remote cache `remote` (RemoteCache::id()):
+  // uploaded or downloaded by this cache. A mark, <dir>/remote/<remote>/<key>, not a promise:
+  // what is not marked is uploaded (after a HEAD) by the next build that can.
+  bool in_remote(const std::string& remote, const std::string& key) const;
+  void mark_in_remote(const std::string& remote, const std::string& key);
   // At most once a day (a stamp file says when): removes temp files that killed runs left in
   // the cache, older than an hour (a live writer's are younger). How many.
   size_t sweep_stale_temp_files();

@@ -31,6 +31,10 @@ bool backend_can(const Workspace& ws, const std::string& id, uint32_t capability
   return backend && (backend->plugin().backend()->capabilities & capability);
 }
 
+bool paid_backend(const Workspace& ws, const std::string& backend) {
+  return find_backend(ws, backend) && !backend_can(ws, backend, KILN_BACKEND_OFFLINE);
+}
+
 std::optional<std::string> source_key(const Workspace& ws, const GenerationRequest& req) {
   if (backend_can(ws, req.backend, KILN_BACKEND_OFFLINE))
     return std::nullopt;

@@ -7,6 +7,7 @@
 #include "log.hpp"
 #include "manifest.hpp"
 #include "plugins.hpp"
+#include "remote_cache.hpp"
 #include "state.hpp"
 
 #include <optional>
@@ -41,6 +42,8 @@ struct Workspace {
   Cache& cache;
   Lockfile* lock = nullptr; // kiln.lock; none: the run records nothing there
   Disk* disk = &Disk::real();
+  RemoteCache* remote = nullptr; // the team's cache behind `cache`; none: local only
+  bool locked = false;           // --locked: nothing may be generated that kiln.lock lacks
 };
 
 // The running instance of backend `id`, or null.
@@ -55,6 +58,9 @@ inline constexpr const char* k_source_format = "source";
 // changed, or its image failed a check and the asset is built again (it fails the same way, for
 // free, and the chain moves on to what was not tried).
 std::optional<std::string> source_key(const Workspace& ws, const GenerationRequest& req);
+
+// Whether `backend` is a paid one (not KILN_BACKEND_OFFLINE): its images are worth sharing.
+bool paid_backend(const Workspace& ws, const std::string& backend);
 
 // The SHA-256 of a file's bytes, "" when it cannot be read.
 std::string sha256_of_file(Disk& disk, const fs::path& path);
