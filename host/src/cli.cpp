@@ -629,7 +629,7 @@ struct PlanView {
   Plan plan;
   // Outputs of assets no longer declared: a full build removes those Kiln wrote, keeps edits.
   std::vector<Undeclared> undeclared;
-  int counts[4] = {0, 0, 0, 0}; // by Action
+  int counts[5] = {0, 0, 0, 0, 0}; // by Action
   int unplannable = 0;
   int to_remove = 0;
 
@@ -656,6 +656,8 @@ void write_plan_summary(JsonWriter& w, const PlanView& v) {
   w.Int(v.counts[int(Action::Cached)]);
   w.Key("up_to_date");
   w.Int(v.counts[int(Action::UpToDate)]);
+  w.Key("remote");
+  w.Int(v.counts[int(Action::Remote)]);
   w.Key("kept");
   w.Int(v.kept());
   w.Key("remove");
@@ -759,6 +761,7 @@ void print_plan_table(Workspace& ws, const PlanView& v) {
     const char* action = p.prepare_error                ? "failed"
                          : p.action == Action::Generate ? "generate"
                          : p.action == Action::Cached   ? "cached"
+                         : p.action == Action::Remote   ? "remote"
                          : p.action == Action::Kept     ? "kept"
                                                         : "up to date";
     std::string cost = p.predicted_cost_usd > 0 ? "  " + format_usd(p.predicted_cost_usd) : "";
@@ -776,6 +779,8 @@ void print_plan_table(Workspace& ws, const PlanView& v) {
     extra += ", " + std::to_string(v.to_remove) + " to remove";
   if (v.unplannable)
     extra += ", " + std::to_string(v.unplannable) + " failed";
+  if (int remote = v.counts[int(Action::Remote)])
+    extra = ", " + std::to_string(remote) + " in the remote cache" + extra;
   std::printf("%d to generate, %d cached, %d up to date%s; predicted cost %s\n",
               v.counts[int(Action::Generate)], v.counts[int(Action::Cached)],
               v.counts[int(Action::UpToDate)], extra.c_str(),

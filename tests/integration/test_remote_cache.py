@@ -273,6 +273,10 @@ class NginxRemoteTest(RemoteCase):
             self.assertTrue(ac and cas and min(cas) < ac[0])
         self.assertTrue(any(x[0] == "HEAD" and x[2] == 404 for x in log))
 
+        r = self.b.kiln("plan")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("12 in the remote cache", r.stdout)
+        self.assertIn("predicted cost $0", r.stdout)
         r, report = self.b.build("-j", "4")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.creates(), 12)  # none by B
