@@ -39,6 +39,12 @@ std::optional<Fault> Admission::stopped(const std::string& backend) {
   return it->second;
 }
 
+double Admission::known_cost(const std::string& backend) const {
+  std::lock_guard lock(m_cost_mutex);
+  auto it = m_known_cost.find(backend);
+  return it == m_known_cost.end() ? 0.0 : it->second;
+}
+
 RateLimiter* Admission::limiter(const std::string& backend) {
   auto it = m_limiters.find(backend);
   return it == m_limiters.end() ? nullptr : it->second.get();
@@ -61,16 +67,28 @@ Result<Admission::Ticket> Admission::admit(Workspace& ws, const PlannedAsset& p,
                                            const GenerationRequest& req,
                                            const std::string& fingerprint, bool free,
                                            const AttemptRecord& rec) {
-  // The money first: an attempt the budget cannot cover sends nothing.
+  // The money first: an attempt the budget cannot cover sends nothing. A paid backend that
+  // gives no estimate (or one it cannot trust) is not free: its attempts reserve what its jobs
+  // cost so far, or, before any is known, all the budget has left, one at a time.
   double reserved = free ? 0.0 : predict_cost(ws, p.spec, req, fingerprint);
-  if (!m_money.reserve(reserved, interrupted)) {
+  bool unknown = !free && reserved <= 0 && m_money.limit() && paid_backend(ws, req.backend);
+  bool admitted = unknown ? m_money.reserve_unknown(
+                                reserved, [&] { return known_cost(req.backend); }, interrupted)
+                          : m_money.reserve(reserved, interrupted);
+  if (!admitted) {
     if (interrupted())
       return Fault{KILN_ERROR_INTERRUPTED, "the run was interrupted", -1};
     char why[200];
-    std::snprintf(why, sizeof why,
-                  "the budget of %s cannot cover it (%s spent, %s needed for this asset)",
-                  format_usd(*m_money.limit()).c_str(), format_usd(m_money.spent()).c_str(),
-                  format_usd(reserved).c_str());
+    if (unknown && reserved <= 0)
+      std::snprintf(why, sizeof why,
+                    "the budget of %s is spent (%s), and %s gives no cost estimate",
+                    format_usd(*m_money.limit()).c_str(), format_usd(m_money.spent()).c_str(),
+                    req.backend.c_str());
+    else
+      std::snprintf(why, sizeof why,
+                    "the budget of %s cannot cover it (%s spent, %s needed for this asset)",
+                    format_usd(*m_money.limit()).c_str(), format_usd(m_money.spent()).c_str(),
+                    format_usd(reserved).c_str());
     return Fault{KILN_ERROR_PERMANENT, why, -1};
   }
   Ticket ticket(*this, reserved, rec, !free);
@@ -85,6 +103,11 @@ Result<Admission::Ticket> Admission::admit(Workspace& ws, const PlannedAsset& p,
 
 void Admission::paced(const GenerationRequest& req, const Ticket& ticket, Result<Generated>& result,
                       const AttemptRecord& rec) {
+  if (rec.cost_usd > 0) {
+    std::lock_guard lock(m_cost_mutex);
+    double& known = m_known_cost[req.backend];
+    known = std::max(known, rec.cost_usd);
+  }
   RateLimiter* pace = ticket.m_paced ? limiter(req.backend) : nullptr;
   if (pace && result)
     pace->succeeded();

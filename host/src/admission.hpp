@@ -69,6 +69,7 @@ public:
 
 private:
   RateLimiter* limiter(const std::string& backend);
+  double known_cost(const std::string& backend) const;
 
   MoneyBudget m_money;
   Scheduler m_scheduler;
@@ -78,6 +79,10 @@ private:
   std::map<std::string, int64_t, std::less<>> m_max_wait_ms;
   std::mutex m_stop_mutex;
   std::map<std::string, Fault> m_stopped; // backends that stopped taking new work, and why
+  // Per backend, the most one of its jobs cost in this run: what an attempt on a backend that
+  // gives no estimate reserves.
+  mutable std::mutex m_cost_mutex;
+  std::map<std::string, double> m_known_cost;
 };
 
 } // namespace kiln::host

@@ -61,6 +61,7 @@ uint32_t painted_by(const Workspace& ws, const AssetSpec& spec, const Generation
     return KILN_PROPERTIES_ANY;
   AssetView view = asset_view(spec, &req.model);
   kiln_request q = request_view(req, view.get(), "", "");
+  PluginCall call(backend->plugin().path.string(), backend->plugin().id, "paints");
   return paints(backend->handle(), &q);
 }
 

@@ -352,8 +352,9 @@ PlannedAsset Plan::asset(Workspace& ws, size_t i) const {
                         " changed during the run, and this asset with it: run kiln again",
                     -1}
             : Fault{KILN_ERROR_PERMANENT,
-                    "its enhancers gave another request than when the run was planned "
-                    "(an enhancer must give the same prompt for the same asset)",
+                    "its enhancers (" + join(p.spec.enhancers, ", ") +
+                        ") gave another request than when the run was planned (an enhancer "
+                        "must give the same prompt for the same asset: one of these does not)",
                     -1};
   return p;
 }

@@ -328,8 +328,10 @@ kiln_result PluginRegistry::make_result(const std::string& plugin_id) {
 PluginRegistry::~PluginRegistry() = default;
 
 PluginInstance::~PluginInstance() {
-  if (m_instance)
+  if (m_instance) {
+    PluginCall call(m_plugin->path.string(), m_plugin->id, "destroy");
     m_plugin->info->destroy(m_instance);
+  }
 }
 
 fs::path PluginRegistry::builtin_dir() {

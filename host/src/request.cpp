@@ -48,6 +48,7 @@ std::optional<Fault> add_prompt_hints(Workspace& ws, const AssetSpec& spec,
     if (!hint)
       continue;
     kiln_result r = ws.registry.make_result(id);
+    PluginCall call(inst.plugin().path.string(), inst.plugin().id, "prompt_hint");
     if (hint(inst.handle(), view.get(), &r) != KILN_OK || r.failed()) {
       Fault f = r.failure();
       f.message = "postprocessor '" + id + "' gave no prompt hint: " + f.message;
@@ -99,6 +100,7 @@ double predict_cost(Workspace& ws, const AssetSpec& spec, const GenerationReques
     return 0;
   AssetView view = asset_view(spec, &req.model);
   kiln_request q = request_view(req, view.get(), fingerprint, "");
+  PluginCall call(backend.plugin().path.string(), backend.plugin().id, "estimate_cost_usd");
   double usd = estimate(backend.handle(), &q);
   return usd > 0 ? usd : 0;
 }

@@ -75,6 +75,42 @@ bool MoneyBudget::reserve(double usd, const std::function<bool()>& interrupted) 
   return true;
 }
 
+bool MoneyBudget::reserve_unknown(double& usd, const std::function<double()>& known,
+                                  const std::function<bool()>& interrupted) {
+  std::unique_lock lock(m_mutex);
+  for (;;) {
+    if (double cost = known ? known() : 0.0; cost > 0) {
+      usd = cost;
+      lock.unlock();
+      return reserve(cost, interrupted);
+    }
+    if (!m_limit) {
+      usd = 0;
+      return true;
+    }
+    if (m_holders == 0) {
+      double left = *m_limit - m_spent;
+      if (left <= k_cent_fraction) {
+        ++m_refused;
+        usd = 0;
+        return false;
+      }
+      usd = left;
+      m_reserved += left;
+      ++m_holders;
+      return true;
+    }
+    if (interrupted && interrupted()) {
+      ++m_refused;
+      usd = 0;
+      return false;
+    }
+    ++m_waiting;
+    m_changed.wait_for(lock, std::chrono::milliseconds(200));
+    --m_waiting;
+  }
+}
+
 uint32_t MoneyBudget::waiting() const {
   std::lock_guard lock(m_mutex);
   return m_waiting;

@@ -76,6 +76,12 @@ public:
   // back smaller), waits for them; false when it cannot fit even with nothing in flight, or
   // when `interrupted` says so while waiting. The refused amount is remembered (needed()).
   bool reserve(double usd, const std::function<bool()>& interrupted = {});
+  // For an attempt whose cost nobody can predict (its backend gives no estimate): once
+  // `known()` says what such jobs cost (learned from one that ended), reserves that; before,
+  // waits until no other reservation is held, then reserves everything the limit leaves, so
+  // jobs of unknown price run one at a time. `usd` gets what was reserved. False as reserve().
+  bool reserve_unknown(double& usd, const std::function<double()>& known,
+                       const std::function<bool()>& interrupted = {});
   void settle(double reserved, double actual);
 
   std::optional<double> limit() const { return m_limit; }

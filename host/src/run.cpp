@@ -155,13 +155,12 @@ void Run::settle(size_t i) {
 // (free), its stamps recorded afresh, and made again only if it no longer passes. False: it is
 // generated instead.
 bool Run::recheck(PlannedAsset& p, AssetOutcome& o) {
-  std::string source, sha;
+  std::string sha;
   std::optional<Fault> rejected;
   auto bytes = m_ws.disk->read(p.output);
   if (bytes) {
     sha = sha256_hex(*bytes);
-    WorkDir scratch(m_ws.state.dir() / "work" / ("check-" + p.fingerprint));
-    rejected = run_validators(m_ws, p.spec, *bytes, scratch.path, source);
+    rejected = judge(p, *bytes);
   } else {
     rejected = Fault{KILN_ERROR_PERMANENT, "cannot read it", -1};
   }
@@ -191,6 +190,14 @@ bool Run::recheck(PlannedAsset& p, AssetOutcome& o) {
   return true;
 }
 
+// The asset's validators on `bytes` (free): an image from a cache was judged, if ever, by the
+// validators of whoever made it, which may not be this asset's now.
+std::optional<Fault> Run::judge(const PlannedAsset& p, const std::string& bytes) {
+  std::string source;
+  WorkDir scratch(m_ws.state.dir() / "work" / ("check-" + p.fingerprint));
+  return run_validators(m_ws, p.spec, bytes, scratch.path, source);
+}
+
 // The asset's image from the cache, installed. The bytes kiln.lock records for this very request
 // come first, when the cache holds them: a cache entry pointing elsewhere (another run's image
 // of the same request, or a tampered one) does not replace the recorded art. False: the entry
@@ -213,6 +220,12 @@ bool Run::install_cached(PlannedAsset& p, AssetOutcome& o) {
                      (why.empty() ? std::string("truncated") : why) +
                      "): removed, not installed; making the image again");
     generate_instead(p.index, p.reason + " (bad cache entry)");
+    return false;
+  }
+  if (auto rejected = judge(p, *bytes)) {
+    m_ws.log.warning(o.name + ": the cached image does not pass: " + rejected->message +
+                     "; not installed");
+    generate_instead(p.index, p.reason + " (the cached image does not pass the validators)");
     return false;
   }
   try {
@@ -244,6 +257,10 @@ bool Run::install_remote(PlannedAsset& p, AssetOutcome& o) {
   auto record = m_ws.remote->find(p.fingerprint);
   if (record)
     bytes = m_ws.remote->fetch(*record, expect, &why);
+  if (auto rejected = bytes ? judge(p, *bytes) : std::nullopt) {
+    why = "its image does not pass: " + rejected->message;
+    bytes.reset();
+  }
   if (!bytes) {
     m_ws.log.warning(o.name + ": not from the remote cache: " + why);
     generate_instead(p.index, p.reason + " (" + why + ")");

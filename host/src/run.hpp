@@ -44,6 +44,7 @@ private:
   bool recheck(PlannedAsset& p, AssetOutcome& o);
   bool install_cached(PlannedAsset& p, AssetOutcome& o);
   bool install_remote(PlannedAsset& p, AssetOutcome& o);
+  std::optional<Fault> judge(const PlannedAsset& p, const std::string& bytes);
   void generate_instead(size_t i, std::string reason);
   void share(const PlannedAsset& p, const AssetOutcome& o, std::string_view bytes);
   void share_output(const PlannedAsset& p, const AssetOutcome& o);

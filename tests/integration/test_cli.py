@@ -458,6 +458,7 @@ class CliTest(unittest.TestCase):
         r = self.p.kiln("build", env=env)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("option 'word' read after the constructor: options are read there", r.stderr)
+        self.assertIn("validator 'keeps-context' threw in validate() (a bug in the plugin", r.stderr)
 
     def test_a_plugin_folder_from_the_manifest_is_searched(self):
         solid = os.environ["KILN_SOLID_DIR"]

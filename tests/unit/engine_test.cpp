@@ -9,10 +9,12 @@
 #include "image.hpp"
 #include "test_support.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <kiln/kiln.hpp>
 #include <mutex>
+#include <thread>
 
 namespace kiln::host::test {
 namespace {
@@ -63,7 +65,9 @@ struct Script {
   std::function<void(const kiln::Request&, kiln::BackendResult&, size_t)> reply;
   double estimate_usd = 0.01;
   double cost_usd = 0.01;
-  uint32_t paints = 0; // a text-to-image model: no transparency, no exact seams
+  uint32_t paints = 0;             // a text-to-image model: no transparency, no exact seams
+  std::atomic<int> validations{0}; // calls of the "gate" validator
+  std::atomic<bool> reject{false}; // "gate" rejects every image
 
   size_t count() {
     std::lock_guard lock(mutex);
@@ -93,7 +97,8 @@ public:
     }
     result.set_remote_id(q.resume_job_id.empty() ? "job" + std::to_string(index)
                                                  : std::string(q.resume_job_id));
-    result.set_cost_usd(s.cost_usd);
+    // A re-attached job was paid for when it was created.
+    result.set_cost_usd(q.resume_job_id.empty() ? s.cost_usd : 0.0);
     if (s.reply)
       s.reply(q, result, index);
     else
@@ -101,6 +106,16 @@ public:
   }
   double estimate_cost_usd(const kiln::Request&) override { return g_script->estimate_usd; }
   uint32_t paints(const kiln::Request&) override { return g_script->paints; }
+};
+
+// A validator the test controls: counts its calls, rejects when told to.
+class Gate : public kiln::Validator {
+public:
+  explicit Gate(const kiln::Context&) {}
+  kiln::Verdict validate(const kiln::Asset&, const kiln::ImageFile&) override {
+    ++g_script->validations;
+    return g_script->reject ? kiln::Verdict::reject("the gate says no") : kiln::Verdict::accept();
+  }
 };
 
 // The output folder's files, counted, and a disk that can fill up.
@@ -176,6 +191,7 @@ protected:
     registry->load_directory(KILN_PLUGIN_BUILD_DIR);
     registry->add_in_process(kiln::detail::info<Scripted>("scripted", "1.0.0", "scripted"),
                              "in-process:scripted");
+    registry->add_in_process(kiln::detail::info<Gate>("gate", "1.0.0", "gate"), "in-process:gate");
     manifest = parse_manifest(text, dir / "assets.toml", "assets.toml");
     plugins = instantiate_manifest_plugins(*registry, manifest);
     if (!state) {
@@ -413,6 +429,7 @@ TEST_F(Engine, ACorruptDownloadIsFetchedAgainForFree) {
   ASSERT_EQ(script.count(), 2u);
   EXPECT_EQ(script.call(1).resume_job_id, "job0");
   EXPECT_EQ(out["icons/sword"].attempts[1].strategy, "download-again");
+  EXPECT_NEAR(out["icons/sword"].cost_usd, 0.01, 1e-9); // one job, paid once
 }
 
 TEST_F(Engine, MaxAttemptsEndsTheChain) {
@@ -525,6 +542,16 @@ TEST_F(Engine, TheBudgetCountsWhatWasPaidNotWhatWasPredicted) {
   EXPECT_NEAR(s.cost_usd, 0.03, 1e-9);
 }
 
+TEST_F(Engine, ABackendThatGivesNoEstimateStillStopsAtTheBudget) {
+  script.estimate_usd = 0; // "free", or an estimate that threw
+  script.cost_usd = 0.05;
+  BuildSummary s = build(jobs(4, 0.12));
+  EXPECT_EQ(s.generated, 2); // the first alone until its cost was known, then one more
+  EXPECT_EQ(s.skipped, 1);
+  EXPECT_LE(s.cost_usd, 0.12);
+  EXPECT_EQ(script.count(), 2u);
+}
+
 TEST_F(Engine, ABudgetRefusalOfARetryIsNotARetry) {
   script.estimate_usd = script.cost_usd = 0.05;
   script.reply = [](const kiln::Request& q, kiln::BackendResult& r, size_t n) {
@@ -592,11 +619,25 @@ TEST_F(Engine, AnEditReplacedByANewPromptIsSavedFirst) {
 
 TEST_F(Engine, ChangedValidatorsCheckTheOutputsAgainForFree) {
   build();
-  load(replaced(k_icons, "\"not-blank\"]", "\"not-blank\", \"not-corrupt\"]"));
+  load(replaced(k_icons, "\"not-blank\"]", "\"not-blank\", \"gate\"]"));
   BuildSummary s = build();
   EXPECT_EQ(s.up_to_date, 3);
+  EXPECT_EQ(script.validations, 3); // each output judged, by the validator it never met
   EXPECT_EQ(script.count(), 3u);
   EXPECT_EQ(out["icons/sword"].reason, "up to date; passes the changed validators");
+}
+
+TEST_F(Engine, AnImageFromTheCacheMeetsTheAssetsValidatorsOfNow) {
+  build();
+  load(replaced(k_icons, "\"not-blank\"]", "\"not-blank\", \"gate\"]\nretry = []"));
+  script.reject = true;
+  fs::remove(output("icons/sword"));
+  BuildSummary s = build(jobs(1), {false, {"icons/sword"}});
+  EXPECT_EQ(s.cached, 0);
+  EXPECT_EQ(s.failed, 1);
+  EXPECT_FALSE(fs::exists(output("icons/sword"))); // never installed unjudged
+  EXPECT_NE(out["icons/sword"].reason.find("the cached image does not pass"), std::string::npos);
+  EXPECT_EQ(script.count(), 3u); // the same request's image is judged again, not bought again
 }
 
 TEST_F(Engine, AnOutputTheChangedValidatorsRejectIsMadeAgain) {
@@ -626,11 +667,18 @@ TEST_F(Engine, AFullDiskLosesNoPaidImage) {
 }
 
 TEST_F(Engine, TheReportListsEveryAssetInManifestOrder) {
+  // The assets finish in the reverse of their order: the report is in the manifest's all the
+  // same.
+  script.reply = [](const kiln::Request& q, kiln::BackendResult& r, size_t) {
+    int wait_ms = q.prompt == "a sword" ? 80 : q.prompt == "a shield" ? 40 : 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+    r.set_image(painted(q.width, q.height, q.prompt, q.seed));
+  };
   fs::path path = dir / "report.json";
   Workspace ws = workspace();
   Plan p = make_plan(ws, {});
   ReportWriter report(path);
-  BuildOptions o;
+  BuildOptions o = jobs(3);
   o.progress = Progress::Mode::Lines;
   o.verbosity = KILN_LOG_ERROR;
   BuildSummary s = kiln::host::build(ws, p, o, &report);

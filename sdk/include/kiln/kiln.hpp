@@ -53,6 +53,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <iterator>
 #include <kiln/plugin.h>
 #include <mutex>
@@ -141,20 +142,28 @@ public:
   }
 
 private:
+  // "an integer", "a string".
+  static std::string with_article(const char* word) {
+    return std::string(std::strchr("aeiou", word[0]) ? "an " : "a ") + word;
+  }
+  // Reading an option wrongly is a bug in the plugin, not a verdict on an image: a
+  // std::logic_error, which the host reports as the plugin's bug (naming the plugin and call).
   const kiln_option_value& find(std::string_view name, uint32_t type) const {
     if (m_expired)
-      throw Error("option '" + std::string(name) +
-                  "' read after the constructor: options are read there (keep the values)");
+      throw std::logic_error("option '" + std::string(name) +
+                             "' read after the constructor: options are read there (keep the "
+                             "values)");
     for (size_t i = 0; m_options && i < m_options->count; ++i) {
       const kiln_option_value& v = m_options->values[i];
       if (view(v.name) == name) {
         if (v.type != type)
-          throw Error("option '" + std::string(name) + "' is a " + type_name(v.type) +
-                      " but was read as a " + type_name(type));
+          throw std::logic_error("option '" + std::string(name) + "' is " +
+                                 with_article(type_name(v.type)) + " but was read as " +
+                                 with_article(type_name(type)));
         return v;
       }
     }
-    throw Error("option '" + std::string(name) + "' is not in the plugin's schema");
+    throw std::logic_error("option '" + std::string(name) + "' is not in the plugin's schema");
   }
   const kiln_options* m_options;
   bool m_expired = false;
