@@ -432,6 +432,38 @@ TEST_F(Engine, ACorruptDownloadIsFetchedAgainForFree) {
   EXPECT_NEAR(out["icons/sword"].cost_usd, 0.01, 1e-9); // one job, paid once
 }
 
+TEST_F(Engine, AFileThatStaysCorruptIsFetchedAgainOnlyOnce) {
+  fs::path junk = dir / "junk.png";
+  write_file_atomic(junk, "\x89PNG\r\n\x1a\n not really");
+  script.reply = [&](const kiln::Request&, kiln::BackendResult& r, size_t) {
+    r.set_image_file(junk.string());
+  };
+  load(replaced(k_icons, "[types.icon]", "[types.icon]\nretry = []"));
+  BuildSummary s = build(jobs(1), {false, {"icons/sword"}});
+  EXPECT_EQ(s.failed, 1);
+  EXPECT_EQ(script.count(), 2u); // the create, and one free download again
+  const auto& attempts = out["icons/sword"].attempts;
+  ASSERT_EQ(attempts.size(), 2u);
+  EXPECT_EQ(attempts[1].strategy, "download-again");
+  EXPECT_EQ(attempts[1].decision, "stop");
+}
+
+TEST_F(Engine, AStrategyMayMoveTheAssetToAnotherModel) {
+  script.reply = [](const kiln::Request& q, kiln::BackendResult& r, size_t n) {
+    r.set_image(n == 0 ? blank(q.width, q.height) : painted(q.width, q.height, q.prompt, q.seed));
+  };
+  load(replaced(k_icons, "[types.icon]",
+                "[types.icon]\nretry = [\"alternate-model\"]\nfallback_models = [\"test/other\"]") +
+       "\n[strategies.alternate-model]\nafter_validation_failures = 1\n");
+  BuildSummary s = build(jobs(1), {false, {"icons/sword"}});
+  EXPECT_EQ(s.generated, 1);
+  ASSERT_EQ(script.count(), 2u);
+  EXPECT_EQ(script.call(0).model, "test/model");
+  EXPECT_EQ(script.call(1).model, "test/other");
+  EXPECT_EQ(out["icons/sword"].model, "test/other");
+  EXPECT_EQ(lock->find("icons/sword")->model, "test/other");
+}
+
 TEST_F(Engine, MaxAttemptsEndsTheChain) {
   script.reply = [](const kiln::Request&, kiln::BackendResult&, size_t) {
     throw kiln::Error("model is booting", KILN_ERROR_RETRYABLE);
@@ -550,6 +582,19 @@ TEST_F(Engine, ABackendThatGivesNoEstimateStillStopsAtTheBudget) {
   EXPECT_EQ(s.skipped, 1);
   EXPECT_LE(s.cost_usd, 0.12);
   EXPECT_EQ(script.count(), 2u);
+}
+
+TEST_F(Engine, AFailedJobThatWasBilledCountsAgainstTheBudget) {
+  script.estimate_usd = script.cost_usd = 0.02;
+  script.reply = [](const kiln::Request&, kiln::BackendResult&, size_t) {
+    throw kiln::Error("the prediction failed after running", KILN_ERROR_RETRYABLE);
+  };
+  BuildSummary s = build(jobs(1, 0.03), {false, {"icons/sword"}});
+  EXPECT_EQ(script.count(), 1u); // 0.02 billed + 0.02 for a retry would cross 0.03
+  EXPECT_NEAR(s.cost_usd, 0.02, 1e-9);
+  EXPECT_NE(out["icons/sword"].error->message.find("not retried: the budget of $0.03"),
+            std::string::npos)
+      << out["icons/sword"].error->message;
 }
 
 TEST_F(Engine, ABudgetRefusalOfARetryIsNotARetry) {
