@@ -52,7 +52,9 @@ std::string record_json(const RemoteRecord& r) {
   return buf.GetString();
 }
 
-std::optional<RemoteRecord> parse_record(const std::string& text) {
+} // namespace
+
+std::optional<RemoteRecord> parse_remote_record(const std::string& text) {
   rapidjson::Document d;
   d.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
   if (d.HasParseError() || !d.IsObject())
@@ -88,6 +90,8 @@ std::optional<RemoteRecord> parse_record(const std::string& text) {
     r.cost_usd = it->value.GetDouble();
   return r;
 }
+
+namespace {
 
 // "s3://bucket/prefix" as a path-style URL of the endpoint (AWS_ENDPOINT_URL_S3 or
 // AWS_ENDPOINT_URL, as the AWS SDKs read them; else AWS's own for the region).
@@ -222,7 +226,7 @@ std::optional<RemoteRecord> RemoteCache::find(const std::string& fingerprint) {
     ++m_counts.misses;
     return std::nullopt;
   }
-  auto record = parse_record(r->body);
+  auto record = parse_remote_record(r->body);
   if (!record) {
     ++m_counts.corrupt;
     m_log.warning("remote cache " + m_where + ": the record /ac/" + fingerprint +

@@ -37,6 +37,10 @@ struct RemoteRecord {
   double cost_usd = 0;
 };
 
+// A record as a remote serves it (any bytes: the server is not trusted); nullopt unless it is
+// one Kiln wrote (a 64-hex digest, a format, a size).
+std::optional<RemoteRecord> parse_remote_record(const std::string& text);
+
 // What a run did with the remote, for the summary, the report and `kiln cache stats`.
 struct RemoteCounts {
   uint32_t hits = 0, misses = 0, errors = 0, timeouts = 0, corrupt = 0, uploads = 0;

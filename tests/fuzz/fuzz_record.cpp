@@ -1,7 +1,10 @@
 // libFuzzer target: what Kiln reads back from its own files, which a crash, a disk or a person
-// may have damaged: the state snapshot, the journal and kiln.lock.
+// may have damaged: the state snapshot, the journal and kiln.lock, the cache's counts; and a
+// remote cache's records, which a hostile server may send.
+#include "cache_stats.hpp"
 #include "fatal.hpp"
 #include "lockfile.hpp"
+#include "remote_cache.hpp"
 #include "state.hpp"
 
 #include <cstddef>
@@ -22,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return fs::path(pattern);
   }();
   std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  for (const char* name : {"state.jsonl", "journal.jsonl", "kiln.lock"})
+  for (const char* name : {"state.jsonl", "journal.jsonl", "kiln.lock", "stats.json"})
     std::ofstream(dir / name, std::ios::binary | std::ios::trunc)
         .write(bytes.data(), std::streamsize(bytes.size()));
   {
@@ -30,6 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)state.load(false);
     (void)state.find("icons/sword");
   }
+  (void)kiln::host::read_cache_stats(dir);
+  (void)kiln::host::parse_remote_record(std::string(bytes));
   try {
     kiln::host::Lockfile lock(dir / "kiln.lock");
     lock.load();
