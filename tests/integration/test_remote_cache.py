@@ -395,6 +395,23 @@ class NginxRemoteTest(RemoteCase):
         self.assertEqual(self.creates(), 12)
         self.assertFalse(os.path.exists(os.path.join(c.dir, "out", "icons", "item00.png")))
 
+        # The remote's image turns out bad during the run: under --locked the asset fails
+        # (exit 6), it is not bought.
+        d = Machine(self.tmp, "d", self.env)
+        d.write(self.text)
+        shutil.copy(os.path.join(self.a.dir, "kiln.lock"), os.path.join(d.dir, "kiln.lock"))
+        fp = [x for x in report["assets"] if x["name"] == "icons/item02"][0]["fingerprint"]
+        with open(self.nginx.file("ac/" + fp)) as f:
+            sha = json.load(f)["sha256"]
+        with open(self.nginx.file("cas/" + sha), "r+b") as f:
+            f.seek(200)
+            f.write(b"\x00" * 16)
+        r, report = d.build("--locked")
+        self.assertEqual(r.returncode, 6, r.stderr)
+        self.assertIn("icons/item02", r.stderr)
+        self.assertEqual(report["summary"]["remote"], 11)
+        self.assertEqual(self.creates(), 12)
+
     # Must show 7: gc keeps what kiln.lock names; --include-locked may take it too.
     def test_gc_keeps_the_locked_art(self):
         r, _ = self.a.build("-j", "4")
