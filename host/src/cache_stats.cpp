@@ -1,8 +1,10 @@
 #include "cache_stats.hpp"
 
+#include "state.hpp"
 #include "util.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <fcntl.h>
 #include <rapidjson/document.h>
@@ -116,6 +118,8 @@ void remove_dangling_records(const fs::path& dir) {
     for (auto& f : fs::directory_iterator(shard.path(), ec)) {
       if (!f.is_regular_file(ec) || f.is_symlink(ec))
         continue;
+      if (is_output_temp_name(f.path().filename().string()))
+        continue; // a writer's, about to be renamed
       auto text = read_file(f.path());
       std::string sha = text ? text->substr(0, text->find(' ')) : "";
       if (sha.size() != 64 || !fs::exists(dir / "cas" / sha.substr(0, 2) / sha, ec))
@@ -162,6 +166,26 @@ void add_cache_stats(const fs::path& dir, const CacheStats& run) {
   });
   s.saved_usd += run.saved_usd;
   write_file_atomic(stats_path(dir), stats_json(s));
+}
+
+CacheUse::CacheUse(const fs::path& dir, bool exclusive, const std::function<void()>& on_wait) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  m_fd = ::open((dir / "gc.lock").c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (m_fd < 0)
+    return; // a read-only cache: nothing can remove anything from it either
+  int mode = exclusive ? LOCK_EX : LOCK_SH;
+  if (::flock(m_fd, mode | LOCK_NB) == 0)
+    return;
+  if (on_wait)
+    on_wait();
+  while (::flock(m_fd, mode) != 0 && errno == EINTR) {
+  }
+}
+
+CacheUse::~CacheUse() {
+  if (m_fd >= 0)
+    ::close(m_fd);
 }
 
 void zero_cache_stats(const fs::path& dir) {
@@ -222,7 +246,7 @@ std::optional<uint64_t> parse_size(std::string_view text) {
   for (auto [name, factor] : k_units)
     if (unit == name || (unit.size() == 1 && std::tolower(unit[0]) == std::tolower(name[0]) &&
                          name[1] == '\0' && *name))
-      return uint64_t(n * factor);
+      return n * factor >= 18446744073709551615.0 ? UINT64_MAX : uint64_t(n * factor);
   return std::nullopt;
 }
 

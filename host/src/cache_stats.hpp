@@ -8,6 +8,7 @@
 #include "outcome.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
 
@@ -28,6 +29,20 @@ CacheStats stats_of(const BuildSummary& summary);
 CacheStats read_cache_stats(const fs::path& cache_dir);
 // Adds `run` to the counts so far. A cache that cannot be written keeps no counts (said at -v).
 void add_cache_stats(const fs::path& cache_dir, const CacheStats& run);
+// Held while a command uses the cache (shared) or collects its garbage (exclusive): gc never
+// removes what a running build is reading or writing. <cache>/gc.lock, released however the
+// holder ends. `on_wait` is called once when it must wait.
+class CacheUse {
+public:
+  CacheUse(const fs::path& cache_dir, bool exclusive, const std::function<void()>& on_wait = {});
+  ~CacheUse();
+  CacheUse(const CacheUse&) = delete;
+  CacheUse& operator=(const CacheUse&) = delete;
+
+private:
+  int m_fd = -1;
+};
+
 // Sets every count to zero.
 void zero_cache_stats(const fs::path& cache_dir);
 

@@ -120,6 +120,7 @@ struct Session {
   std::unique_ptr<Cache> cache;
   std::unique_ptr<RemoteCache> remote; // the team's cache behind `cache`, if any
   std::unique_ptr<Lockfile> lockfile;  // kiln.lock
+  std::unique_ptr<CacheUse> cache_use; // `kiln cache gc` waits for this session to end
 
   Workspace workspace() {
     Workspace ws{manifest, registry, plugins, log, *state, *cache, lockfile.get()};
@@ -253,6 +254,9 @@ std::unique_ptr<Session> open_session(const CommonArgs& a, LockMode lock = LockM
   if (auto warning = s->state->load(lock != LockMode::None))
     s->log.warning(*warning);
   s->cache = std::make_unique<Cache>(Cache::default_dir());
+  s->cache_use = std::make_unique<CacheUse>(s->cache->dir(), false, [&] {
+    s->log.warning("kiln cache gc is running on " + s->cache->dir().string() + "; waiting for it");
+  });
   s->remote = RemoteCache::open(s->manifest.remote_cache, s->log, s->registry.http());
   s->lockfile = std::make_unique<Lockfile>(Lockfile::path_for(s->manifest.path));
   s->lockfile->load();
@@ -391,6 +395,10 @@ void plan_build(const BuildArgs& b, BuildRun& run) {
 // kiln.lock says one made it.
 std::vector<std::string> not_locked(BuildRun& run) {
   std::vector<std::string> out;
+  std::error_code ec;
+  if (!fs::exists(run.s.lockfile->path(), ec))
+    return {"all " + std::to_string(run.plan.size()) + " assets: there is no kiln.lock at " +
+            escape_controls(run.s.lockfile->path().string())};
   const Plan& plan = run.plan;
   for (auto& e : plan.entries) {
     if (e.prepare_failed || e.action == Action::Kept)
@@ -495,7 +503,8 @@ void print_build_summary(const BuildSummary& summary) {
   if (r.errors || r.corrupt)
     text += "; remote cache: " + std::to_string(r.errors) + " error" + (r.errors == 1 ? "" : "s") +
             (r.timeouts ? " (" + std::to_string(r.timeouts) + " timeouts)" : std::string()) +
-            (r.corrupt ? ", " + std::to_string(r.corrupt) + " bad entries not installed"
+            (r.corrupt ? ", " + std::to_string(r.corrupt) + " bad entr" +
+                             (r.corrupt == 1 ? "y" : "ies") + " not installed"
                        : std::string()) +
             ", worked locally";
   std::printf("%s\n", text.c_str());
@@ -927,7 +936,7 @@ void print_cache_stats(const fs::path& dir, bool json) {
     std::printf("  %-22s %10llu\n", what, (unsigned long long)n);
   };
   std::printf("Local cache: %s\n", escape_controls(dir.string()).c_str());
-  std::printf("  %-22s %10s  (%llu images)\n", "size", format_size(size.bytes).c_str(),
+  std::printf("  %-22s %10s  (%llu files)\n", "size", format_size(size.bytes).c_str(),
               (unsigned long long)size.entries);
   row("hits", st.local_hits);
   row("misses", st.local_misses);
@@ -999,9 +1008,18 @@ int cmd_cache(int argc, char** argv) {
   if (!limit)
     throw Fatal("kiln cache gc: --max-size needs a size such as 500M or 2G (not '" +
                 escape_controls(max_size) + "')");
+  fs::path lock_path = Lockfile::path_for(fs::absolute(a.manifest));
+  std::error_code ec;
+  if (!include_locked && !fs::exists(lock_path, ec))
+    throw Fatal("kiln cache gc: no kiln.lock at " + escape_controls(lock_path.string()) +
+                " to keep its art: run it in the project's folder (or -m FILE), or pass "
+                "--include-locked to let it remove any image");
+  CacheUse use(dir, true, [] {
+    std::fprintf(stderr, "kiln: cache gc: waiting for the builds using the cache to finish\n");
+  });
   GcResult r =
       gc_cache(dir, *limit, include_locked ? std::set<std::string>{} : locked_content(a.manifest));
-  std::printf("kiln: cache %s: %s in %llu images -> %s in %llu (%llu removed",
+  std::printf("kiln: cache %s: %s in %llu files -> %s in %llu (%llu removed",
               escape_controls(dir.string()).c_str(), format_size(r.before.bytes).c_str(),
               (unsigned long long)r.before.entries, format_size(r.after.bytes).c_str(),
               (unsigned long long)r.after.entries, (unsigned long long)r.removed);

@@ -17,7 +17,8 @@ namespace {
 
 constexpr const char* k_magic = "kiln-noop 1";
 
-// The environment a plan depends on: the plugin path and the remote cache.
+// The environment a plan depends on: the plugin path and the remote cache, hashed (an address
+// may carry credentials, which are written nowhere).
 std::string plan_env() {
   std::string text;
   for (const char* name :
@@ -25,7 +26,7 @@ std::string plan_env() {
     const char* v = std::getenv(name);
     text += std::string(v ? v : "") + '\x1f';
   }
-  return text;
+  return sha256_hex(text);
 }
 
 } // namespace

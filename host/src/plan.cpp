@@ -205,13 +205,23 @@ void decide(Workspace& ws, PlannedAsset& p, const Seen& seen, bool force) {
   }
 }
 
-// Whether the remote cache has an image of the asset's declared format and size.
-bool in_remote(Workspace& ws, const PlannedAsset& p) {
-  if (!ws.remote)
-    return false;
+// The image the remote cache would give the asset, if it has one: the bytes kiln.lock names for
+// this very request when it does (whatever record a later upload left), else what its record
+// points at, of the asset's declared format and size. Only paid images are shared.
+std::optional<std::string> remote_image(Workspace& ws, const PlannedAsset& p) {
+  if (!ws.remote || !paid_backend(ws, p.request.backend))
+    return std::nullopt;
+  auto locked = ws.lock ? ws.lock->find(p.spec.name) : std::nullopt;
   auto record = ws.remote->find(p.fingerprint);
-  return record && record->format == p.spec.format && record->width == p.spec.width &&
-         record->height == p.spec.height;
+  if (locked && locked->fingerprint == p.fingerprint) {
+    if ((record && record->sha256 == locked->sha256) || ws.remote->has_content(locked->sha256))
+      return locked->sha256;
+    return std::nullopt;
+  }
+  if (record && record->format == p.spec.format && record->width == p.spec.width &&
+      record->height == p.spec.height)
+    return record->sha256;
+  return std::nullopt;
 }
 
 // An asset to generate may cost nothing: its image is in the cache, or the model's image is
@@ -226,7 +236,7 @@ void price(Workspace& ws, PlannedAsset& p, bool force) {
     p.saved_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);
     return;
   }
-  if (!force && in_remote(ws, p)) {
+  if (!force && remote_image(ws, p)) {
     p.action = Action::Remote;
     p.reason += "; in the remote cache";
     p.saved_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);

@@ -4,6 +4,8 @@
 #include "image.hpp"
 #include "util.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -83,11 +85,21 @@ std::optional<RemoteRecord> parse_remote_record(const std::string& text) {
   r.size = *size;
   r.width = uint32_t(*width);
   r.height = uint32_t(*height);
-  r.backend = string("backend").value_or("");
-  r.model = string("model").value_or("");
-  r.seed = number("seed");
-  if (auto it = d.FindMember("cost_usd"); it != d.MemberEnd() && it->value.IsNumber())
-    r.cost_usd = it->value.GetDouble();
+  // Provenance goes into kiln.lock: only what kiln.lock can hold, plain and bounded.
+  auto plain = [](std::optional<std::string> v) {
+    if (!v || v->size() > 256 ||
+        std::any_of(v->begin(), v->end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }))
+      return std::string();
+    return *v;
+  };
+  r.backend = plain(string("backend"));
+  r.model = plain(string("model"));
+  if (auto seed = number("seed"); seed && *seed <= uint64_t(INT64_MAX))
+    r.seed = seed;
+  if (auto it = d.FindMember("cost_usd"); it != d.MemberEnd() && it->value.IsNumber()) {
+    double cost = it->value.GetDouble();
+    r.cost_usd = std::isfinite(cost) && cost >= 0 && cost <= 1e4 ? cost : 0.0;
+  }
   return r;
 }
 
@@ -116,20 +128,51 @@ bool timed_out(const std::string& message) {
 
 } // namespace
 
+namespace {
+
+bool truthy(const std::string& v) {
+  return v == "1" || v == "true" || v == "yes" || v == "on";
+}
+
+// The address without a user:password part, for messages.
+std::string without_userinfo(const std::string& address) {
+  size_t scheme = address.find("://");
+  size_t at = address.find('@', scheme == std::string::npos ? 0 : scheme + 3);
+  size_t slash = address.find('/', scheme == std::string::npos ? 0 : scheme + 3);
+  if (scheme == std::string::npos || at == std::string::npos || at > slash)
+    return address;
+  return address.substr(0, scheme + 3) + address.substr(at + 1);
+}
+
+// What an address may hold: no query, fragment, space or byte a signature would encode.
+bool plain_address(std::string_view address) {
+  return address.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                   "0123456789-._~:/@[]") == std::string_view::npos;
+}
+
+} // namespace
+
 std::unique_ptr<RemoteCache> RemoteCache::open(const RemoteCacheSettings& settings, Log& log,
                                                const HttpClient& http) {
-  std::string address = env("KILN_REMOTE_CACHE");
-  bool from_env = !address.empty();
-  if (!from_env)
-    address = settings.remote;
-  if (address.empty())
-    return nullptr;
+  const char* from_env = std::getenv("KILN_REMOTE_CACHE");
+  std::string address = from_env ? from_env : settings.remote;
+  const char* what = from_env ? "KILN_REMOTE_CACHE" : "[cache] remote";
+  if (address.empty() || address == "off" || address == "none")
+    return nullptr; // KILN_REMOTE_CACHE=off turns a manifest's remote off
   std::unique_ptr<RemoteCache> r(new RemoteCache(log, http));
-  r->m_read_only = settings.read_only || env("KILN_REMOTE_CACHE_READ_ONLY") == "1";
-  r->m_timeout_ms = uint32_t(settings.timeout_s * 1000);
+  std::string ro = env("KILN_REMOTE_CACHE_READ_ONLY");
+  if (!ro.empty() && !truthy(ro) && ro != "0" && ro != "false" && ro != "no" && ro != "off")
+    log.warning("KILN_REMOTE_CACHE_READ_ONLY='" + ro + "' is neither 1 nor 0: read only");
+  r->m_read_only = settings.read_only ||
+                   (!ro.empty() && ro != "0" && ro != "false" && ro != "no" && ro != "off");
+  r->m_timeout_ms = std::max<uint32_t>(1, uint32_t(settings.timeout_s * 1000));
   while (address.size() > 1 && address.back() == '/')
     address.pop_back();
-  r->m_where = address;
+  r->m_where = without_userinfo(address);
+  if (!plain_address(address))
+    throw Fatal(std::string(what) + " '" + escape_controls(r->m_where) +
+                "' holds characters an address for it cannot (a space, '?', '#', '%', "
+                "non-ASCII): use a plain prefix");
   if (address.rfind("http://", 0) == 0 || address.rfind("https://", 0) == 0) {
     r->m_base = address;
     r->m_token = env("KILN_REMOTE_CACHE_TOKEN");
@@ -142,9 +185,13 @@ std::unique_ptr<RemoteCache> RemoteCache::open(const RemoteCacheSettings& settin
     if (region.empty())
       region = "us-east-1";
     std::string key = env("AWS_ACCESS_KEY_ID"), secret = env("AWS_SECRET_ACCESS_KEY");
-    if (key.empty() || secret.empty())
-      throw Fatal("the remote cache " + address +
-                  " needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment");
+    if (key.empty() || secret.empty()) {
+      // A machine without the team's credentials (a fork's CI, a laptop) builds locally.
+      log.warning("the remote cache " + r->m_where +
+                  " needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment: "
+                  "building without it");
+      return nullptr;
+    }
     log.add_secret(secret);
     r->m_session = env("AWS_SESSION_TOKEN");
     if (!r->m_session.empty())
@@ -153,8 +200,8 @@ std::unique_ptr<RemoteCache> RemoteCache::open(const RemoteCacheSettings& settin
     r->m_sigv4 = "aws:amz:" + region + ":s3";
     r->m_keys = key + ":" + secret;
   } else {
-    throw Fatal(std::string(from_env ? "KILN_REMOTE_CACHE" : "[cache] remote") +
-                " must be an http://, https:// or s3://bucket address, not '" + address + "'");
+    throw Fatal(std::string(what) + " must be an http://, https:// or s3://bucket address, not '" +
+                escape_controls(r->m_where) + "'");
   }
   return r;
 }
@@ -196,11 +243,13 @@ std::optional<HttpResponse> RemoteCache::send(const std::string& method, const s
   q.body = std::move(body);
   auto r = m_http.send(q);
   std::lock_guard lock(m_mutex);
-  bool expected = r && (r->status / 100 == 2 || r->status == 404);
-  if (expected) {
+  // A 404 is an answer to a lookup; to a PUT it is an error (S3's NoSuchBucket, say).
+  bool ok = r && r->status / 100 == 2;
+  if (ok || (r && r->status == 404 && method != "PUT")) {
     m_failures_in_a_row = 0;
-    m_counts.bytes_down += r->body_bytes;
-    if (method == "PUT")
+    if (ok && method == "GET")
+      m_counts.bytes_down += r->body_bytes;
+    if (ok && method == "PUT")
       m_counts.bytes_up += sent;
     return std::move(*r);
   }
@@ -218,6 +267,11 @@ std::optional<HttpResponse> RemoteCache::send(const std::string& method, const s
 }
 
 std::optional<RemoteRecord> RemoteCache::find(const std::string& fingerprint) {
+  {
+    std::lock_guard lock(m_mutex);
+    if (auto it = m_found.find(fingerprint); it != m_found.end())
+      return it->second; // asked when planning: not asked again when installing
+  }
   auto r = send("GET", "/ac/" + fingerprint, {}, 64 << 10);
   if (!r)
     return std::nullopt;
@@ -229,22 +283,36 @@ std::optional<RemoteRecord> RemoteCache::find(const std::string& fingerprint) {
   auto record = parse_remote_record(r->body);
   if (!record) {
     ++m_counts.corrupt;
+    m_bad_records.insert(fingerprint);
     m_log.warning("remote cache " + m_where + ": the record /ac/" + fingerprint +
                   " is not one Kiln wrote: ignored");
+    return std::nullopt;
   }
+  m_found.emplace(fingerprint, *record);
   return record;
 }
 
-std::optional<std::string> RemoteCache::fetch(const RemoteRecord& record, const CacheExpect& expect,
+bool RemoteCache::has_content(const std::string& sha256) {
+  auto r = send("HEAD", "/cas/" + sha256);
+  return r && r->status / 100 == 2;
+}
+
+std::optional<std::string> RemoteCache::fetch(const std::string& fingerprint,
+                                              const std::string& sha256, const CacheExpect& expect,
                                               std::string* why) {
   auto say = [&](std::string text) -> std::optional<std::string> {
     if (why)
       *why = std::move(text);
     return std::nullopt;
   };
-  auto r = send("GET", "/cas/" + record.sha256, {}, record.size + 1);
+  // No more bytes than an image of the asset's size can take (the server's own claims are not
+  // trusted): a few bytes a pixel, and room for headers.
+  uint64_t most = expect.width && expect.height
+                      ? uint64_t(expect.width) * expect.height * 5 + (1u << 20)
+                      : 256ull << 20;
+  auto r = send("GET", "/cas/" + sha256, {}, most);
   if (!r)
-    return say("the remote cache cannot be reached");
+    return say("the remote cache cannot be reached, or its entry is too large");
   if (r->status == 404) {
     std::lock_guard lock(m_mutex);
     ++m_counts.misses;
@@ -253,9 +321,9 @@ std::optional<std::string> RemoteCache::fetch(const RemoteRecord& record, const 
   std::string bytes = std::move(r->body);
   std::string problem;
   auto probe = probe_image(bytes);
-  if (sha256_hex(bytes) != record.sha256)
+  if (sha256_hex(bytes) != sha256)
     problem = "its bytes do not match their digest";
-  else if (!expect.sha256.empty() && record.sha256 != expect.sha256)
+  else if (!expect.sha256.empty() && sha256 != expect.sha256)
     problem = "its bytes are not the ones kiln.lock records";
   else if (!probe || (!expect.format.empty() && probe->format != expect.format) ||
            (expect.width && probe->width != expect.width) ||
@@ -265,9 +333,12 @@ std::optional<std::string> RemoteCache::fetch(const RemoteRecord& record, const 
   std::lock_guard lock(m_mutex);
   if (!problem.empty()) {
     ++m_counts.corrupt;
-    m_log.warning("remote cache " + m_where + ": /cas/" + record.sha256 + " is bad (" + problem +
+    // Whoever makes this image next uploads it again, whatever a HEAD says, and its record.
+    m_bad_content.insert(sha256);
+    m_bad_records.insert(fingerprint);
+    m_log.warning("remote cache " + m_where + ": /cas/" + sha256 + " is bad (" + problem +
                   "): not installed");
-    return say("the remote cache's entry is bad (" + problem + ")");
+    return say("the remote cache's entry is bad: " + problem);
   }
   ++m_counts.hits;
   return bytes;
@@ -278,17 +349,36 @@ bool RemoteCache::store(const std::string& fingerprint, std::string_view bytes,
   if (m_read_only)
     return false;
   std::string path = "/cas/" + record.sha256;
-  auto head = send("HEAD", path);
-  if (!head)
-    return false;
-  if (head->status == 404) {
-    auto put = send("PUT", path, std::string(bytes));
-    if (!put || put->status == 404)
-      return false;
+  bool repair;
+  {
+    std::lock_guard lock(m_mutex);
+    repair = m_bad_content.count(record.sha256) > 0;
   }
-  // The record last: whoever finds it finds the image it points at.
-  auto put = send("PUT", "/ac/" + fingerprint, record_json(record));
-  if (!put || put->status == 404)
+  if (!repair) {
+    auto head = send("HEAD", path);
+    if (!head)
+      return false;
+    repair = head->status == 404;
+  }
+  if (repair && !send("PUT", path, std::string(bytes)))
+    return false;
+  // The record last: whoever finds it finds the image it points at. A record already there
+  // that points at another image the remote holds stays (the first image made for a request
+  // is the team's, and the kiln.lock files that name it keep matching); this one's bytes are
+  // in the store all the same, by their digest.
+  bool replace;
+  {
+    std::lock_guard lock(m_mutex);
+    replace = m_bad_records.count(fingerprint) > 0;
+  }
+  if (!replace) {
+    auto existing = send("GET", "/ac/" + fingerprint, {}, 64 << 10);
+    if (!existing)
+      return false;
+    auto theirs = existing->status == 404 ? std::nullopt : parse_remote_record(existing->body);
+    replace = !theirs || (theirs->sha256 != record.sha256 && !has_content(theirs->sha256));
+  }
+  if (replace && !send("PUT", "/ac/" + fingerprint, record_json(record)))
     return false;
   std::lock_guard lock(m_mutex);
   ++m_counts.uploads;

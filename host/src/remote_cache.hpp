@@ -19,8 +19,11 @@
 #include "state.hpp"
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace kiln::host {
@@ -65,12 +68,17 @@ public:
 
   // The record for `fingerprint`, or nullopt (a miss, or an error: counted).
   std::optional<RemoteRecord> find(const std::string& fingerprint);
-  // The image `record` points at, verified against it and `expect`; nullopt when it cannot be
-  // had or is bad (counted; `why` says which).
-  std::optional<std::string> fetch(const RemoteRecord& record, const CacheExpect& expect,
-                                   std::string* why = nullptr);
-  // Uploads `bytes` as what `fingerprint` made: the CAS entry (unless a HEAD finds it), then
-  // the AC record. False when the remote failed (counted) or is read only.
+  // Whether /cas/<sha256> is there (a HEAD).
+  bool has_content(const std::string& sha256);
+  // The image /cas/<sha256> (made for `fingerprint`), verified: its digest, `expect` (format,
+  // size, kiln.lock's digest); nullopt when it cannot be had or is bad (counted; `why` says
+  // which). No more bytes are read than an image of the expected size can take.
+  std::optional<std::string> fetch(const std::string& fingerprint, const std::string& sha256,
+                                   const CacheExpect& expect, std::string* why = nullptr);
+  // Uploads `bytes` as what `fingerprint` made: the CAS entry (unless a HEAD finds it, or this
+  // run found it bad), then the AC record, unless one is there pointing at another image the
+  // remote holds (the first image of a request stays the team's, so kiln.lock files naming it
+  // keep matching). False when the remote failed (counted) or is read only.
   bool store(const std::string& fingerprint, std::string_view bytes, const RemoteRecord& record);
 
   RemoteCounts counts() const;
@@ -98,6 +106,9 @@ private:
   RemoteCounts m_counts;
   uint32_t m_failures_in_a_row = 0;
   bool m_disabled = false;
+  std::map<std::string, RemoteRecord> m_found; // records found in this run, by fingerprint
+  std::set<std::string> m_bad_content;         // digests whose entry was found bad
+  std::set<std::string> m_bad_records;         // fingerprints whose record was found bad
 };
 
 } // namespace kiln::host

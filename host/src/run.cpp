@@ -255,8 +255,12 @@ bool Run::install_remote(PlannedAsset& p, AssetOutcome& o) {
   std::string why = "the remote cache no longer has it";
   std::optional<std::string> bytes;
   auto record = m_ws.remote->find(p.fingerprint);
-  if (record)
-    bytes = m_ws.remote->fetch(*record, expect, &why);
+  // The bytes kiln.lock names for this request come first, whatever the record says now.
+  std::string want = !expect.sha256.empty() ? expect.sha256 : record ? record->sha256 : "";
+  if (!want.empty())
+    bytes = m_ws.remote->fetch(p.fingerprint, want, expect, &why);
+  if (record && record->sha256 != want)
+    record.reset(); // its provenance is of another image
   if (auto rejected = bytes ? judge(p, *bytes) : std::nullopt) {
     why = "its image does not pass: " + rejected->message;
     bytes.reset();
@@ -278,7 +282,7 @@ bool Run::install_remote(PlannedAsset& p, AssetOutcome& o) {
     o.origin = Origin::Remote;
     o.saved_usd = p.saved_usd;
     m_progress.finished(Progress::Outcome::Cached, "remote " + o.name + " (" + p.reason + ")");
-    m_outputs.lock(p, o, sha, &*record);
+    m_outputs.lock(p, o, sha, record ? &*record : nullptr);
   } catch (const std::exception& e) {
     o.status = Status::Failed;
     o.error = Fault{KILN_ERROR_PERMANENT, e.what(), -1};

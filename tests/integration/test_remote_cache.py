@@ -374,6 +374,60 @@ class NginxRemoteTest(RemoteCase):
         self.assertEqual(item["origin"], "generated")
         self.assertEqual(self.b.stats()["remote_corrupt"], 1)
 
+    # A later upload for the same request (a --force, a race) does not take the team's image
+    # from the clones whose kiln.lock names it: the bytes kiln.lock names are fetched by their
+    # digest, and a record pointing at an image the remote holds is not replaced.
+    def test_the_image_kiln_lock_names_wins_over_a_later_record(self):
+        r, report = self.a.build("-j", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        by_name = {x["name"]: x for x in report["assets"]}
+        ac = self.nginx.file("ac/" + by_name["icons/item05"]["fingerprint"])
+        with open(self.nginx.file("ac/" + by_name["icons/item06"]["fingerprint"])) as f:
+            other = f.read()
+        with open(ac, "w") as f:  # the record now points at another 64x64 png the remote holds
+            f.write(other)
+        shutil.copy(os.path.join(self.a.dir, "kiln.lock"), os.path.join(self.b.dir, "kiln.lock"))
+        r, report = self.b.build("--locked", "-j", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["remote"], 12)
+        self.assert_same_outputs()
+        # A machine that makes an asset again (--force, a new image) does not replace its record.
+        ac06 = self.nginx.file("ac/" + by_name["icons/item06"]["fingerprint"])
+        creates = self.creates()
+        r, _ = self.b.build("--force", "--only", "icons/item06")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.creates(), creates + 1)
+        self.assertNotEqual(self.b.output("icons/item06"), self.a.output("icons/item06"))
+        with open(ac06) as f:
+            self.assertEqual(f.read(), other)
+
+    # A corrupt entry whose image comes out the same again (a seeded, deterministic request) is
+    # uploaded again, whatever a HEAD says: the next machine pays nothing.
+    def test_a_corrupt_entry_is_repaired_by_the_machine_that_made_it_again(self):
+        text = self.text.replace('prompt = "icons/item00, a game icon"',
+                                 'prompt = "icons/item00, a game icon"\nseed = 7')
+        self.a.write(text)
+        self.b.write(text)
+        r, report = self.a.build("-j", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        fp = [x for x in report["assets"] if x["name"] == "icons/item00"][0]["fingerprint"]
+        with open(self.nginx.file("ac/" + fp)) as f:
+            sha = json.load(f)["sha256"]
+        with open(self.nginx.file("cas/" + sha), "r+b") as f:
+            f.seek(200)
+            f.write(b"\x00" * 16)
+        r, report = self.b.build("-j", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.creates(), 13)
+        self.assertEqual(self.b.output("icons/item00"), self.a.output("icons/item00"))
+        self.assertIn(("PUT", f"/kiln/cas/{sha}", 204), self.nginx.requests())
+        c = Machine(self.tmp, "c", self.env)
+        c.write(text)
+        r, report = c.build("-j", "4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["remote"], 12)
+        self.assertEqual(self.creates(), 13)
+
     # Must show 6: --locked on a fresh clone with the remote warm pays nothing; an edited,
     # unlocked prompt is exit 6, named with its predicted cost, and still nothing is created.
     def test_locked_builds_never_pay(self):
@@ -430,6 +484,16 @@ class NginxRemoteTest(RemoteCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(report["summary"]["cached"], 12)
         self.assertEqual(self.creates(), 12)
+        # A size too large for 64 bits is no limit, not zero.
+        r = self.a.kiln("cache", "gc", "--max-size", "1e30")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.a.stats()["entries"], 12)
+        # Without a kiln.lock to keep, gc refuses rather than take a project's art.
+        elsewhere = Machine(self.tmp, "elsewhere", self.a.env)
+        r = elsewhere.kiln("cache", "gc", "--max-size", "1")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("no kiln.lock at", r.stderr)
+        self.assertEqual(self.a.stats()["entries"], 12)
         r = self.a.kiln("cache", "gc", "--max-size", "1", "--include-locked")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.a.stats()["entries"], 0)
@@ -465,6 +529,19 @@ class S3RemoteTest(RemoteCase):
         self.assertTrue(seen)
         self.assertTrue(all(v == "verified" for _, _, v in seen), seen)
         self.assertTrue(any(m == "PUT" and p.startswith("/team-art/kiln/cas/") for m, p, _ in seen))
+
+    # A bucket that does not exist: S3 answers the PUTs 404 (NoSuchBucket): errors, said and
+    # counted, not uploads; and no no-op shortcut past them.
+    def test_a_missing_bucket_is_an_error_not_a_silent_miss(self):
+        text = self.text.replace("s3://team-art/kiln", "s3://no-such-bucket/kiln")
+        self.a.write(text)
+        r, report = self.a.build()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(report["summary"]["remote_uploads"], 0)
+        self.assertGreater(report["summary"]["remote_errors"], 0)
+        self.assertIn("remote cache:", r.stdout)
+        r, _ = self.a.build()  # the uploads are tried again: no shortcut past them
+        self.assertIn("remote cache:", r.stdout)
 
     # A wrong secret: the gate refuses every request; the build still completes locally.
     def test_a_wrong_signature_is_refused_and_the_build_goes_on(self):
