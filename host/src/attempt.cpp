@@ -1,6 +1,7 @@
 #include "attempt.hpp"
 
 #include "abi_view.hpp"
+#include "cache.hpp"
 #include "image.hpp"
 #include "interrupt.hpp"
 #include "plugin_guard.hpp"

@@ -1,11 +1,13 @@
 #include "cli.hpp"
 
+#include "cache.hpp"
 #include "cache_stats.hpp"
 #include "engine.hpp"
 #include "fatal.hpp"
 #include "interrupt.hpp"
 #include "noop.hpp"
 #include "plugin_guard.hpp"
+#include "state.hpp"
 #include "version.hpp"
 
 #include <algorithm>

@@ -1,5 +1,6 @@
 #include "noop.hpp"
 
+#include "cache.hpp"
 #include "version.hpp"
 
 #include <algorithm>

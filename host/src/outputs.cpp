@@ -1,6 +1,7 @@
 #include "outputs.hpp"
 
 #include "image.hpp"
+#include "state.hpp"
 
 #include <algorithm>
 #include <map>

@@ -5,6 +5,7 @@
 // in the cache before it is replaced.
 #pragma once
 
+#include "cache.hpp"
 #include "outcome.hpp"
 #include "plan.hpp"
 

@@ -14,9 +14,9 @@
 // goes on locally, counts the failures, and after three in a row stops asking it.
 #pragma once
 
+#include "cache.hpp"
 #include "http.hpp"
 #include "manifest.hpp"
-#include "state.hpp"
 
 #include <atomic>
 #include <map>

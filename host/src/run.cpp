@@ -1,5 +1,6 @@
 #include "run.hpp"
 
+#include "cache.hpp"
 #include "interrupt.hpp"
 
 #include <thread>

@@ -3,6 +3,7 @@
 // one over a temp folder, with a Disk of its own to see or fail the engine's writes.
 #pragma once
 
+#include "cache.hpp"
 #include "lockfile.hpp"
 #include "log.hpp"
 #include "manifest.hpp"

@@ -1,6 +1,8 @@
 #pragma once
 
+#include "cache.hpp"
 #include "engine.hpp"
+#include "state.hpp"
 #include "test_support.hpp"
 
 #include <memory>

@@ -5,8 +5,10 @@
 // and a Disk that counts the output folder's writes or fills up. Each test is one behaviour
 // the run promises: retry chain, budget, breaker, resume, fallback, recheck, dedupe, and what
 // is never paid for twice or lost.
+#include "cache.hpp"
 #include "engine.hpp"
 #include "image.hpp"
+#include "state.hpp"
 #include "test_support.hpp"
 
 #include <atomic>

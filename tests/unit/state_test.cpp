@@ -1,6 +1,7 @@
 // The state: a snapshot plus an append-only journal. What a killed run recorded must be there
 // for the next one, a torn last record must not poison the file, and compaction must keep
 // every record.
+#include "cache.hpp"
 #include "image.hpp"
 #include "state.hpp"
 #include "test_support.hpp"
