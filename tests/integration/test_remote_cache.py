@@ -94,7 +94,11 @@ http {{
             raise RuntimeError("nginx is not installed (tools/install-deps installs nginx-light)")
         self.proc = subprocess.Popen([NGINX, "-c", self.conf, "-p", self.root, "-g", "daemon off;"],
                                      stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, self.proc, "nginx")
+        try:
+            wait_for_port(self.port, self.proc, "nginx")
+        except Exception:
+            self.proc.kill()
+            raise
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -131,7 +135,11 @@ class S3:
             ["node", S3RVER, "--address", "127.0.0.1", "--port", str(self.s3_port),
              "--directory", self.store, "--silent"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.s3_port, self.proc, "s3rver")
+        try:
+            wait_for_port(self.s3_port, self.proc, "s3rver")
+        except Exception:
+            self.proc.kill()
+            raise
         self.log = os.path.join(root, "gate.log")
         self.gate = subprocess.Popen(
             [sys.executable, GATE, "--upstream", f"http://127.0.0.1:{self.s3_port}",
@@ -222,18 +230,18 @@ class Machine:
 
 class RemoteCase(unittest.TestCase):
     def setUp(self):
+        # Cleanups, not tearDown: they run even when a subclass's setUp fails after this one
+        # started its servers, so nothing is left running.
         self.tmp = tempfile.mkdtemp(prefix="kiln-remote-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
         self.server = FakeReplicate()
+        self.addCleanup(self.server.stop)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("KILN_REMOTE", "AWS_")) and k != "KILN_PLUGIN_PATH"}
         env["REPLICATE_API_TOKEN"] = TOKEN
         self.env = env
         self.a = Machine(self.tmp, "a", env)
         self.b = Machine(self.tmp, "b", env)
-
-    def tearDown(self):
-        self.server.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def creates(self):
         return len(self.server.stats()["creates"])
@@ -247,13 +255,10 @@ class NginxRemoteTest(RemoteCase):
     def setUp(self):
         super().setUp()
         self.nginx = Nginx(os.path.join(self.tmp, "nginx"))
+        self.addCleanup(self.nginx.stop)
         self.text = manifest(self.server, NAMES, f'[cache]\nremote = "{self.nginx.url}"\n')
         self.a.write(self.text)
         self.b.write(self.text)
-
-    def tearDown(self):
-        self.nginx.stop()
-        super().tearDown()
 
     def puts(self):
         return [r for r in self.nginx.requests() if r[0] == "PUT"]
@@ -503,6 +508,7 @@ class S3RemoteTest(RemoteCase):
     def setUp(self):
         super().setUp()
         self.s3 = S3(os.path.join(self.tmp, "s3root"))
+        self.addCleanup(self.s3.stop)
         self.text = manifest(self.server, NAMES, '[cache]\nremote = "s3://team-art/kiln"\n')
         self.a.write(self.text)
         self.b.write(self.text)
@@ -510,10 +516,6 @@ class S3RemoteTest(RemoteCase):
                "AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": self.s3.endpoint}
         self.a.env.update(aws)
         self.b.env.update(aws)
-
-    def tearDown(self):
-        self.s3.stop()
-        super().tearDown()
 
     # Must show 5 (as 1): every request signed and verified; B pays nothing.
     def test_a_second_machine_gets_every_image_from_s3(self):
