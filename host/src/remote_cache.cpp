@@ -169,6 +169,13 @@ std::unique_ptr<RemoteCache> RemoteCache::open(const RemoteCacheSettings& settin
   while (address.size() > 1 && address.back() == '/')
     address.pop_back();
   r->m_where = without_userinfo(address);
+  if (r->m_where != address) { // user:password@: the password is a secret like any token
+    std::string userinfo = address.substr(address.find("://") + 3);
+    userinfo = userinfo.substr(0, userinfo.find('@'));
+    if (size_t colon = userinfo.find(':');
+        colon != std::string::npos && colon + 1 < userinfo.size())
+      log.add_secret(userinfo.substr(colon + 1));
+  }
   if (!plain_address(address))
     throw Fatal(std::string(what) + " '" + escape_controls(r->m_where) +
                 "' holds characters an address for it cannot (a space, '?', '#', '%', "

@@ -433,6 +433,22 @@ class NginxRemoteTest(RemoteCase):
         self.assertEqual(report["summary"]["remote"], 12)
         self.assertEqual(self.creates(), 13)
 
+    # A password in the address is a secret: in no message, no file, even when every request
+    # fails and is reported.
+    def test_a_password_in_the_address_is_never_shown(self):
+        self.nginx.stop()
+        secret = "s3cret-PW-9f2c"
+        address = self.nginx.url.replace("http://", f"http://alice:{secret}@")
+        r, report = self.a.build("-v", env={"KILN_REMOTE_CACHE": address})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertGreater(report["summary"]["remote_errors"], 0)
+        self.assertIn("remote cache http://127.0.0.1", r.stderr)
+        self.assertNotIn(secret, r.stdout + r.stderr)
+        for folder, _, files in os.walk(self.a.dir):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as f:
+                    self.assertNotIn(secret.encode(), f.read(), os.path.join(folder, name))
+
     # Must show 6: --locked on a fresh clone with the remote warm pays nothing; an edited,
     # unlocked prompt is exit 6, named with its predicted cost, and still nothing is created.
     def test_locked_builds_never_pay(self):
