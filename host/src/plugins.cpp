@@ -871,10 +871,14 @@ std::unique_ptr<PluginInstance> PluginRegistry::instantiate(const Plugin& plugin
           where = value.value_loc;
           break;
         }
-    diag.error(where, plugin_failure(kind_name(plugin.kind), plugin.id, "create", "could not start",
-                                     result.message.empty()
-                                         ? std::string("create() failed without a message")
-                                         : m_log.redact(result.message)));
+    std::string message =
+        plugin_failure(kind_name(plugin.kind), plugin.id, "create", "could not start",
+                       result.message.empty() ? std::string("create() failed without a message")
+                                              : m_log.redact(result.message));
+    // A bug is reported to the plugin's author: say which library it is.
+    if (is_plugin_bug(result.message) || result.message.empty())
+      message += " [" + plugin.path.string() + "]";
+    diag.error(where, message);
     if (handle)
       info->destroy(handle);
     return nullptr;
