@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -397,10 +398,6 @@ void plan_build(const BuildArgs& b, BuildRun& run) {
 // kiln.lock says one made it.
 std::vector<std::string> not_locked(BuildRun& run) {
   std::vector<std::string> out;
-  std::error_code ec;
-  if (!fs::exists(run.s.lockfile->path(), ec))
-    return {"all " + std::to_string(run.plan.size()) + " assets: there is no kiln.lock at " +
-            escape_controls(run.s.lockfile->path().string())};
   const Plan& plan = run.plan;
   for (auto& e : plan.entries) {
     if (e.prepare_failed || e.action == Action::Kept)
@@ -603,10 +600,19 @@ int cmd_build(int argc, char** argv) {
   if (nothing_moved(b, key))
     return k_exit_ok;
 
+  auto start = std::chrono::steady_clock::now();
   auto s = open_session(b, b.no_wait ? LockMode::NoWait : LockMode::Wait);
   BuildRun run(*s);
   run.ws.locked = b.locked;
   plan_build(b, run);
+  std::error_code ec;
+  if (b.locked && !fs::exists(s->lockfile->path(), ec)) {
+    s->log.error("--locked: there is no kiln.lock at " +
+                 escape_controls(s->lockfile->path().string()) + ", so every asset (" +
+                 format_usd(run.plan.predicted_cost_usd) +
+                 " predicted) would need generating. Nothing was generated.");
+    return k_exit_locked;
+  }
   if (b.locked)
     if (auto refused = not_locked(run); !refused.empty()) {
       s->log.error("--locked: " + std::to_string(refused.size()) + " asset" +
@@ -616,6 +622,9 @@ int cmd_build(int argc, char** argv) {
       return k_exit_locked;
     }
   run_build(b, run);
+  // The whole build: planning asks the remote cache, which may take its time.
+  run.summary.duration_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   record_build(b, run);
   if (!b.quiet)
     print_build_summary(run.summary);
@@ -980,14 +989,16 @@ int cmd_cache(int argc, char** argv) {
   CommonArgs a;
   std::string action, max_size;
   bool json = false, zero = false, include_locked = false;
-  po::options_description d = common_options(a, false);
-  d.add_options()("action", po::value(&action)->value_name("stats|gc"),
-                  "what to do")("json", po::bool_switch(&json), "stats: print JSON")(
+  po::options_description d("Options (kiln cache stats|gc ...)");
+  d.add_options()("help,h", po::bool_switch(&a.help), "this text")("json", po::bool_switch(&json),
+                                                                   "stats: print JSON")(
       "zero", po::bool_switch(&zero),
       "stats: set every count to zero")("max-size", po::value(&max_size)->value_name("SIZE"),
                                         "gc: shrink the cache to SIZE (500M, 2G, 1.5GiB...)")(
       "include-locked", po::bool_switch(&include_locked),
-      "gc: may remove the images the manifest's kiln.lock names too");
+      "gc: may remove the images the manifest's kiln.lock names too")(
+      "manifest,m", po::value(&a.manifest)->value_name("FILE"),
+      "gc: the manifest whose kiln.lock names the images to keep (default: ./assets.toml)");
   // The action is the first word: `kiln cache gc --max-size 2G`.
   std::vector<char*> args(argv, argv + argc);
   if (argc > 1 && argv[1][0] != '-') {
@@ -996,6 +1007,12 @@ int cmd_cache(int argc, char** argv) {
   }
   if (!parse(cmd, d, int(args.size()), args.data(), a.help))
     return k_exit_ok;
+  bool gc_options = !max_size.empty() || include_locked;
+  if ((action == "stats" && gc_options) || (action == "gc" && (json || zero)))
+    throw Fatal("kiln cache " + action + ": " +
+                (action == "stats" ? "--max-size and --include-locked are gc's"
+                                   : "--json and --zero are stats'") +
+                "\nTry 'kiln cache --help'.");
   fs::path dir = Cache::default_dir();
   if (action == "stats") {
     if (zero)
