@@ -5,8 +5,10 @@
 #include "request.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <fnmatch.h>
 #include <map>
+#include <thread>
 
 namespace kiln::host {
 
@@ -205,55 +207,98 @@ void decide(Workspace& ws, PlannedAsset& p, const Seen& seen, bool force) {
   }
 }
 
-// The image the remote cache would give the asset, if it has one: the bytes kiln.lock names for
-// this very request when it does (whatever record a later upload left), else what its record
-// points at, of the asset's declared format and size. Only paid images are shared.
-std::optional<std::string> remote_image(Workspace& ws, const PlannedAsset& p) {
-  if (!ws.remote || !paid_backend(ws, p.request.backend))
-    return std::nullopt;
-  auto locked = ws.lock ? ws.lock->find(p.spec.name) : std::nullopt;
-  auto record = ws.remote->find(p.fingerprint);
-  if (locked && locked->fingerprint == p.fingerprint) {
-    if ((record && record->sha256 == locked->sha256) || ws.remote->has_content(locked->sha256))
-      return locked->sha256;
-    return std::nullopt;
-  }
-  if (record && record->format == p.spec.format && record->width == p.spec.width &&
-      record->height == p.spec.height)
-    return record->sha256;
-  return std::nullopt;
+// An asset the remote cache may hold: asked after every asset is planned, many at once (one
+// round trip each, so a fresh clone of a big project does not wait for them one by one).
+struct RemoteQuestion {
+  size_t entry = 0; // in Plan::entries
+  std::string fingerprint, format;
+  uint32_t width = 0, height = 0;
+  std::string locked_sha;   // the bytes kiln.lock names for this very request, if any
+  std::string miss_reason;  // what the reason says when the remote has it not
+  double predicted_usd = 0; // what generating it would cost: saved when it has it
+  bool yes = false;
+};
+
+// Whether the remote cache would give the asset an image: the bytes kiln.lock names for this
+// very request when it does (whatever record a later upload left), else what its record points
+// at, of the asset's declared format and size.
+bool remote_has(RemoteCache& remote, const RemoteQuestion& q) {
+  auto record = remote.find(q.fingerprint);
+  if (!q.locked_sha.empty())
+    return (record && record->sha256 == q.locked_sha) || remote.has_content(q.locked_sha);
+  return record && record->format == q.format && record->width == q.width &&
+         record->height == q.height;
 }
 
-// An asset to generate may cost nothing: its image is in the cache, or the model's image is
-// and only the postprocessing is done again. Else its cost is predicted, and a killed run's job
-// said.
-void price(Workspace& ws, PlannedAsset& p, bool force) {
+// Asks the remote cache every question, up to 8 at once, then settles each asset's entry.
+void answer_remote(Workspace& ws, Plan& plan, std::vector<RemoteQuestion>& questions) {
+  std::atomic<size_t> next{0};
+  auto ask = [&] {
+    for (size_t i; (i = next++) < questions.size();)
+      questions[i].yes = remote_has(*ws.remote, questions[i]);
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < std::min<size_t>(8, questions.size()); ++t)
+    pool.emplace_back(ask);
+  ask();
+  for (auto& t : pool)
+    t.join();
+  for (auto& q : questions) {
+    PlanEntry& e = plan.entries[q.entry];
+    std::string reason = plan.reasons[e.reason];
+    if (q.yes) {
+      e.action = Action::Remote;
+      e.saved_usd = float(q.predicted_usd);
+      e.predicted_cost_usd = 0;
+      reason += "; in the remote cache";
+    } else {
+      reason += q.miss_reason;
+    }
+    e.reason = plan.reason_id(std::move(reason));
+  }
+}
+
+// An asset to generate may cost nothing: its image is in the cache (or, asked later, in the
+// remote cache: then `question` is filled and true returned), or the model's image is and only
+// the postprocessing is done again. Else its cost is predicted, and a killed run's job said.
+bool price(Workspace& ws, PlannedAsset& p, bool force, RemoteQuestion& question) {
   if (p.action != Action::Generate || p.prepare_error)
-    return;
+    return false;
+  double predicted = predict_cost(ws, p.spec, p.request, p.fingerprint);
   if (!force && ws.cache.contains(p.fingerprint, p.spec.format)) {
     p.action = Action::Cached;
     p.reason += "; in cache";
-    p.saved_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);
-    return;
+    p.saved_usd = predicted;
+    return false;
   }
-  if (!force && remote_image(ws, p)) {
-    p.action = Action::Remote;
-    p.reason += "; in the remote cache";
-    p.saved_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);
-    return;
-  }
+  std::string miss_reason;
   auto source = force ? std::nullopt : source_key(ws, p.request);
   if (source && ws.cache.contains(*source, k_source_format)) {
-    p.reason += p.spec.postprocess.empty()
-                    ? "; the model's image is in the cache, made from it again"
-                    : "; the model's image is in the cache, only the postprocessing is done "
-                      "again";
-    return;
+    miss_reason = p.spec.postprocess.empty()
+                      ? "; the model's image is in the cache, made from it again"
+                      : "; the model's image is in the cache, only the postprocessing is done "
+                        "again";
+  } else {
+    p.predicted_cost_usd = predicted;
+    if (auto left = ws.state.pending(p.fingerprint, p.request.backend))
+      miss_reason = left->job.empty() ? "; a killed run may have created its job: looked for first"
+                                      : "; re-attaches to " + left->job + ", left by a killed run";
   }
-  p.predicted_cost_usd = predict_cost(ws, p.spec, p.request, p.fingerprint);
-  if (auto left = ws.state.pending(p.fingerprint, p.request.backend))
-    p.reason += left->job.empty() ? "; a killed run may have created its job: looked for first"
-                                  : "; re-attaches to " + left->job + ", left by a killed run";
+  // Only paid images are shared.
+  if (!force && ws.remote && paid_backend(ws, p.request.backend)) {
+    question.fingerprint = p.fingerprint;
+    question.format = p.spec.format;
+    question.width = p.spec.width;
+    question.height = p.spec.height;
+    if (auto locked = ws.lock ? ws.lock->find(p.spec.name) : std::nullopt;
+        locked && locked->fingerprint == p.fingerprint)
+      question.locked_sha = locked->sha256;
+    question.miss_reason = std::move(miss_reason);
+    question.predicted_usd = predicted;
+    return true;
+  }
+  p.reason += miss_reason;
+  return false;
 }
 
 using GroupIds = std::map<std::pair<std::string, std::string>, uint16_t>;
@@ -318,14 +363,21 @@ Plan make_plan(Workspace& ws, const PlanOptions& options) {
   plan.entries.reserve(options.only.empty() ? m.size() : 0);
   std::map<std::string, std::string> checks_memo; // validator ids -> checks_of()
   GroupIds group_ids;
+  std::vector<RemoteQuestion> questions;
   for (size_t asset = 0; asset < m.size(); ++asset) {
     if (!options.only.empty() && !selected(std::string(m.name(asset)), options.only))
       continue;
     PlannedAsset p = prepare(ws, asset, &checks_memo);
     decide(ws, p, look(ws, p, options.force), options.force);
-    price(ws, p, options.force);
+    RemoteQuestion question;
+    bool ask = price(ws, p, options.force, question);
     add_entry(plan, group_ids, asset, p);
+    if (ask) {
+      question.entry = plan.entries.size() - 1;
+      questions.push_back(std::move(question));
+    }
   }
+  answer_remote(ws, plan, questions);
   share_same_images(plan, m);
   for (auto& e : plan.entries)
     plan.predicted_cost_usd += e.predicted_cost_usd;
